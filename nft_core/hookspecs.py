@@ -1,0 +1,36 @@
+"""Hook specifications of the `nft` plugin project. Each hook receives a `register` callback."""
+
+from pluggy import HookimplMarker, HookspecMarker
+
+hookspec = HookspecMarker("nft")
+hookimpl = HookimplMarker("nft")
+
+
+@hookspec
+def register_rewards(register):
+    """Register rewards: `register(name, factory, options=OptionsModel, description=...)`."""
+
+
+@hookspec
+def register_solvers(register):
+    """Register samplers (solvers): `register(name, factory, options=OptionsModel)`."""
+
+
+@hookspec
+def register_policies(register):
+    """Register policies: `register(name, factory, options=OptionsModel)`."""
+
+
+@hookspec
+def register_objectives(register):
+    """Register training objectives: `register(name, factory, options=OptionsModel)`."""
+
+
+@hookspec
+def register_prompt_sources(register):
+    """Register prompt sources: `register(name, factory)`; `factory(arg) -> list[PromptItem]`."""
+
+
+@hookspec
+def register_commands(app):
+    """Add Typer commands to the `nft` command-line app."""

@@ -1,0 +1,115 @@
+"""Named factories registered through the `nft` hooks, and their creation with validated options."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from nft_core.errors import ConfigError
+from nft_core.plugins import load_plugins
+
+KINDS = {
+    "rewards": "register_rewards",
+    "solvers": "register_solvers",
+    "policies": "register_policies",
+    "objectives": "register_objectives",
+    "prompt_sources": "register_prompt_sources",
+}
+
+
+@dataclass(frozen=True)
+class Registration:
+    """One registered name: its factory, the pydantic model of its options, and the plugin that gave it."""
+
+    kind: str
+    name: str
+    factory: Callable[..., Any]
+    options: type[BaseModel] | None
+    description: str
+    plugin: str
+
+
+_cache: dict[str, dict[str, Registration]] = {}
+
+
+def registrations(kind: str) -> dict[str, Registration]:
+    """All registrations of one kind (`rewards`, `solvers`, `policies`, `objectives`, `prompt_sources`)."""
+    if kind in _cache:
+        return _cache[kind]
+    manager = load_plugins()
+    found: dict[str, Registration] = {}
+    hook = getattr(manager.hook, KINDS[kind])
+    for impl in reversed(hook.get_hookimpls()):  # registration order: first registered first
+
+        def register(
+            name: str,
+            factory: Callable[..., Any],
+            options: type[BaseModel] | None = None,
+            description: str = "",
+            _plugin: str = impl.plugin_name,
+        ) -> None:
+            if name in found:
+                raise ValueError(f"{kind[:-1]} {name!r} registered twice ({found[name].plugin} and {_plugin})")
+            doc = description or (factory.__doc__ or "").strip().split("\n")[0]
+            found[name] = Registration(kind, name, factory, options, doc, _plugin)
+
+        impl.function(register=register)
+    _cache[kind] = found
+    return found
+
+
+def clear_cache() -> None:
+    """Forget cached registrations (after registering a plugin at run time, e.g. in tests)."""
+    _cache.clear()
+
+
+def get(kind: str, name: str, path: str) -> Registration:
+    """Look up a registered name; an unknown one is a ConfigError that lists what is available."""
+    available = registrations(kind)
+    if name not in available:
+        names = ", ".join(sorted(available)) or "none"
+        raise ConfigError(f"{path}: unknown {kind[:-1].replace('_', ' ')} {name!r}; available: {names}")
+    return available[name]
+
+
+def validate_options(kind: str, name: str, options: dict[str, Any], path: str) -> dict[str, Any]:
+    """Validate a plugin's option table with the model it registered; errors name the TOML path."""
+    registration = get(kind, name, path)
+    if registration.options is None:
+        return dict(options)
+    try:
+        model = registration.options.model_validate(options)
+    except ValidationError as error:
+        raise ConfigError(format_validation_error(error, path)) from None
+    return model.model_dump()
+
+
+def create(kind: str, name: str, options: dict[str, Any] | None = None, path: str = "") -> Any:
+    """Build a registered object from validated options."""
+    registration = get(kind, name, path or kind)
+    validated = validate_options(kind, name, options or {}, path or f"{kind}.{name}")
+    return registration.factory(**validated)
+
+
+def format_validation_error(error: ValidationError, prefix: str = "") -> str:
+    """One line for the first pydantic error: `<toml.path>: <what is wrong and allowed>`."""
+    first = error.errors()[0]
+    location = ".".join(str(part) for part in first["loc"])
+    path = ".".join(part for part in (prefix, location) if part)
+    message = first["msg"]
+    if first["type"] == "extra_forbidden":
+        message = "unknown key"
+        if first.get("ctx") is None and "model" in error.title:
+            pass
+    elif first["type"] == "missing":
+        message = "required key is missing"
+    value = first.get("input")
+    shown = f" (got {value!r})" if first["type"] not in ("missing", "extra_forbidden") and _short(value) else ""
+    return f"{path}: {message}{shown}"
+
+
+def _short(value: Any) -> bool:
+    return isinstance(value, (str, int, float, bool)) and len(repr(value)) < 60

@@ -1,0 +1,166 @@
+"""Weighted multi-reward composition: each reward's raw scores -> its normalizer -> weighted sum.
+
+Direction: a reward whose `higher_is_better` is False is negated before its normalizer, so a higher
+`total` is always better. `raw` keeps the scores exactly as the reward returned them (native units and
+direction, for logging); `normalized` is what enters the sum.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from nft_core.advantages import prompt_group_ids
+from nft_core.protocols import Reward
+
+__all__ = ["RewardSet", "RewardSetOutput", "RewardTerm", "combine"]
+
+
+@dataclass
+class RewardTerm:
+    """One reward of a set with its weight in the sum and its normalizer `f(x, group_ids)`."""
+
+    name: str
+    reward: Reward
+    weight: float
+    normalizer: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class RewardSetOutput:
+    """Per-reward raw and normalized scores `[N]` (CPU float32), their weighted sum and timings."""
+
+    raw: dict[str, torch.Tensor]
+    normalized: dict[str, torch.Tensor]
+    total: torch.Tensor
+    details: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def combine(normalized: dict[str, torch.Tensor], weights: dict[str, float]) -> torch.Tensor:
+    """`sum_k weights[k] * normalized[k]` in float32; the two dicts must have the same names."""
+    if normalized.keys() != weights.keys():
+        raise ValueError(f"reward names differ: scores {sorted(normalized)} vs weights {sorted(weights)}")
+    if not normalized:
+        raise ValueError("combine needs at least one reward")
+    shapes = {tuple(value.shape) for value in normalized.values()}
+    if len(shapes) != 1:
+        raise ValueError(f"reward scores have different shapes: {sorted(shapes)}")
+    total: torch.Tensor | None = None
+    for name, value in normalized.items():
+        term = float(weights[name]) * value.to(torch.float32)
+        total = term if total is None else total + term
+    assert total is not None
+    return total
+
+
+def _cpu_float(x: Any) -> torch.Tensor:
+    return torch.as_tensor(x).detach().to(device="cpu", dtype=torch.float32)
+
+
+class RewardSet:
+    """An ordered set of weighted, normalized rewards."""
+
+    def __init__(self, terms: Sequence[RewardTerm]) -> None:
+        terms = list(terms)
+        if not terms:
+            raise ValueError("a RewardSet needs at least one reward")
+        names = [term.name for term in terms]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"reward names must be unique in a set; repeated: {', '.join(duplicates)}")
+        for term in terms:
+            if not math.isfinite(term.weight):
+                raise ValueError(f"reward {term.name!r}: weight must be finite, got {term.weight}")
+        self.terms = terms
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{term.name}x{term.weight}" for term in self.terms)
+        return f"RewardSet({inner})"
+
+    def __len__(self) -> int:
+        return len(self.terms)
+
+    @property
+    def names(self) -> list[str]:
+        return [term.name for term in self.terms]
+
+    @property
+    def weights(self) -> dict[str, float]:
+        return {term.name: float(term.weight) for term in self.terms}
+
+    def to(self, device: torch.device | str) -> RewardSet:
+        for term in self.terms:
+            moved = term.reward.to(device)
+            if moved is not None:
+                term.reward = moved
+        return self
+
+    def score(
+        self,
+        images: torch.Tensor,
+        prompts: Sequence[str],
+        metadata: Sequence[dict[str, Any]] | None = None,
+        group_ids: torch.Tensor | None = None,
+    ) -> RewardSetOutput:
+        """Score a batch with every reward, normalize each (after orienting it), and sum with the weights.
+
+        `group_ids` default to the prompt groups of `prompts`. Non-finite scores or a wrong shape raise a
+        ValueError naming the reward.
+        """
+        n = len(prompts)
+        if images.shape[0] != n:
+            raise ValueError(f"{images.shape[0]} images but {n} prompts (they are paired one-to-one)")
+        if metadata is not None and len(metadata) != n:
+            raise ValueError(f"{len(metadata)} metadata entries but {n} prompts")
+        groups = prompt_group_ids(prompts) if group_ids is None else _cpu_long(group_ids)
+        raw: dict[str, torch.Tensor] = {}
+        normalized: dict[str, torch.Tensor] = {}
+        details: dict[str, dict[str, torch.Tensor]] = {}
+        seconds: dict[str, float] = {}
+        for term in self.terms:
+            start = time.perf_counter()
+            output = term.reward(images, prompts, metadata)
+            scores = _cpu_float(output.scores)  # the copy to CPU waits for the device, so timing is honest
+            term_details = {key: _cpu_float(value) for key, value in (output.details or {}).items()}
+            seconds[term.name] = time.perf_counter() - start
+            if scores.shape != (n,):
+                raise ValueError(
+                    f"reward {term.name!r} returned scores of shape {tuple(scores.shape)}, want [{n}]"
+                )
+            if not torch.isfinite(scores).all():
+                bad = int((~torch.isfinite(scores)).sum())
+                raise ValueError(f"reward {term.name!r} returned {bad} non-finite score(s)")
+            oriented = scores if term.reward.higher_is_better else -scores
+            norm = _cpu_float(term.normalizer(oriented, groups))
+            if norm.shape != (n,):
+                raise ValueError(
+                    f"normalizer of {term.name!r} returned shape {tuple(norm.shape)}, want [{n}]"
+                )
+            raw[term.name] = scores
+            normalized[term.name] = norm
+            details[term.name] = term_details
+        total = combine(normalized, self.weights)
+        return RewardSetOutput(raw=raw, normalized=normalized, total=total, details=details, seconds=seconds)
+
+    def normalizer_state(self) -> dict[str, Any]:
+        """States of the stateful normalizers (running z-score), by reward name, for checkpoints."""
+        return {
+            term.name: term.normalizer.state_dict()
+            for term in self.terms
+            if hasattr(term.normalizer, "state_dict")
+        }
+
+    def load_normalizer_state(self, state: dict[str, Any]) -> None:
+        for term in self.terms:
+            if term.name in state and hasattr(term.normalizer, "load_state_dict"):
+                term.normalizer.load_state_dict(state[term.name])
+
+
+def _cpu_long(x: Any) -> torch.Tensor:
+    return torch.as_tensor(x).detach().to(device="cpu", dtype=torch.long)

@@ -1,0 +1,164 @@
+"""The tiny text-conditional flow-matching network of the shapes world: a small conv UNet.
+
+Text: word tokens -> embedding + positions -> one transformer layer. Time and pooled text modulate every
+residual block (FiLM); cross-attention over text tokens at 16x16 and 8x8, self-attention at 8x8 so that
+global layout (counting, relative position) can be coordinated across the image.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class TinyUNetConfig:
+    """Architecture hyper-parameters (saved next to the weights)."""
+
+    vocab_size: int
+    max_tokens: int = 8
+    text_dim: int = 64
+    text_layers: int = 1
+    channels: tuple[int, int, int] = (32, 64, 128)
+    time_dim: int = 128
+    heads: int = 4
+    image_channels: int = 3
+
+    def to_dict(self) -> dict:
+        """JSON-friendly form."""
+        data = asdict(self)
+        data["channels"] = list(self.channels)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TinyUNetConfig:
+        """Inverse of `to_dict`."""
+        data = dict(data)
+        data["channels"] = tuple(data["channels"])
+        return cls(**data)
+
+
+def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sinusoidal embedding of t in [0, 1] (scaled by 1000 as diffusion models do)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    angles = 1000.0 * t.float()[:, None] * freqs[None]
+    return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+
+class TextEncoder(nn.Module):
+    """Token embedding with learned positions and a small transformer; returns tokens and a pooled vector."""
+
+    def __init__(self, config: TinyUNetConfig) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(config.vocab_size, config.text_dim)
+        self.positions = nn.Parameter(torch.zeros(config.max_tokens, config.text_dim))
+        nn.init.normal_(self.positions, std=0.02)
+        layer = nn.TransformerEncoderLayer(
+            config.text_dim, config.heads, dim_feedforward=2 * config.text_dim, dropout=0.0, batch_first=True,
+            norm_first=True,
+        )
+        self.layers = nn.TransformerEncoder(layer, config.text_layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(config.text_dim)
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden = self.embed(tokens) + self.positions[: tokens.shape[1]]
+        hidden = self.norm(self.layers(hidden, src_key_padding_mask=~mask))
+        weights = mask.float().unsqueeze(-1)
+        pooled = (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+        return hidden, pooled
+
+
+class ResBlock(nn.Module):
+    """Two 3x3 convolutions with GroupNorm, modulated by the conditioning vector (FiLM)."""
+
+    def __init__(self, in_channels: int, out_channels: int, cond_dim: int) -> None:
+        super().__init__()
+        self.norm1 = nn.GroupNorm(8, in_channels)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.film = nn.Linear(cond_dim, 2 * out_channels)
+        self.norm2 = nn.GroupNorm(8, out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        self.skip = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
+        nn.init.zeros_(self.conv2.weight)
+        nn.init.zeros_(self.conv2.bias)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        scale, shift = self.film(cond)[:, :, None, None].chunk(2, dim=1)
+        h = F.silu(self.norm2(h) * (1 + scale) + shift)
+        return self.skip(x) + self.conv2(h)
+
+
+class Attention(nn.Module):
+    """Multi-head attention of image positions over a context (text tokens, or the image itself)."""
+
+    def __init__(self, channels: int, context_dim: int | None, heads: int) -> None:
+        super().__init__()
+        self.norm = nn.GroupNorm(8, channels)
+        self.attn = nn.MultiheadAttention(
+            channels, heads, kdim=context_dim or channels, vdim=context_dim or channels, batch_first=True
+        )
+        nn.init.zeros_(self.attn.out_proj.weight)
+        nn.init.zeros_(self.attn.out_proj.bias)
+
+    def forward(
+        self, x: torch.Tensor, context: torch.Tensor | None = None, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        n, c, h, w = x.shape
+        query = self.norm(x).flatten(2).transpose(1, 2)
+        keys = query if context is None else context
+        padding = None if mask is None else ~mask
+        out, _ = self.attn(query, keys, keys, key_padding_mask=padding, need_weights=False)
+        return x + out.transpose(1, 2).reshape(n, c, h, w)
+
+
+class TinyUNet(nn.Module):
+    """Predicts the flow velocity v = eps - x0 of a 32x32 RGB image given t and prompt tokens."""
+
+    def __init__(self, config: TinyUNetConfig) -> None:
+        super().__init__()
+        self.config = config
+        c1, c2, c3 = config.channels
+        cond_dim = config.time_dim
+        self.text = TextEncoder(config)
+        self.time_mlp = nn.Sequential(nn.Linear(config.time_dim, cond_dim), nn.SiLU(), nn.Linear(cond_dim, cond_dim))
+        self.text_to_cond = nn.Linear(config.text_dim, cond_dim)
+        self.stem = nn.Conv2d(config.image_channels, c1, 3, padding=1)
+        self.down1 = ResBlock(c1, c1, cond_dim)
+        self.pool1 = nn.Conv2d(c1, c2, 3, stride=2, padding=1)
+        self.down2 = ResBlock(c2, c2, cond_dim)
+        self.cross2 = Attention(c2, config.text_dim, config.heads)
+        self.pool2 = nn.Conv2d(c2, c3, 3, stride=2, padding=1)
+        self.down3 = ResBlock(c3, c3, cond_dim)
+        self.cross3 = Attention(c3, config.text_dim, config.heads)
+        self.self3 = Attention(c3, None, config.heads)
+        self.mid = ResBlock(c3, c3, cond_dim)
+        self.mid_cross = Attention(c3, config.text_dim, config.heads)
+        self.up3 = ResBlock(2 * c3, c3, cond_dim)
+        self.up_cross3 = Attention(c3, config.text_dim, config.heads)
+        self.unpool3 = nn.ConvTranspose2d(c3, c2, 4, stride=2, padding=1)
+        self.up2 = ResBlock(2 * c2, c2, cond_dim)
+        self.up_cross2 = Attention(c2, config.text_dim, config.heads)
+        self.unpool2 = nn.ConvTranspose2d(c2, c1, 4, stride=2, padding=1)
+        self.up1 = ResBlock(2 * c1, c1, cond_dim)
+        self.out_norm = nn.GroupNorm(8, c1)
+        self.out = nn.Conv2d(c1, config.image_channels, 3, padding=1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        text, pooled = self.text(tokens, mask)
+        cond = self.time_mlp(timestep_embedding(t, self.config.time_dim)) + self.text_to_cond(pooled)
+        h1 = self.down1(self.stem(x), cond)
+        h2 = self.cross2(self.down2(self.pool1(h1), cond), text, mask)
+        h3 = self.self3(self.cross3(self.down3(self.pool2(h2), cond), text, mask))
+        h = self.mid_cross(self.mid(h3, cond), text, mask)
+        h = self.up_cross3(self.up3(torch.cat([h, h3], 1), cond), text, mask)
+        h = self.up_cross2(self.up2(torch.cat([self.unpool3(h), h2], 1), cond), text, mask)
+        h = self.up1(torch.cat([self.unpool2(h), h1], 1), cond)
+        return self.out(F.silu(self.out_norm(h)))

@@ -1,0 +1,138 @@
+"""`shapes-geneval`: ground truth scores 1, wrong renders fail, the bound of the partial score, errors."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pydantic
+import pytest
+import torch
+
+from nft_core.protocols import Reward
+from nft_core.shapes import grammar
+from nft_core.shapes.render import render_batch
+from nft_core.shapes.reward import ShapesGenEvalOptions, ShapesGenEvalReward
+from nft_core.shapes.world import COLORS, IMAGE_SIZE
+
+
+def batch(items, seed=0):
+    return (
+        render_batch([it.metadata for it in items], seed),
+        [it.prompt for it in items],
+        [it.metadata for it in items],
+    )
+
+
+def test_declarations():
+    reward = ShapesGenEvalReward()
+    assert isinstance(reward, Reward)
+    assert reward.name == "shapes-geneval" and reward.higher_is_better
+    assert reward.native_range == (-14.0, 1.0)
+    assert ShapesGenEvalReward(outcome="strict").native_range == (0.0, 1.0)
+    assert ShapesGenEvalReward(outcome="official").native_range == (0.0, 1.0)
+    assert reward.to("cpu") is reward
+
+
+def test_options_validation():
+    assert ShapesGenEvalOptions().outcome == "partial" and ShapesGenEvalOptions().batch_size == 64
+    with pytest.raises(pydantic.ValidationError):
+        ShapesGenEvalOptions(outcom="strict")
+    with pytest.raises(pydantic.ValidationError):
+        ShapesGenEvalReward(outcome="lenient")
+    with pytest.raises(pydantic.ValidationError):
+        ShapesGenEvalReward(batch_size=0)
+
+
+@pytest.mark.parametrize("outcome", ["partial", "strict", "official"])
+def test_ground_truth_scores_one(outcome):
+    images, prompts, metadata = batch(grammar.all_prompts())
+    out = ShapesGenEvalReward(outcome=outcome, batch_size=50)(images, prompts, metadata)
+    assert out.scores.shape == (126,) and out.scores.dtype == torch.float32
+    assert set(out.details) == {"partial", "strict", "correct"}
+    for name, value in out.details.items():
+        assert value.shape == (126,) and value.dtype == torch.float32
+        assert torch.all(value == 1.0), name
+    assert torch.all(out.scores == 1.0)
+
+
+def test_any_float_dtype_and_range_of_inputs():
+    images, prompts, metadata = batch(grammar.eval_items(images_per_tag=6), seed=3)
+    reward = ShapesGenEvalReward()
+    reference = reward(images, prompts, metadata).scores
+    assert torch.all(reference == 1.0)
+    for variant in (images.half(), images.double(), images.bfloat16()):
+        assert torch.equal(reward(variant, prompts, metadata).scores, reference)
+
+
+def recoloured(meta):
+    """The same prompt with every specified colour replaced by another palette colour."""
+    meta = copy.deepcopy(meta)
+    names = list(COLORS)
+    for clause in meta["include"]:
+        if "color" in clause:
+            clause["color"] = names[(names.index(clause["color"]) + 1) % len(names)]
+    return meta
+
+
+def test_wrong_colour_renders_fail():
+    items = [it for it in grammar.all_prompts() if it.metadata["tag"] in ("colors", "color_attr")]
+    images = render_batch([recoloured(it.metadata) for it in items], seed=1)
+    out = ShapesGenEvalReward()(images, [it.prompt for it in items], [it.metadata for it in items])
+    assert torch.all(out.details["strict"] == 0.0) and torch.all(out.details["correct"] == 0.0)
+    assert torch.all(out.scores < 1.0)
+    colors = torch.tensor([it.metadata["tag"] == "colors" for it in items])
+    assert torch.all(out.scores[colors] == 0.5)  # [count 1, colour 0]
+    # color_attr with both colours wrong: [1, 0, 1, 0]
+    assert torch.all(out.scores[~colors] == 0.5)
+
+
+def test_wrong_count_and_empty_images():
+    meta = grammar.metadata_for("three squares")
+    images = render_batch([grammar.metadata_for("four squares"), grammar.metadata_for("two squares")], seed=2)
+    images = torch.cat([images, torch.zeros(1, 3, IMAGE_SIZE, IMAGE_SIZE)])
+    out = ShapesGenEvalReward()(images, ["three squares"] * 3, [meta] * 3)
+    assert out.details["partial"].tolist() == pytest.approx([2 / 3, 2 / 3, 0.0])
+    assert out.details["strict"].tolist() == [0.0, 0.0, 0.0]
+    assert out.details["correct"].tolist() == [0.0, 0.0, 0.0]
+
+
+def test_partial_score_reaches_its_declared_minimum():
+    """16 small clean squares for "a square": 1 - (16 - 1) / 1 = -14, the declared lower bound."""
+    image = torch.zeros(1, 3, IMAGE_SIZE, IMAGE_SIZE)
+    for row in range(4):
+        for col in range(5):  # 20 squares drawn, 16 kept by GenEval's cap
+            image[0, 0, 1 + 7 * row : 6 + 7 * row, 1 + 6 * col : 6 + 6 * col] = 1.0  # 5x5, 1 px apart
+    reward = ShapesGenEvalReward()
+    out = reward(image, ["a square"], [grammar.metadata_for("a square")])
+    assert out.scores.item() == reward.native_range[0] == -14.0
+
+
+def test_metadata_errors():
+    images, prompts, metadata = batch(grammar.all_prompts()[:4])
+    reward = ShapesGenEvalReward()
+    with pytest.raises(ValueError, match="needs GenEval metadata"):
+        reward(images, prompts)
+    with pytest.raises(ValueError, match="3 metadata entries but 4 prompts"):
+        reward(images, prompts, metadata[:3])
+    with pytest.raises(ValueError, match=r"expected images \[3,3,H,W\]"):
+        reward(images, prompts[:3], metadata[:3])
+    broken = copy.deepcopy(metadata)
+    del broken[2]["include"]
+    with pytest.raises(ValueError, match=r"shapes-geneval: metadata\[2\]: include: missing"):
+        reward(images, prompts, broken)
+    broken = copy.deepcopy(metadata)
+    del broken[1]["tag"]
+    with pytest.raises(ValueError, match=r"metadata\[1\]: tag: missing"):
+        reward(images, prompts, broken)
+
+
+def test_deterministic():
+    rng = np.random.default_rng(0)
+    images = torch.from_numpy(rng.random((16, 3, IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32))
+    items = grammar.eval_items(images_per_tag=1)[:16]
+    reward = ShapesGenEvalReward()
+    a = reward(images, [it.prompt for it in items], [it.metadata for it in items])
+    b = reward(images, [it.prompt for it in items], [it.metadata for it in items])
+    assert torch.equal(a.scores, b.scores)
+    assert torch.all(a.details["strict"] == 0.0)  # noise is never a correct image
