@@ -56,10 +56,15 @@ def _load_entry_points() -> None:
         try:
             module = entry_point.load()
         except Exception as error:  # a broken plugin must not take the host down
-            load_errors.append(PluginLoadError(entry_point.name, distribution, f"{type(error).__name__}: {error}"))
+            load_errors.append(
+                PluginLoadError(entry_point.name, distribution, f"{type(error).__name__}: {error}")
+            )
             continue
         pm.register(module, name=entry_point.name)
-        _distributions[entry_point.name] = (distribution, entry_point.dist.version if entry_point.dist else None)
+        _distributions[entry_point.name] = (
+            distribution,
+            entry_point.dist.version if entry_point.dist else None,
+        )
 
 
 def load_plugins() -> pluggy.PluginManager:

@@ -52,7 +52,9 @@ def registrations(kind: str) -> dict[str, Registration]:
             _plugin: str = impl.plugin_name,
         ) -> None:
             if name in found:
-                raise ValueError(f"{kind[:-1]} {name!r} registered twice ({found[name].plugin} and {_plugin})")
+                raise ValueError(
+                    f"{kind[:-1]} {name!r} registered twice ({found[name].plugin} and {_plugin})"
+                )
             doc = description or (factory.__doc__ or "").strip().split("\n")[0]
             found[name] = Registration(kind, name, factory, options, doc, _plugin)
 
@@ -107,7 +109,9 @@ def format_validation_error(error: ValidationError, prefix: str = "") -> str:
     elif first["type"] == "missing":
         message = "required key is missing"
     value = first.get("input")
-    shown = f" (got {value!r})" if first["type"] not in ("missing", "extra_forbidden") and _short(value) else ""
+    shown = (
+        f" (got {value!r})" if first["type"] not in ("missing", "extra_forbidden") and _short(value) else ""
+    )
     return f"{path}: {message}{shown}"
 
 

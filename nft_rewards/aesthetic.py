@@ -23,7 +23,6 @@ from nft_rewards.base import (
     BaseReward,
     ModelOptions,
     clip_image_processor,
-    features,
     quantize_uint8,
     to_numpy_hwc,
     torch_dtype,
@@ -67,7 +66,9 @@ def load_aesthetic_head(path: Any) -> AestheticMLP:
     try:
         head.load_state_dict(state)
     except RuntimeError as error:
-        raise UserError(f"aesthetic: {path} does not match the LAION MLP: {str(error).splitlines()[0]}") from None
+        raise UserError(
+            f"aesthetic: {path} does not match the LAION MLP: {str(error).splitlines()[0]}"
+        ) from None
     return head.eval()
 
 
@@ -91,22 +92,34 @@ class AestheticReward(BaseReward):
     def __init__(self, options: AestheticOptions | None = None) -> None:
         options = options or AestheticOptions()
         super().__init__(options)
-        from transformers import CLIPVisionModelWithProjection
+        from transformers import CLIPModel
 
         folder = resolve_repo(
-            options.model, reward=self.name, option="model", required=(*MODEL_FILES, *IMAGE_PROCESSOR_FILES),
+            options.model,
+            reward=self.name,
+            option="model",
+            required=(*MODEL_FILES, *IMAGE_PROCESSOR_FILES),
             weights_dir_option=options.weights_dir,
         )
         head_file = resolve_file(
-            options.head, reward=self.name, option="head", filenames=(HEAD_FILE,), weights_dir_option=options.weights_dir
+            options.head,
+            reward=self.name,
+            option="head",
+            filenames=(HEAD_FILE,),
+            weights_dir_option=options.weights_dir,
         )
         dtype = torch_dtype(options.dtype)
-        self.vision = CLIPVisionModelWithProjection.from_pretrained(str(folder)).to(dtype).eval()
+        clip = CLIPModel.from_pretrained(str(folder))
+        # keep the image half only: visual_projection(vision_model(x).pooler_output) = get_image_features
+        self.vision = clip.vision_model.to(dtype).eval()
+        self.projection = clip.visual_projection.to(dtype).eval()
+        del clip
         self.vision.requires_grad_(False)
+        self.projection.requires_grad_(False)
         self.image_processor = clip_image_processor(folder)
         self.head = load_aesthetic_head(head_file).to(dtype)
         self.head.requires_grad_(False)
-        projection = self.vision.config.projection_dim
+        projection = self.projection.out_features
         if self.head.input_size != projection:
             raise UserError(
                 f"aesthetic: the head takes {self.head.input_size}-d embeddings but the CLIP model projects "
@@ -114,9 +127,13 @@ class AestheticReward(BaseReward):
             )
         self.native_range = (-float("inf"), float("inf"))
 
-    def score_batch(self, images: torch.Tensor, prompts: list[str], metadata: Any) -> tuple[torch.Tensor, dict]:
+    def score_batch(
+        self, images: torch.Tensor, prompts: list[str], metadata: Any
+    ) -> tuple[torch.Tensor, dict]:
         pixels = self.image_processor(images=list(to_numpy_hwc(quantize_uint8(images))), return_tensors="pt")
         dtype = self.head.layers[0].weight.dtype
-        embeds = features(self.vision(pixel_values=pixels["pixel_values"].to(self.device, dtype)))
+        embeds = self.projection(
+            self.vision(pixel_values=pixels["pixel_values"].to(self.device, dtype)).pooler_output
+        )
         embeds = embeds / embeds.norm(p=2, dim=-1, keepdim=True)
         return self.head(embeds).squeeze(-1).float(), {}

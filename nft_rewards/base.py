@@ -65,7 +65,11 @@ def parse_options(options_model: type[BaseModel], name: str, options: dict[str, 
         where = ".".join(str(part) for part in first["loc"]) or "options"
         message = "unknown option" if first["type"] == "extra_forbidden" else first["msg"]
         value = first.get("input")
-        shown = f" (got {value!r})" if first["type"] != "extra_forbidden" and isinstance(value, (str, int, float)) else ""
+        shown = (
+            f" (got {value!r})"
+            if first["type"] != "extra_forbidden" and isinstance(value, (str, int, float))
+            else ""
+        )
         allowed = ", ".join(options_model.model_fields)
         raise ConfigError(f"reward {name!r}: {where}: {message}{shown}; options: {allowed}") from None
 
@@ -88,9 +92,13 @@ def check_inputs(
     if images.ndim != 4 or images.shape[1] != 3:
         raise UserError(f"{name}: images must have shape [N,3,H,W], got {tuple(images.shape)}")
     if not images.is_floating_point():
-        raise UserError(f"{name}: images must be a float tensor with values in [0,1], got dtype {images.dtype}")
+        raise UserError(
+            f"{name}: images must be a float tensor with values in [0,1], got dtype {images.dtype}"
+        )
     if isinstance(prompts, str) or not isinstance(prompts, Sequence):
-        raise UserError(f"{name}: prompts must be a list of strings (one per image), got {type(prompts).__name__}")
+        raise UserError(
+            f"{name}: prompts must be a list of strings (one per image), got {type(prompts).__name__}"
+        )
     prompts = list(prompts)
     n = images.shape[0]
     if len(prompts) != n:
@@ -103,11 +111,14 @@ def check_inputs(
             raise UserError(f"{name}: metadata must be a list of dicts (one per image) or None")
         metadata = list(metadata)
         if len(metadata) != n:
-            raise UserError(f"{name}: {n} images but {len(metadata)} metadata entries (they are paired one-to-one)")
+            raise UserError(
+                f"{name}: {n} images but {len(metadata)} metadata entries (they are paired one-to-one)"
+            )
     elif need_metadata:
         raise UserError(f"{name}: needs one metadata dict per image; got none")
     if n:
-        low, high = float(images.min()), float(images.max())
+        extremes = torch.aminmax(images.detach())
+        low, high = float(extremes.min), float(extremes.max)
         if not (np.isfinite(low) and np.isfinite(high)):
             raise UserError(f"{name}: images contain NaN or infinite values")
         if low < -RANGE_TOLERANCE or high > 1 + RANGE_TOLERANCE:

@@ -22,7 +22,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
 def parse_option(text: str) -> tuple[str, Any]:
-    """`key=value` with the value read as a JSON/TOML literal (`1e-3`, `true`, `"x"`), else kept as a string."""
+    """`key=value`, the value read as a JSON literal (`1e-3`, `true`, `"x"`), else kept as a string."""
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
         raise UserError(f"--option expects key=value, got {text!r}")
@@ -50,7 +50,9 @@ def image_files(sources: list[Path]) -> list[Path]:
         else:
             raise UserError(f"--images: {source} does not exist")
     if not files:
-        raise UserError(f"--images: no image files ({', '.join(IMAGE_SUFFIXES)}) in {', '.join(map(str, sources))}")
+        raise UserError(
+            f"--images: no image files ({', '.join(IMAGE_SUFFIXES)}) in {', '.join(map(str, sources))}"
+        )
     return files
 
 
@@ -83,7 +85,9 @@ def score_images(reward: Any, tensors: list, prompts: list[str], metadata: list 
         while end < len(tensors) and tensors[end].shape == tensors[start].shape:
             end += 1
         out = reward(
-            torch.stack(tensors[start:end]), prompts[start:end], None if metadata is None else metadata[start:end]
+            torch.stack(tensors[start:end]),
+            prompts[start:end],
+            None if metadata is None else metadata[start:end],
         )
         scores += out.scores.tolist()
         for key, value in out.details.items():
@@ -95,7 +99,11 @@ def score_images(reward: Any, tensors: list, prompts: list[str], metadata: list 
 def _read_lines(path: Path) -> list[str]:
     if not path.is_file():
         raise UserError(f"--prompts: {path} does not exist")
-    return [line.rstrip("\n").rstrip("\r") for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [
+        line.rstrip("\n").rstrip("\r")
+        for line in path.read_text(encoding="utf-8").splitlines()
+        if line.strip()
+    ]
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -125,7 +133,9 @@ def score_command(
     prompts: Path | None = typer.Option(None, "--prompts", help="text file, one prompt per image"),
     metadata: Path | None = typer.Option(None, "--metadata", help="JSONL, one object per image (GenEval)"),
     out: Path = typer.Option(Path("scores.jsonl"), "--out", help="where to write one JSON line per image"),
-    option: list[str] | None = typer.Option(None, "--option", "-o", help="reward option key=value (repeatable)"),
+    option: list[str] | None = typer.Option(
+        None, "--option", "-o", help="reward option key=value (repeatable)"
+    ),
     device: str = typer.Option("cpu", "--device", help="torch device for the reward model"),
 ) -> None:
     """Score images with one reward; prompts (and metadata) pair with the images in order."""
@@ -149,7 +159,7 @@ def score_command(
         scores, details = score_images(model, read_images(files), texts, meta)
         out.parent.mkdir(parents=True, exist_ok=True)
         with out.open("w", encoding="utf-8") as handle:
-            for i, (path, text, score) in enumerate(zip(files, texts, scores)):
+            for i, (path, text, score) in enumerate(zip(files, texts, scores, strict=True)):
                 row = {"image": str(path), "prompt": text, "score": score}
                 row.update({key: values[i] for key, values in details.items()})
                 handle.write(json.dumps(row) + "\n")
@@ -165,8 +175,10 @@ def geneval_folders(root: Path) -> list[tuple[dict, list[Path]]]:
 
     if not root.is_dir():
         raise UserError(f"--images: {root} is not a folder")
-    folders = sorted((p for p in root.iterdir() if p.is_dir() and (p / "metadata.jsonl").is_file()),
-                     key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name))
+    folders = sorted(
+        (p for p in root.iterdir() if p.is_dir() and (p / "metadata.jsonl").is_file()),
+        key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name),
+    )
     if not folders:
         raise UserError(f"--images: no <index>/metadata.jsonl folders in {root} (the GenEval output layout)")
     found = []
@@ -192,26 +204,36 @@ def summary_table(rows: list[dict[str, Any]]) -> str:
     for row in rows:
         prompts[row["folder"]] = prompts.get(row["folder"], False) or bool(row["correct"])
     lines = [
-        "Summary", "=======",
-        f"Total images: {len(rows)}", f"Total prompts: {len(prompts)}",
+        "Summary",
+        "=======",
+        f"Total images: {len(rows)}",
+        f"Total prompts: {len(prompts)}",
         f"% correct images: {summary['image_accuracy']:.2%}",
         f"% correct prompts: {sum(prompts.values()) / len(prompts):.2%}",
-        "", "Task breakdown", "==============",
+        "",
+        "Task breakdown",
+        "==============",
     ]
     for tag in TAGS:
         if tag in summary["per_tag"]:
             hits = sum(r["correct"] for r in rows if r["tag"] == tag)
-            lines.append(f"{tag:<16} = {summary['per_tag'][tag]:.2%} ({int(hits)} / {summary['counts'][tag]})")
+            lines.append(
+                f"{tag:<16} = {summary['per_tag'][tag]:.2%} ({int(hits)} / {summary['counts'][tag]})"
+            )
     lines += ["", f"Overall score (avg. over tasks): {summary['overall']:.5f}"]
     if summary["missing_tags"]:
-        lines.append(f"(tasks missing: {', '.join(summary['missing_tags'])}: not comparable to published scores)")
+        lines.append(
+            f"(tasks missing: {', '.join(summary['missing_tags'])}: not comparable to published scores)"
+        )
     return "\n".join(lines)
 
 
 def eval_geneval_command(
     images: Path = typer.Option(..., "--images", help="folder in GenEval's <index>/samples/*.png layout"),
     out: Path | None = typer.Option(None, "--out", help="per-image results (JSONL)"),
-    option: list[str] | None = typer.Option(None, "--option", "-o", help="geneval option key=value (repeatable)"),
+    option: list[str] | None = typer.Option(
+        None, "--option", "-o", help="geneval option key=value (repeatable)"
+    ),
     device: str = typer.Option("cpu", "--device", help="torch device"),
 ) -> None:
     """Evaluate generated images with GenEval and print the official summary (mean of six task accuracies)."""
@@ -236,12 +258,19 @@ def eval_geneval_command(
                     end += 1
                 outcomes += reward.evaluate(torch.stack(tensors[start:end]), [item] * (end - start))
                 start = end
-            for path, outcome in zip(samples, outcomes):
-                rows.append({
-                    "folder": path.parent.parent.name, "filename": str(path), "tag": outcome.tag,
-                    "prompt": item.get("prompt", ""), "correct": bool(outcome.correct),
-                    "strict_correct": bool(outcome.strict_correct), "score": outcome.score, "reason": outcome.reason,
-                })
+            for path, outcome in zip(samples, outcomes, strict=True):
+                rows.append(
+                    {
+                        "folder": path.parent.parent.name,
+                        "filename": str(path),
+                        "tag": outcome.tag,
+                        "prompt": item.get("prompt", ""),
+                        "correct": bool(outcome.correct),
+                        "strict_correct": bool(outcome.strict_correct),
+                        "score": outcome.score,
+                        "reason": outcome.reason,
+                    }
+                )
             del tensors
         if not rows:
             raise UserError(f"--images: no samples/*.png under {images}")
@@ -255,7 +284,9 @@ def eval_geneval_command(
 
 def weights_download_command(
     reward: str = typer.Argument(..., help="reward name"),
-    directory: Path | None = typer.Option(None, "--dir", help="weights directory (default $NFT_WEIGHTS_DIR or HF cache)"),
+    directory: Path | None = typer.Option(
+        None, "--dir", help="weights directory (default $NFT_WEIGHTS_DIR or HF cache)"
+    ),
 ) -> None:
     """Download a reward's default weights (needs internet) into the weights directory or the HF cache."""
 
@@ -298,4 +329,3 @@ def add_commands(app: typer.Typer) -> None:
     weights = _group(app, "weights", "Reward model weights.")
     weights.command("download")(weights_download_command)
     weights.command("list")(weights_list_command)
-

@@ -68,7 +68,10 @@ class ClipScoreReward(BaseReward):
         from transformers import AutoTokenizer, CLIPModel
 
         folder = resolve_repo(
-            options.model, reward=self.name, option="model", required=(*MODEL_FILES, *PROCESSOR_FILES),
+            options.model,
+            reward=self.name,
+            option="model",
+            required=(*MODEL_FILES, *PROCESSOR_FILES),
             weights_dir_option=options.weights_dir,
         )
         self.model = CLIPModel.from_pretrained(str(folder)).to(torch_dtype(options.dtype)).eval()
@@ -78,7 +81,9 @@ class ClipScoreReward(BaseReward):
         self.max_length = min(77, self.model.config.text_config.max_position_embeddings)
         self.native_range = (-1.0, 1.0)
 
-    def score_batch(self, images: torch.Tensor, prompts: list[str], metadata: Any) -> tuple[torch.Tensor, dict]:
+    def score_batch(
+        self, images: torch.Tensor, prompts: list[str], metadata: Any
+    ) -> tuple[torch.Tensor, dict]:
         dtype = self.model.logit_scale.dtype
         pixels = clip_tensor_preprocess(images.float(), self.image_config).to(dtype)
         tokens = self.tokenizer(
@@ -87,10 +92,12 @@ class ClipScoreReward(BaseReward):
         image_embeds = features(self.model.get_image_features(pixel_values=pixels)).float()
         text_embeds = features(
             self.model.get_text_features(
-                input_ids=tokens["input_ids"].to(self.device), attention_mask=tokens["attention_mask"].to(self.device)
+                input_ids=tokens["input_ids"].to(self.device),
+                attention_mask=tokens["attention_mask"].to(self.device),
             )
         ).float()
         cosine = (
-            torch.nn.functional.normalize(image_embeds, dim=-1) * torch.nn.functional.normalize(text_embeds, dim=-1)
+            torch.nn.functional.normalize(image_embeds, dim=-1)
+            * torch.nn.functional.normalize(text_embeds, dim=-1)
         ).sum(-1)
         return cosine, {}

@@ -64,7 +64,9 @@ class HpsOptions(ModelOptions):
     checkpoint: str = Field(
         "xswu/HPSv2", description="HPS state dict: a file, a folder holding checkpoint_file, or a hub id"
     )
-    checkpoint_file: str = Field("HPS_v2.1_compressed.pt", description="file name inside a folder or hub repo")
+    checkpoint_file: str = Field(
+        "HPS_v2.1_compressed.pt", description="file name inside a folder or hub repo"
+    )
     architecture: str = Field("ViT-H-14", description="open_clip model name")
     model_config_file: str | None = Field(
         None, description="JSON config of a custom open_clip architecture, registered under its file stem"
@@ -83,7 +85,10 @@ class HpsReward(BaseReward):
         import open_clip
 
         path = resolve_file(
-            options.checkpoint, reward=self.name, option="checkpoint", filenames=(options.checkpoint_file,),
+            options.checkpoint,
+            reward=self.name,
+            option="checkpoint",
+            filenames=(options.checkpoint_file,),
             weights_dir_option=options.weights_dir,
         )
         if options.model_config_file:
@@ -93,11 +98,14 @@ class HpsReward(BaseReward):
             open_clip.add_model_config(config)
         if options.architecture not in open_clip.list_models():
             raise UserError(f"hpsv2: unknown open_clip architecture {options.architecture!r}")
-        model = open_clip.create_model(options.architecture, pretrained=None, precision="fp32", output_dict=True)
+        model = open_clip.create_model(
+            options.architecture, pretrained=None, precision="fp32", output_dict=True
+        )
         missing, unexpected = model.load_state_dict(_load_state_dict(path), strict=False)
         if missing or unexpected:
             raise UserError(
-                f"hpsv2: {path} does not fit open_clip {options.architecture}: missing {sorted(missing)[:3]}, "
+                f"hpsv2: {path} does not fit open_clip {options.architecture}: "
+                f"missing {sorted(missing)[:3]}, "
                 f"unexpected {sorted(unexpected)[:3]}"
             )
         self.model = model.to(torch_dtype(options.dtype)).eval()
@@ -115,7 +123,9 @@ class HpsReward(BaseReward):
 
         return tvf.normalize(resize_max_size(images.float(), self.image_size), self.mean, self.std)
 
-    def score_batch(self, images: torch.Tensor, prompts: list[str], metadata: Any) -> tuple[torch.Tensor, dict]:
+    def score_batch(
+        self, images: torch.Tensor, prompts: list[str], metadata: Any
+    ) -> tuple[torch.Tensor, dict]:
         dtype = next(self.model.parameters()).dtype
         pixels = self.preprocess(images).to(dtype)
         tokens = self.tokenizer(prompts).to(self.device)

@@ -47,7 +47,9 @@ class JpegIncompressibility(BaseReward):
         super().__init__(options or JpegOptions())
         self.native_range = (0.0, float("inf"))
 
-    def score_batch(self, images: torch.Tensor, prompts: list[str], metadata: Any) -> tuple[torch.Tensor, dict]:
+    def score_batch(
+        self, images: torch.Tensor, prompts: list[str], metadata: Any
+    ) -> tuple[torch.Tensor, dict]:
         sizes = torch.tensor(jpeg_size_kb(to_numpy_hwc(quantize_uint8(images)), self.options.quality))
         return self.sign * sizes / self.divisor, {"size_kb": sizes}
 

@@ -70,7 +70,9 @@ class OcrOptions(RewardOptions):
 
     backend: Literal["rapidocr", "paddleocr"] = Field("rapidocr", description="OCR engine")
     det_limit_side_len: int = Field(960, ge=32, description="detector side limit (PaddleOCR default 960)")
-    det_limit_type: Literal["max", "min"] = Field("max", description="whether the limit caps the longest side")
+    det_limit_type: Literal["max", "min"] = Field(
+        "max", description="whether the limit caps the longest side"
+    )
     use_angle_cls: bool = Field(False, description="text-angle classifier (off in the reference)")
     text_score: float = Field(0.5, ge=0, le=1, description="recognitions below this confidence are dropped")
     lang: str = Field("en", description="PaddleOCR language (paddleocr backend only)")
@@ -107,13 +109,17 @@ class OcrReward(BaseReward):
         array = image_rgb_hwc if self.options.bgr_quirk else image_rgb_hwc[:, :, ::-1]
         return "".join(text for text, confidence in self.engine.read(array.copy()) if confidence > 0)
 
-    def score_batch(self, images: torch.Tensor, prompts: list[str], metadata: Any) -> tuple[torch.Tensor, dict]:
+    def score_batch(
+        self, images: torch.Tensor, prompts: list[str], metadata: Any
+    ) -> tuple[torch.Tensor, dict]:
         arrays = to_numpy_hwc(quantize_uint8(images))
         scores, errors, distances = [], [], []
-        for index, (array, prompt) in enumerate(zip(arrays, prompts)):
+        for index, (array, prompt) in enumerate(zip(arrays, prompts, strict=True)):
             target = extract_target(prompt)
             if target is None or not normalize_text(target):
-                logger.warning("ocr: prompt %r has no non-empty text in straight double quotes; score 0", prompt)
+                logger.warning(
+                    "ocr: prompt %r has no non-empty text in straight double quotes; score 0", prompt
+                )
                 scores.append(0.0)
                 errors.append(1.0)
                 distances.append(float(len(normalize_text(target or ""))))
@@ -122,7 +128,9 @@ class OcrReward(BaseReward):
                 score, distance = ocr_reward(self.recognize(array), target)
                 error = 0.0
             except Exception as failure:  # the reference scores an engine failure 0 and goes on
-                logger.warning("ocr: engine failed on image %d (%s: %s); score 0", index, type(failure).__name__, failure)
+                logger.warning(
+                    "ocr: engine failed on image %d (%s: %s); score 0", index, type(failure).__name__, failure
+                )
                 score, distance, error = 0.0, len(normalize_text(target)), 1.0
             scores.append(score)
             errors.append(error)

@@ -28,7 +28,10 @@ class RapidOcrEngine:
     """rapidocr with PaddleOCR-like knobs: detector side limit, angle classifier, text score threshold."""
 
     def __init__(
-        self, det_limit_side_len: int = 960, det_limit_type: str = "max", use_angle_cls: bool = False,
+        self,
+        det_limit_side_len: int = 960,
+        det_limit_type: str = "max",
+        use_angle_cls: bool = False,
         text_score: float = 0.5,
     ) -> None:
         try:
@@ -51,37 +54,53 @@ class RapidOcrEngine:
         result = self.engine(image_bgr)
         if result.txts is None:
             return []
-        return [(str(text), float(score)) for text, score in zip(result.txts, result.scores)]
+        return [(str(text), float(score)) for text, score in zip(result.txts, result.scores, strict=True)]
 
 
 class PaddleOcrEngine:
     """PaddleOCR as in the reference: `PaddleOCR(use_angle_cls=False, lang="en")` on the CPU."""
 
     def __init__(
-        self, lang: str = "en", det_limit_side_len: int = 960, det_limit_type: str = "max",
-        use_angle_cls: bool = False, text_score: float = 0.5,
+        self,
+        lang: str = "en",
+        det_limit_side_len: int = 960,
+        det_limit_type: str = "max",
+        use_angle_cls: bool = False,
+        text_score: float = 0.5,
     ) -> None:
         try:
             import paddleocr
         except ImportError as error:
-            raise UserError(f"ocr: the paddleocr backend needs `pip install paddleocr paddlepaddle`: {error}") from None
+            raise UserError(
+                f"ocr: the paddleocr backend needs `pip install paddleocr paddlepaddle`: {error}"
+            ) from None
         self.use_angle_cls = use_angle_cls
         self.major = int(str(getattr(paddleocr, "__version__", "2")).split(".")[0] or 2)
         try:
             if self.major < 3:
                 self.engine = paddleocr.PaddleOCR(
-                    use_angle_cls=use_angle_cls, lang=lang, use_gpu=False, show_log=False,
-                    det_limit_side_len=det_limit_side_len, det_limit_type=det_limit_type, drop_score=text_score,
+                    use_angle_cls=use_angle_cls,
+                    lang=lang,
+                    use_gpu=False,
+                    show_log=False,
+                    det_limit_side_len=det_limit_side_len,
+                    det_limit_type=det_limit_type,
+                    drop_score=text_score,
                 )
             else:
                 self.engine = paddleocr.PaddleOCR(
-                    lang=lang, use_textline_orientation=use_angle_cls, use_doc_orientation_classify=False,
-                    use_doc_unwarping=False, text_det_limit_side_len=det_limit_side_len,
-                    text_det_limit_type=det_limit_type, text_rec_score_thresh=text_score,
+                    lang=lang,
+                    use_textline_orientation=use_angle_cls,
+                    use_doc_orientation_classify=False,
+                    use_doc_unwarping=False,
+                    text_det_limit_side_len=det_limit_side_len,
+                    text_det_limit_type=det_limit_type,
+                    text_rec_score_thresh=text_score,
                 )
         except Exception as error:  # first use downloads models: offline this fails deep inside paddle
             raise UserError(
-                f"ocr: PaddleOCR could not start ({type(error).__name__}: {str(error)[:200]}); it downloads its "
+                f"ocr: PaddleOCR could not start ({type(error).__name__}: {str(error)[:200]}); "
+                "it downloads its "
                 "models on first use (needs internet once), or use backend='rapidocr' (weights in its wheel)"
             ) from None
 
@@ -92,7 +111,7 @@ class PaddleOcrEngine:
             return [(str(line[1][0]), float(line[1][1])) for line in lines or []]
         found = []
         for page in self.engine.predict(image_bgr):
-            found += [(str(t), float(s)) for t, s in zip(page["rec_texts"], page["rec_scores"])]
+            found += [(str(t), float(s)) for t, s in zip(page["rec_texts"], page["rec_scores"], strict=True)]
         return found
 
 

@@ -37,7 +37,8 @@ class PickScoreOptions(ModelOptions):
 
     model: str = Field("yuvalkirstain/PickScore_v1", description="CLIP model folder or hub id")
     processor: str = Field(
-        "laion/CLIP-ViT-H-14-laion2B-s32B-b79K", description="processor (tokenizer + image config) folder or hub id"
+        "laion/CLIP-ViT-H-14-laion2B-s32B-b79K",
+        description="processor (tokenizer + image config) folder or hub id",
     )
     scale: float = Field(1 / 26, description="score = raw PickScore * scale + shift (reference: 1/26)")
     shift: float = Field(0.0, description="score = raw PickScore * scale + shift")
@@ -55,12 +56,19 @@ class PickScoreReward(BaseReward):
         from transformers import AutoTokenizer, CLIPModel
 
         model_dir = resolve_repo(
-            options.model, reward=self.name, option="model", required=MODEL_FILES,
+            options.model,
+            reward=self.name,
+            option="model",
+            required=MODEL_FILES,
             weights_dir_option=options.weights_dir,
         )
         processor_dir = resolve_repo(
-            options.processor, reward=self.name, option="processor", required=PROCESSOR_FILES,
-            weights_dir_option=options.weights_dir, patterns=("*.json", "*.txt"),
+            options.processor,
+            reward=self.name,
+            option="processor",
+            required=PROCESSOR_FILES,
+            weights_dir_option=options.weights_dir,
+            patterns=("*.json", "*.txt"),
         )
         self.model = CLIPModel.from_pretrained(str(model_dir)).to(torch_dtype(options.dtype)).eval()
         self.model.requires_grad_(False)
@@ -68,10 +76,14 @@ class PickScoreReward(BaseReward):
         self.image_processor = clip_image_processor(processor_dir)
         self.max_length = min(77, self.model.config.text_config.max_position_embeddings)
         self.logit_scale_exp = float(self.model.logit_scale.exp())
-        ends = sorted((options.scale * bound + options.shift) for bound in (-self.logit_scale_exp, self.logit_scale_exp))
+        ends = sorted(
+            (options.scale * bound + options.shift) for bound in (-self.logit_scale_exp, self.logit_scale_exp)
+        )
         self.native_range = (ends[0], ends[1])
 
-    def score_batch(self, images: torch.Tensor, prompts: list[str], metadata: Any) -> tuple[torch.Tensor, dict]:
+    def score_batch(
+        self, images: torch.Tensor, prompts: list[str], metadata: Any
+    ) -> tuple[torch.Tensor, dict]:
         pixels = self.image_processor(images=list(to_numpy_hwc(quantize_uint8(images))), return_tensors="pt")
         tokens = self.tokenizer(
             prompts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
@@ -82,11 +94,13 @@ class PickScoreReward(BaseReward):
         ).float()
         text_embeds = features(
             self.model.get_text_features(
-                input_ids=tokens["input_ids"].to(self.device), attention_mask=tokens["attention_mask"].to(self.device)
+                input_ids=tokens["input_ids"].to(self.device),
+                attention_mask=tokens["attention_mask"].to(self.device),
             )
         ).float()
         cosine = (
-            torch.nn.functional.normalize(image_embeds, dim=-1) * torch.nn.functional.normalize(text_embeds, dim=-1)
+            torch.nn.functional.normalize(image_embeds, dim=-1)
+            * torch.nn.functional.normalize(text_embeds, dim=-1)
         ).sum(-1)
         raw = self.model.logit_scale.float().exp() * cosine
         return raw * self.options.scale + self.options.shift, {"raw": raw, "cosine": cosine}

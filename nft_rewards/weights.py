@@ -57,7 +57,9 @@ WEIGHTS: dict[str, tuple[HubFiles, ...]] = {
         HubFiles("laion/CLIP-ViT-H-14-laion2B-s32B-b79K", ("*.json", "*.txt"), "CLIP ViT-H/14 processor"),
     ),
     "hpsv2": (HubFiles("xswu/HPSv2", ("HPS_v2.1_compressed.pt",), "HPS v2.1 state dict"),),
-    "clipscore": (HubFiles("openai/clip-vit-large-patch14", ("*.json", "*.txt", "*.safetensors"), "CLIP ViT-L/14"),),
+    "clipscore": (
+        HubFiles("openai/clip-vit-large-patch14", ("*.json", "*.txt", "*.safetensors"), "CLIP ViT-L/14"),
+    ),
     "aesthetic": (
         HubFiles("openai/clip-vit-large-patch14", ("*.json", "*.txt", "*.safetensors"), "CLIP ViT-L/14"),
         HubFiles(
@@ -68,9 +70,13 @@ WEIGHTS: dict[str, tuple[HubFiles, ...]] = {
     ),
     "geneval": (
         HubFiles(
-            "facebook/mask2former-swin-small-coco-instance", ("*.json", "*.safetensors"), "Mask2Former Swin-S COCO"
+            "facebook/mask2former-swin-small-coco-instance",
+            ("*.json", "*.safetensors"),
+            "Mask2Former Swin-S COCO",
         ),
-        HubFiles("timm/vit_large_patch14_clip_224.openai", ("open_clip_model.safetensors",), "OpenAI CLIP ViT-L/14"),
+        HubFiles(
+            "timm/vit_large_patch14_clip_224.openai", ("open_clip_model.safetensors",), "OpenAI CLIP ViT-L/14"
+        ),
     ),
     "ocr": (),
     "jpeg-compressibility": (),
@@ -104,7 +110,9 @@ def _is_hub_id(reference: str) -> bool:
 
 
 def _describe(groups: Sequence[Sequence[str]]) -> str:
-    return ", ".join(group[0] if len(group) == 1 else f"{group[0]} (or {' / '.join(group[1:])})" for group in groups)
+    return ", ".join(
+        group[0] if len(group) == 1 else f"{group[0]} (or {' / '.join(group[1:])})" for group in groups
+    )
 
 
 def _missing(folder: Path, groups: Sequence[Sequence[str]]) -> list[Sequence[str]]:
@@ -112,11 +120,17 @@ def _missing(folder: Path, groups: Sequence[Sequence[str]]) -> list[Sequence[str
 
 
 def _where(reward: str, repo_id: str, directory: Path | None) -> str:
-    target = f"{directory / repo_id}/" if directory else f"${WEIGHTS_ENV}/{repo_id}/ (set {WEIGHTS_ENV} or weights_dir)"
+    target = (
+        f"{directory / repo_id}/"
+        if directory
+        else f"${WEIGHTS_ENV}/{repo_id}/ (set {WEIGHTS_ENV} or weights_dir)"
+    )
     return f"put them in {target}, or run `nft weights download {reward}` on a machine with internet"
 
 
-def _unavailable(reward: str, option: str, repo_id: str, files: str, directory: Path | None, why: str) -> UserError:
+def _unavailable(
+    reward: str, option: str, repo_id: str, files: str, directory: Path | None, why: str
+) -> UserError:
     return UserError(
         f"{reward}: weights for {option}={repo_id!r} not found ({why}); needed: {files} from hub repo "
         f"{repo_id}; {_where(reward, repo_id, directory)}; or pass a local path as {option}=..."
@@ -142,7 +156,9 @@ def resolve_repo(
     if path.exists() or not _is_hub_id(reference):
         if not path.is_dir():
             what = "is not a folder" if path.exists() else "does not exist"
-            raise UserError(f"{reward}: {option}={reference!r} {what} (expected a model folder or a hub id org/name)")
+            raise UserError(
+                f"{reward}: {option}={reference!r} {what} (expected a model folder or a hub id org/name)"
+            )
         missing = _missing(path, required)
         if missing:
             raise UserError(f"{reward}: {option}={reference!r} lacks {_describe(missing)}")
@@ -151,7 +167,9 @@ def resolve_repo(
         folder = directory / reference
         missing = _missing(folder, required)
         if missing:
-            raise _unavailable(reward, option, reference, _describe(missing), directory, f"incomplete {folder}")
+            raise _unavailable(
+                reward, option, reference, _describe(missing), directory, f"incomplete {folder}"
+            )
         return folder
     offline = hub_offline()
     try:
@@ -159,7 +177,11 @@ def resolve_repo(
 
         folder = Path(snapshot_download(reference, allow_patterns=list(patterns), local_files_only=offline))
     except Exception as error:  # any hub/cache failure becomes the same one-line message
-        why = "offline and not in the Hugging Face cache" if offline else f"download failed: {type(error).__name__}"
+        why = (
+            "offline and not in the Hugging Face cache"
+            if offline
+            else f"download failed: {type(error).__name__}"
+        )
         raise _unavailable(reward, option, reference, _describe(required), directory, why) from None
     missing = _missing(folder, required)
     if missing and not offline and "*.safetensors" in patterns:
@@ -169,7 +191,9 @@ def resolve_repo(
             pass
         missing = _missing(folder, required)
     if missing:
-        raise _unavailable(reward, option, reference, _describe(missing), directory, "incomplete in the cache")
+        raise _unavailable(
+            reward, option, reference, _describe(missing), directory, "incomplete in the cache"
+        )
     return folder
 
 
@@ -192,7 +216,9 @@ def resolve_file(
                 if (path / name).is_file():
                     return path / name
             raise UserError(f"{reward}: {option}={reference!r} holds none of {', '.join(filenames)}")
-        raise UserError(f"{reward}: {option}={reference!r} does not exist (expected a file, a folder or a hub id)")
+        raise UserError(
+            f"{reward}: {option}={reference!r} does not exist (expected a file, a folder or a hub id)"
+        )
     if directory is not None:
         for name in filenames:
             if (directory / reference / name).is_file():
@@ -209,7 +235,11 @@ def resolve_file(
                 return Path(hf_hub_download(reference, name, local_files_only=offline))
             except Exception as error:
                 errors.append(error)
-    why = "offline and not in the Hugging Face cache" if offline else f"download failed: {type(errors[-1]).__name__}"
+    why = (
+        "offline and not in the Hugging Face cache"
+        if offline
+        else f"download failed: {type(errors[-1]).__name__}"
+    )
     files = " (or ".join(filenames) + ")" * (len(filenames) - 1)
     raise _unavailable(reward, option, reference, files, directory, why)
 

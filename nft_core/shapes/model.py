@@ -59,7 +59,11 @@ class TextEncoder(nn.Module):
         self.positions = nn.Parameter(torch.zeros(config.max_tokens, config.text_dim))
         nn.init.normal_(self.positions, std=0.02)
         layer = nn.TransformerEncoderLayer(
-            config.text_dim, config.heads, dim_feedforward=2 * config.text_dim, dropout=0.0, batch_first=True,
+            config.text_dim,
+            config.heads,
+            dim_feedforward=2 * config.text_dim,
+            dropout=0.0,
+            batch_first=True,
             norm_first=True,
         )
         self.layers = nn.TransformerEncoder(layer, config.text_layers, enable_nested_tensor=False)
@@ -126,7 +130,9 @@ class TinyUNet(nn.Module):
         c1, c2, c3 = config.channels
         cond_dim = config.time_dim
         self.text = TextEncoder(config)
-        self.time_mlp = nn.Sequential(nn.Linear(config.time_dim, cond_dim), nn.SiLU(), nn.Linear(cond_dim, cond_dim))
+        self.time_mlp = nn.Sequential(
+            nn.Linear(config.time_dim, cond_dim), nn.SiLU(), nn.Linear(cond_dim, cond_dim)
+        )
         self.text_to_cond = nn.Linear(config.text_dim, cond_dim)
         self.stem = nn.Conv2d(config.image_channels, c1, 3, padding=1)
         self.down1 = ResBlock(c1, c1, cond_dim)
@@ -151,7 +157,9 @@ class TinyUNet(nn.Module):
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, t: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
         text, pooled = self.text(tokens, mask)
         cond = self.time_mlp(timestep_embedding(t, self.config.time_dim)) + self.text_to_cond(pooled)
         h1 = self.down1(self.stem(x), cond)

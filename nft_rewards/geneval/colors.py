@@ -61,7 +61,9 @@ class ClipColorClassifier(torch.nn.Module):
         try:
             import open_clip
         except ImportError as error:
-            raise UserError(f"{reward}: the colour classifier needs open_clip_torch (extra [geneval]): {error}") from None
+            raise UserError(
+                f"{reward}: the colour classifier needs open_clip_torch (extra [geneval]): {error}"
+            ) from None
         if model_config_file:
             config = Path(model_config_file).expanduser()
             if not config.is_file():
@@ -79,7 +81,9 @@ class ClipColorClassifier(torch.nn.Module):
         self._classifiers: dict[str, torch.Tensor] = {}
 
     @staticmethod
-    def _weights_path(open_clip: Any, architecture: str, weights: str, weights_dir: str | None, reward: str) -> Path:
+    def _weights_path(
+        open_clip: Any, architecture: str, weights: str, weights_dir: str | None, reward: str
+    ) -> Path:
         """A local file for `weights`: a path, an open_clip pretrained tag (its hub file), or a hub id."""
         filenames = OPEN_CLIP_FILES
         reference = weights
@@ -88,7 +92,7 @@ class ClipColorClassifier(torch.nn.Module):
             hub = (config or {}).get("hf_hub", "")
             if not hub:
                 raise UserError(
-                    f"{reward}: color_weights={weights!r} is neither a file nor an open_clip pretrained tag with "
+                    f"{reward}: color_weights={weights!r} is neither a file nor an open_clip tag with "
                     f"hub weights for {architecture}"
                 )
             reference, filename = hub.rstrip("/"), ""
@@ -96,7 +100,11 @@ class ClipColorClassifier(torch.nn.Module):
                 reference, filename = hub.rsplit("/", 1)
             filenames = (filename,) if filename else OPEN_CLIP_FILES
         return resolve_file(
-            reference, reward=reward, option="color_weights", filenames=filenames, weights_dir_option=weights_dir
+            reference,
+            reward=reward,
+            option="color_weights",
+            filenames=filenames,
+            weights_dir_option=weights_dir,
         )
 
     @property

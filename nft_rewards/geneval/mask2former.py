@@ -36,7 +36,8 @@ GENEVAL_CLASSES = (
     "tennis racket", "bottle", "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple",
     "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch",
     "potted plant", "bed", "dining table", "toilet", "tv", "laptop", "computer mouse", "tv remote",
-    "computer keyboard", "cell phone", "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock",
+    "computer keyboard", "cell phone", "microwave", "oven", "toaster", "sink", "refrigerator", "book",
+    "clock",
     "vase", "scissors", "teddy bear", "hair drier", "toothbrush",
 )  # fmt: skip
 """The 80 COCO thing classes with GenEval's names, in detector index order (GenEval `object_names.txt`)."""
@@ -52,7 +53,7 @@ def resize_keep_ratio(height: int, width: int, short: int = 800, long: int = 133
 
 
 def mask_boxes(masks: torch.Tensor) -> torch.Tensor:
-    """mmdet `mask2bbox`: `[n, H, W]` bool -> `[n, 4]` boxes `(x_min, y_min, x_max + 1, y_max + 1)`, 0 if empty."""
+    """mmdet `mask2bbox`: bool `[n, H, W]` -> `[n, 4]` boxes `(x_min, y_min, x_max + 1, y_max + 1)`."""
     n = masks.shape[0]
     boxes = torch.zeros((n, 4), dtype=torch.float32, device=masks.device)
     if n == 0:
@@ -89,9 +90,15 @@ class Mask2FormerDetector(torch.nn.Module):
         try:
             from transformers import Mask2FormerForUniversalSegmentation
         except ImportError as error:
-            raise UserError(f"{reward}: the mask2former detector needs transformers (extra [geneval]): {error}") from None
+            raise UserError(
+                f"{reward}: the mask2former detector needs transformers (extra [geneval]): {error}"
+            ) from None
         folder = resolve_repo(
-            model, reward=reward, option="detector_model", required=MODEL_FILES, weights_dir_option=weights_dir
+            model,
+            reward=reward,
+            option="detector_model",
+            required=MODEL_FILES,
+            weights_dir_option=weights_dir,
         )
         self.model = Mask2FormerForUniversalSegmentation.from_pretrained(str(folder)).to(dtype).eval()
         self.model.requires_grad_(False)
@@ -100,7 +107,9 @@ class Mask2FormerDetector(torch.nn.Module):
         if config_file.is_file():
             config = json.loads(config_file.read_text())
             mean, std = config.get("image_mean", mean), config.get("image_std", std)
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer(
+            "mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False
+        )
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         labels = self.model.config.num_labels
         if labels == len(GENEVAL_CLASSES):
@@ -117,7 +126,9 @@ class Mask2FormerDetector(torch.nn.Module):
         if self.bgr_quirk:
             images = images.flip(1)
         height, width = resize_keep_ratio(*images.shape[-2:], short=self.short_side, long=self.long_side)
-        images = torch.nn.functional.interpolate(images, size=(height, width), mode="bilinear", align_corners=False)
+        images = torch.nn.functional.interpolate(
+            images, size=(height, width), mode="bilinear", align_corners=False
+        )
         images = (images - self.mean) / self.std
         pad_h, pad_w = (-height) % 32, (-width) % 32
         return torch.nn.functional.pad(images, (0, pad_w, 0, pad_h)), (height, width)
@@ -139,9 +150,13 @@ class Mask2FormerDetector(torch.nn.Module):
             labels = top_indices % num_classes
             queries = top_indices // num_classes
             masks = mask_logits[index, queries][None]
-            masks = torch.nn.functional.interpolate(masks, size=pixels.shape[-2:], mode="bilinear", align_corners=False)
+            masks = torch.nn.functional.interpolate(
+                masks, size=pixels.shape[-2:], mode="bilinear", align_corners=False
+            )
             masks = masks[..., :resized_h, :resized_w]
-            masks = torch.nn.functional.interpolate(masks, size=(height, width), mode="bilinear", align_corners=False)[0]
+            masks = torch.nn.functional.interpolate(
+                masks, size=(height, width), mode="bilinear", align_corners=False
+            )[0]
             binary = masks > 0
             mask_scores = (masks.sigmoid() * binary).flatten(1).sum(1) / (binary.flatten(1).sum(1) + 1e-6)
             det_scores = top_scores * mask_scores

@@ -29,7 +29,9 @@ class MmdetDetector(torch.nn.Module):
         try:
             from mmdet.apis import inference_detector, init_detector
         except ImportError as error:
-            raise UserError(f"geneval: detector='mmdet' needs mmdet and mmcv (extra [mmdet]): {error}") from None
+            raise UserError(
+                f"geneval: detector='mmdet' needs mmdet and mmcv (extra [mmdet]): {error}"
+            ) from None
         self._inference = inference_detector
         self.model = init_detector(config, checkpoint, device=device)
         self.bgr_quirk = bgr_quirk
@@ -46,17 +48,22 @@ class MmdetDetector(torch.nn.Module):
         found: Detections = {}
         if isinstance(result, tuple):  # mmdet 2.x: (bbox_results, segm_results), one entry per class
             boxes_per_class, masks_per_class = result
-            for label, (boxes, masks) in enumerate(zip(boxes_per_class, masks_per_class)):
-                for box, mask in zip(boxes, masks):
+            for label, (boxes, masks) in enumerate(zip(boxes_per_class, masks_per_class, strict=True)):
+                for box, mask in zip(boxes, masks, strict=True):
                     if np.float32(box[4]) > np.float32(min_score):
                         found.setdefault(GENEVAL_CLASSES[label], []).append(
-                            Detection(tuple(float(v) for v in box[:4]), float(box[4]), np.asarray(mask, dtype=bool))
+                            Detection(
+                                tuple(float(v) for v in box[:4]), float(box[4]), np.asarray(mask, dtype=bool)
+                            )
                         )
             return found
         instances = result.pred_instances  # mmdet 3.x DetDataSample
         for box, score, label, mask in zip(
-            instances.bboxes.cpu().numpy(), instances.scores.cpu().numpy(), instances.labels.cpu().tolist(),
+            instances.bboxes.cpu().numpy(),
+            instances.scores.cpu().numpy(),
+            instances.labels.cpu().tolist(),
             instances.masks.cpu().numpy(),
+            strict=True,
         ):
             if np.float32(score) > np.float32(min_score):
                 found.setdefault(GENEVAL_CLASSES[label], []).append(

@@ -26,9 +26,12 @@ __all__ = ["GenEvalOptions", "GenEvalReward"]
 class GenEvalOptions(ModelOptions):
     """`[reward.options]` of `geneval`."""
 
-    batch_size: int = Field(16, ge=1, description="images per detector call (the reference uses chunks of 64)")
+    batch_size: int = Field(
+        16, ge=1, description="images per detector call (the reference uses chunks of 64)"
+    )
     outcome: Literal["partial", "strict", "official"] = Field(
-        "partial", description="the score: partial credit (the reference's training reward), strict or official"
+        "partial",
+        description="the score: partial credit (the reference's training reward), strict or official",
     )
     detector: Literal["mask2former", "mmdet", "shapes"] = Field("mask2former", description="detector backend")
     detector_model: str = Field(
@@ -37,13 +40,20 @@ class GenEvalOptions(ModelOptions):
     mmdet_config: str | None = Field(None, description="mmdet: the Mask2Former config file")
     mmdet_checkpoint: str | None = Field(None, description="mmdet: the checkpoint file")
     bgr_quirk: bool = Field(
-        False, description="feed the detector channel-swapped images as NFT / Flow-GRPO did (not the official)"
+        False,
+        description="feed the detector channel-swapped images as NFT / Flow-GRPO did (not the official)",
     )
-    short_side: int = Field(800, ge=32, description="mask2former: resize so the short side is this (mmdet: 800)")
+    short_side: int = Field(
+        800, ge=32, description="mask2former: resize so the short side is this (mmdet: 800)"
+    )
     long_side: int = Field(1333, ge=32, description="mask2former: ... and the long side at most this")
-    color_model: str = Field("ViT-L-14-quickgelu", description="open_clip architecture of the colour classifier")
+    color_model: str = Field(
+        "ViT-L-14-quickgelu", description="open_clip architecture of the colour classifier"
+    )
     color_weights: str = Field("openai", description="colour CLIP weights: open_clip tag, file or hub id")
-    color_model_config_file: str | None = Field(None, description="JSON config of a custom open_clip architecture")
+    color_model_config_file: str | None = Field(
+        None, description="JSON config of a custom open_clip architecture"
+    )
 
 
 class GenEvalReward(BaseReward):
@@ -63,21 +73,30 @@ class GenEvalReward(BaseReward):
             from nft_rewards.geneval.mask2former import Mask2FormerDetector
 
             self.detector = Mask2FormerDetector(
-                options.detector_model, weights_dir=options.weights_dir, dtype=dtype,
-                short_side=options.short_side, long_side=options.long_side, bgr_quirk=options.bgr_quirk,
+                options.detector_model,
+                weights_dir=options.weights_dir,
+                dtype=dtype,
+                short_side=options.short_side,
+                long_side=options.long_side,
+                bgr_quirk=options.bgr_quirk,
             )
         elif options.detector == "mmdet":
             from nft_rewards.geneval.mmdet_backend import MmdetDetector
 
             if not (options.mmdet_config and options.mmdet_checkpoint):
                 raise UserError("geneval: detector='mmdet' needs mmdet_config and mmdet_checkpoint (files)")
-            self.detector = MmdetDetector(options.mmdet_config, options.mmdet_checkpoint, bgr_quirk=options.bgr_quirk)
+            self.detector = MmdetDetector(
+                options.mmdet_config, options.mmdet_checkpoint, bgr_quirk=options.bgr_quirk
+            )
         if options.detector != "shapes":
             from nft_rewards.geneval.colors import ClipColorClassifier
 
             self.colors = ClipColorClassifier(
-                options.color_model, options.color_weights, model_config_file=options.color_model_config_file,
-                weights_dir=options.weights_dir, dtype=dtype,
+                options.color_model,
+                options.color_weights,
+                model_config_file=options.color_model_config_file,
+                weights_dir=options.weights_dir,
+                dtype=dtype,
             )
         self.native_range = PARTIAL_SCORE_RANGE if options.outcome == "partial" else (0.0, 1.0)
 
@@ -90,16 +109,19 @@ class GenEvalReward(BaseReward):
         quantized = quantize_uint8(images)
         arrays = to_numpy_hwc(quantized)
         detections = self.detector.detect(quantized, min_score=THRESHOLD)
-        return [(found, self.colors.for_image(array)) for found, array in zip(detections, arrays)]
+        pairs = zip(detections, arrays, strict=True)
+        return [(found, self.colors.for_image(array)) for found, array in pairs]
 
-    def score_batch(self, images: torch.Tensor, prompts: list[str], metadata: Any) -> tuple[torch.Tensor, dict]:
+    def score_batch(
+        self, images: torch.Tensor, prompts: list[str], metadata: Any
+    ) -> tuple[torch.Tensor, dict]:
         for i, item in enumerate(metadata):
             try:
                 validate_metadata(item, f"{self.name}: metadata for prompt {prompts[i]!r}")
             except ValueError as error:
                 raise UserError(str(error)) from None
         partial, strict, correct = [], [], []
-        for item, (detections, classify) in zip(metadata, self._detect(images)):
+        for item, (detections, classify) in zip(metadata, self._detect(images), strict=True):
             outcome = evaluate_image(item, detections, classify)
             partial.append(outcome.score)
             strict.append(float(outcome.strict_correct))
@@ -122,6 +144,8 @@ class GenEvalReward(BaseReward):
         with torch.no_grad():
             for start in range(0, len(prompts), self.batch_size):
                 batch = images[start : start + self.batch_size].to(self.device)
-                for item, (detections, classify) in zip(metadata[start : start + self.batch_size], self._detect(batch)):
+                for item, (detections, classify) in zip(
+                    metadata[start : start + self.batch_size], self._detect(batch), strict=False
+                ):
                     outcomes.append(evaluate_image(validate_metadata(item, self.name), detections, classify))
         return outcomes

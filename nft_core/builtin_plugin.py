@@ -1,0 +1,16 @@
+"""Built-in objectives and prompt sources, registered through the same hooks as any plugin."""
+
+from nft_core.hookspecs import hookimpl
+from nft_core.objective import NFTObjective, NFTOptions, RFTObjective, RFTOptions
+from nft_core.prompts import read_prompt_file
+
+
+@hookimpl
+def register_objectives(register):
+    register("nft", NFTObjective, options=NFTOptions)
+    register("rft", RFTObjective, options=RFTOptions)
+
+
+@hookimpl
+def register_prompt_sources(register):
+    register("file", read_prompt_file, description="a .txt file (one prompt per line) or GenEval .jsonl")

@@ -1,0 +1,283 @@
+"""The run configuration: TOML validated with pydantic (unknown keys are errors naming their path)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import tomllib
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from nft_core.errors import ConfigError
+from nft_core.normalization import NORMALIZERS
+from nft_core.schedules import parse_decay_schedule
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class _PluginTable(BaseModel):
+    """A table whose `name` picks a plugin; every other key is that plugin's option, validated by it."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+
+    def options(self) -> dict[str, Any]:
+        """The plugin's options (every key but `name`)."""
+        return dict(self.model_extra or {})
+
+
+class PolicyConfig(_PluginTable):
+    """`[policy]`: `name` plus the policy's own options (e.g. `checkpoint`)."""
+
+    name: str = "shapes-tiny"
+
+
+class SamplerConfig(_PluginTable):
+    """`[sampler]` (training) or `[eval.sampler]`: `name` plus the solver's options (`steps`, `shift`)."""
+
+    name: str = "dpm2"
+
+
+class ObjectiveConfig(_PluginTable):
+    """`[objective]`: trainer-level knobs here; `beta`, `kl_weight`, ... validated by the objective."""
+
+    name: str = "nft"
+    adv_clip: float = Field(5.0, gt=0, description="A_max: advantages are clipped to [-A_max, A_max]")
+    adv_mode: Literal["all", "positive", "negative", "binary", "one"] = "all"
+    global_std: bool = Field(True, description="advantage std over the whole batch (reference) or per prompt")
+    old_decay: str = Field("linear-0.001-0.5", description="old-policy refresh decay schedule")
+    timestep_fraction: float = Field(
+        0.99, gt=0, le=1, description="fraction of grid times trained per sample"
+    )
+    ema_decay: float = Field(0.9, ge=0, lt=1, description="EMA of the trained weights for eval/checkpoints")
+
+    @field_validator("old_decay")
+    @classmethod
+    def _known_schedule(cls, value: str) -> str:
+        parse_decay_schedule(value)
+        return value
+
+
+class DataConfig(_Strict):
+    """`[data]`: training prompts and the epoch's geometry."""
+
+    prompts: str = Field("shapes:train", description="a prompt source `name:arg` or a .txt/.jsonl file")
+    prompts_per_epoch: int = Field(8, ge=1)
+    images_per_prompt: int = Field(8, ge=2, description="group size K of per-prompt advantages")
+    balance_tags: bool = Field(True, description="draw prompts tag-balanced when metadata has a `tag`")
+
+
+class TrainConfig(_Strict):
+    """`[train]`: optimisation and run limits."""
+
+    lr: float = Field(3e-4, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = Field(1e-8, gt=0)
+    epochs: int = Field(100, ge=1)
+    max_minutes: float | None = Field(None, gt=0, description="stop after this much training wall-clock")
+    optimizer_steps_per_epoch: int = Field(1, ge=1)
+    inner_epochs: int = Field(1, ge=1, description="passes over the epoch's samples (fresh noise each pass)")
+    batch_size: int = Field(32, ge=1, description="micro-batch of the update (per device)")
+    sample_batch_size: int = Field(64, ge=1, description="micro-batch of sampling")
+    grad_clip: float = Field(1.0, gt=0)
+    seed: int = 0
+    device: str = "cpu"
+    threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice)")
+
+
+class EvalConfig(_Strict):
+    """`[eval]`: the fixed, paired evaluation (EMA weights, fixed noise per image)."""
+
+    prompts: str = Field("shapes:eval", description="prompt source or file; never trained on")
+    images_per_prompt: int = Field(1, ge=1)
+    every: int = Field(0, ge=0, description="evaluate every N epochs (0: only before and after)")
+    seed: int = 1234
+    baseline_guidance: list[float] = Field(
+        default_factory=lambda: [3.0], description="CFG scales at which the base model is also evaluated"
+    )
+    sampler: SamplerConfig = Field(default_factory=lambda: SamplerConfig(name="euler", steps=40))
+
+
+class RewardConfig(_Strict):
+    """One `[[reward]]`: a registered reward, its weight and per-reward normalization."""
+
+    name: str
+    weight: float = 1.0
+    normalize: str = Field("none", description=f"one of {', '.join(NORMALIZERS)}")
+    scale: float = 1.0
+    shift: float = 0.0
+    momentum: float = Field(0.99, ge=0, lt=1)
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("normalize")
+    @classmethod
+    def _known_normalizer(cls, value: str) -> str:
+        if value not in NORMALIZERS:
+            raise ValueError(f"unknown normalization {value!r}; allowed: {', '.join(NORMALIZERS)}")
+        return value
+
+
+class LogConfig(_Strict):
+    """`[log]`: what the run directory gets besides metrics."""
+
+    grid_every: int = Field(5, ge=0, description="sample grid every N epochs (0: never)")
+    grid_images: int = Field(32, ge=1)
+    checkpoint_every: int = Field(0, ge=0, description="checkpoint every N epochs (0: only at the end)")
+    progress: bool = True
+
+
+class RunConfig(_Strict):
+    """A whole run."""
+
+    name: str = "run"
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    sampler: SamplerConfig = Field(default_factory=SamplerConfig)
+    objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    log: LogConfig = Field(default_factory=LogConfig)
+    reward: list[RewardConfig] = Field(min_length=1)
+
+
+def _allowed_keys(model: type[BaseModel], location: tuple[Any, ...]) -> list[str] | None:
+    """Field names of the (sub)model at a pydantic error location, to list what is allowed."""
+    current: Any = model
+    for part in location[:-1]:
+        if isinstance(part, int):
+            continue
+        field = getattr(current, "model_fields", {}).get(part)
+        if field is None:
+            return None
+        annotation = field.annotation
+        args = getattr(annotation, "__args__", ())
+        current = next(
+            (a for a in (annotation, *args) if isinstance(a, type) and issubclass(a, BaseModel)), None
+        )
+        if current is None:
+            return None
+    return sorted(getattr(current, "model_fields", {}))
+
+
+def toml_path(location: tuple[Any, ...]) -> str:
+    """`('reward', 0, 'weight')` -> `reward[0].weight`."""
+    text = ""
+    for part in location:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def explain(error: ValidationError, model: type[BaseModel], prefix: str = "") -> str:
+    """One line for the first validation error: the TOML path, what is wrong, what is allowed."""
+    first = error.errors()[0]
+    location = tuple(first["loc"])
+    path = toml_path(location)
+    if prefix:
+        path = f"{prefix}.{path}" if path else prefix
+    kind = first["type"]
+    if kind == "extra_forbidden":
+        allowed = _allowed_keys(model, location)
+        return f"{path}: unknown key" + (f"; allowed: {', '.join(allowed)}" if allowed else "")
+    if kind == "missing":
+        return f"{path}: required key is missing"
+    message = first["msg"].removeprefix("Value error, ")
+    value = first.get("input")
+    shown = (
+        f" (got {value!r})" if isinstance(value, (str, int, float, bool)) and len(repr(value)) < 60 else ""
+    )
+    return f"{path}: {message}{shown}"
+
+
+def parse_override(text: str) -> tuple[list[str | int], Any]:
+    """`a.b=value` / `reward[0].weight=2` -> (path parts, value parsed as a TOML literal, else a string)."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. train.lr=1e-4")
+    key, raw = text.split("=", 1)
+    parts: list[str | int] = []
+    for piece in key.strip().replace("]", "").replace("[", ".").split("."):
+        if piece:
+            parts.append(int(piece) if piece.isdigit() else piece)
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return parts, value
+
+
+def apply_override(data: dict[str, Any], parts: list[str | int], value: Any) -> None:
+    """Set a nested key in the raw TOML dict (creating tables as needed)."""
+    node: Any = data
+    for part, following in zip(parts[:-1], parts[1:], strict=True):
+        if isinstance(part, int):
+            if not isinstance(node, list) or part >= len(node):
+                raise ConfigError(f"--set {toml_path(tuple(parts))}: index {part} is out of range")
+            node = node[part]
+        else:
+            node = node.setdefault(part, [] if isinstance(following, int) else {})
+    last = parts[-1]
+    if isinstance(last, int):
+        raise ConfigError(f"--set {toml_path(tuple(parts))}: cannot replace a whole array element")
+    node[last] = value
+
+
+def load_raw(path: str | Path) -> dict[str, Any]:
+    """Read a TOML file; a syntax error names the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path}: invalid TOML: {error}") from None
+
+
+def validate(data: dict[str, Any], source: str = "config") -> RunConfig:
+    """Validate the raw dict, then each plugin's own table through the registry."""
+    from nft_core import registry
+
+    try:
+        config = RunConfig.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(f"{source}: {explain(error, RunConfig)}") from None
+    checks = [
+        ("policies", config.policy.name, config.policy.options(), "policy", "policy"),
+        ("solvers", config.sampler.name, config.sampler.options(), "sampler", "sampler"),
+        ("solvers", config.eval.sampler.name, config.eval.sampler.options(), "eval.sampler", "eval.sampler"),
+        ("objectives", config.objective.name, None, "objective", "objective"),
+    ]
+    for index, reward in enumerate(config.reward):
+        checks.append(
+            ("rewards", reward.name, reward.options, f"reward[{index}]", f"reward[{index}].options")
+        )
+    try:
+        for kind, name, options, table, options_path in checks:
+            registry.get(kind, name, f"{table}.name")
+            options = objective_options(config) if options is None else options
+            registry.validate_options(kind, name, options, options_path)
+    except ConfigError as error:
+        raise ConfigError(f"{source}: {error}") from None
+    return config
+
+
+def objective_options(config: RunConfig) -> dict[str, Any]:
+    """The objective's own options; `adv_clip` is shared with the advantages when the objective takes it."""
+    from nft_core import registry
+
+    options = config.objective.options()
+    registration = registry.get("objectives", config.objective.name, "objective.name")
+    if registration.options is not None and "adv_clip" in registration.options.model_fields:
+        options.setdefault("adv_clip", config.objective.adv_clip)
+    return options
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Load, override (`--set`) and validate a run config."""
+    data = load_raw(path)
+    for text in overrides or []:
+        parts, value = parse_override(text)
+        apply_override(data, parts, value)
+    return validate(data, str(path))

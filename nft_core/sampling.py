@@ -1,0 +1,52 @@
+"""Sampling from a policy view with any solver, optionally with classifier-free guidance."""
+
+from __future__ import annotations
+
+import torch
+
+from nft_core.protocols import Policy, Sampler, VelocityFn
+from nft_core.types import Cond, cat_conds
+
+
+def policy_velocity(policy: Policy, view: str, guidance: float = 1.0, null: Cond | None = None) -> VelocityFn:
+    """`velocity(x, t, cond)` of one policy view; guidance != 1 mixes in the unconditional velocity (CFG)."""
+    if guidance == 1.0:
+        return lambda x, t, cond: policy.velocity(view, x, t, cond)
+
+    def guided(x: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:
+        unconditional = null if null is not None else policy.null_cond(x.shape[0])
+        both = policy.velocity(view, torch.cat([x, x]), torch.cat([t, t]), cat_conds([cond, unconditional]))
+        v_cond, v_uncond = both.chunk(2)
+        return v_uncond + guidance * (v_cond - v_uncond)
+
+    return guided
+
+
+def noise_for(indices: list[int] | range, shape: tuple[int, ...], seed: int) -> torch.Tensor:
+    """Noise that depends only on (seed, sample index): paired evaluations use the same noise per image."""
+    rows = []
+    for index in indices:
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + index)
+        rows.append(torch.randn(shape, generator=generator))
+    return torch.stack(rows)
+
+
+@torch.no_grad()
+def sample_latents(
+    policy: Policy,
+    sampler: Sampler,
+    cond: Cond,
+    noise: torch.Tensor,
+    view: str = "current",
+    guidance: float = 1.0,
+    generator: torch.Generator | None = None,
+    batch_size: int = 64,
+) -> torch.Tensor:
+    """Clean latents for each (cond row, noise row), in batches."""
+    outputs = []
+    for start in range(0, noise.shape[0], batch_size):
+        stop = start + batch_size
+        part = {k: v[start:stop] for k, v in cond.items()}
+        velocity = policy_velocity(policy, view, guidance)
+        outputs.append(sampler.sample(velocity, noise[start:stop], cond=part, generator=generator))
+    return torch.cat(outputs)

@@ -1,0 +1,78 @@
+"""The shapes world registers its policy, reward, prompt sources and pretraining command like a plugin."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from nft_core.errors import UserError
+from nft_core.hookspecs import hookimpl
+
+
+def shapes_prompts(split: str):
+    """`shapes:train`, `shapes:heldout`, `shapes:all`, `shapes:eval` (48 per tag), `shapes:eval-N`."""
+    from nft_core.shapes import grammar
+
+    if split.startswith("eval"):
+        per_tag = int(split.split("-", 1)[1]) if "-" in split else 48
+        return grammar.eval_items(per_tag)
+    splits = {"train": grammar.train_prompts, "heldout": grammar.heldout_prompts, "all": grammar.all_prompts}
+    if split not in splits:
+        raise UserError(f"shapes:{split}: unknown split; allowed: train, heldout, all, eval, eval-N")
+    return splits[split]()
+
+
+def _policy(**options):
+    from nft_core.shapes.policy import ShapesTinyPolicy
+
+    return ShapesTinyPolicy(**options)
+
+
+def _reward(**options):
+    from nft_core.shapes.reward import ShapesGenEvalReward
+
+    return ShapesGenEvalReward(**options)
+
+
+@hookimpl
+def register_policies(register):
+    from nft_core.shapes.policy import ShapesTinyOptions
+
+    register("shapes-tiny", _policy, options=ShapesTinyOptions, description="tiny text-to-image UNet (32x32)")
+
+
+@hookimpl
+def register_rewards(register):
+    from nft_core.shapes.reward import ShapesGenEvalOptions
+
+    register("shapes-geneval", _reward, options=ShapesGenEvalOptions, description="GenEval on shapes images")
+
+
+@hookimpl
+def register_prompt_sources(register):
+    register("shapes", shapes_prompts)
+
+
+@hookimpl
+def register_commands(app):
+    import typer
+
+    shapes = typer.Typer(help="The embedded shapes world.", no_args_is_help=True)
+
+    @shapes.command("pretrain")
+    def pretrain_command(
+        out: Path = typer.Option(Path("shapes-tiny.safetensors"), help="checkpoint file to write"),
+        steps: int | None = typer.Option(None, help="optimizer steps (default: the shipped recipe)"),
+        seed: int | None = typer.Option(None),
+    ) -> None:
+        """Reproduce the shipped checkpoint from scratch (deterministic for a given config)."""
+        import dataclasses
+
+        from nft_core.shapes.pretrain import PretrainConfig, pretrain
+
+        config = PretrainConfig()
+        changes = {k: v for k, v in {"steps": steps, "seed": seed}.items() if v is not None}
+        config = dataclasses.replace(config, **changes)
+        pretrain(config, out)
+        typer.echo(f"wrote {out}")
+
+    app.add_typer(shapes, name="shapes")

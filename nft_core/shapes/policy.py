@@ -1,0 +1,167 @@
+"""The `shapes-tiny` policy: the tiny UNet in pixel space with full-parameter old and reference copies."""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from safetensors.torch import load_file, save
+
+from nft_core.errors import UserError
+from nft_core.io import atomic_write_bytes
+from nft_core.shapes.grammar import VOCAB, tokenize
+from nft_core.shapes.model import TinyUNet, TinyUNetConfig
+from nft_core.shapes.world import IMAGE_SIZE
+from nft_core.types import Cond
+
+SHIPPED_CHECKPOINT = Path(__file__).parent / "checkpoints" / "shapes-tiny.safetensors"
+SPECIAL_TOKENS = ("<pad>", "<null>", "<unk>")
+PAD, NULL, UNK = 0, 1, 2
+TOKENS = SPECIAL_TOKENS + tuple(VOCAB)
+MAX_TOKENS = 8
+
+
+def encode_tokens(prompts: Sequence[str], max_tokens: int = MAX_TOKENS) -> Cond:
+    """Word tokens of the grammar (unknown words -> <unk>, truncated to `max_tokens`) and their mask."""
+    index = {word: i for i, word in enumerate(TOKENS)}
+    tokens = torch.full((len(prompts), max_tokens), PAD, dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        ids = [index.get(word, UNK) for word in tokenize(prompt)][:max_tokens] or [NULL]
+        tokens[row, : len(ids)] = torch.tensor(ids)
+    return {"tokens": tokens, "mask": tokens != PAD}
+
+
+def null_tokens(batch_size: int, max_tokens: int = MAX_TOKENS) -> Cond:
+    """The unconditional prompt: a single <null> token (used for condition dropout and CFG)."""
+    tokens = torch.full((batch_size, max_tokens), PAD, dtype=torch.long)
+    tokens[:, 0] = NULL
+    return {"tokens": tokens, "mask": tokens != PAD}
+
+
+def save_network(model: TinyUNet, path: Path, half: bool = True) -> None:
+    """Weights as safetensors (fp16 by default: the shipped file stays a few MB) with the config inside."""
+    state = {
+        k: (v.half() if half and v.is_floating_point() else v).contiguous()
+        for k, v in model.state_dict().items()
+    }
+    payload = save(state, metadata={"config": json.dumps(model.config.to_dict()), "format": "shapes-tiny"})
+    atomic_write_bytes(path, payload)
+
+
+def load_network(path: Path) -> TinyUNet:
+    """Build the network from a safetensors file written by `save_network`."""
+    if not path.is_file():
+        raise UserError(
+            f"shapes-tiny checkpoint not found: {path}; reproduce it with `nft shapes pretrain --out {path}`"
+        )
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata() or {}
+    if "config" not in metadata:
+        raise UserError(f"{path}: not a shapes-tiny checkpoint (no config in the safetensors metadata)")
+    model = TinyUNet(TinyUNetConfig.from_dict(json.loads(metadata["config"])))
+    state = {k: v.float() for k, v in load_file(str(path)).items()}
+    model.load_state_dict(state)
+    return model
+
+
+class ShapesTinyOptions(BaseModel):
+    """`[policy]` options of `shapes-tiny`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    checkpoint: str | None = Field(
+        None, description="safetensors file; default: the shipped pretrained model"
+    )
+
+
+class ShapesTinyPolicy:
+    """Pixel-space tiny UNet; `current` is trained, `old` and `reference` are full frozen copies."""
+
+    name = "shapes-tiny"
+    latent_shape = (3, IMAGE_SIZE, IMAGE_SIZE)
+
+    def __init__(self, checkpoint: str | None = None) -> None:
+        self.checkpoint = Path(checkpoint) if checkpoint else SHIPPED_CHECKPOINT
+        self.model = load_network(self.checkpoint)
+        self.old_model = self._frozen_copy()
+        self.reference_model = self._frozen_copy()
+        self.device = torch.device("cpu")
+
+    def _frozen_copy(self) -> TinyUNet:
+        clone = copy.deepcopy(self.model)
+        clone.requires_grad_(False)
+        clone.eval()
+        return clone
+
+    def _network(self, view: str) -> TinyUNet:
+        networks = {"current": self.model, "old": self.old_model, "reference": self.reference_model}
+        if view not in networks:
+            raise ValueError(f"unknown policy view {view!r}; allowed: {', '.join(networks)}")
+        return networks[view]
+
+    def encode_prompts(self, prompts: Sequence[str]) -> Cond:
+        """Token ids and mask on the policy's device."""
+        return {k: v.to(self.device) for k, v in encode_tokens(prompts).items()}
+
+    def null_cond(self, batch_size: int) -> Cond:
+        """The empty prompt."""
+        return {k: v.to(self.device) for k, v in null_tokens(batch_size).items()}
+
+    def velocity(self, view: str, x_t: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:
+        """Velocity of one view at (x_t, t) for the given prompt tokens."""
+        return self._network(view)(x_t, t, cond["tokens"], cond["mask"])
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Pixel space in [-1, 1] -> images in [0, 1]."""
+        return ((latents.float() + 1) / 2).clamp(0, 1)
+
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Images in [0, 1] -> latents (pixel space in [-1, 1]); used by pretraining."""
+        return images * 2 - 1
+
+    def trainable_parameters(self) -> Iterable[tuple[str, torch.nn.Parameter]]:
+        """All parameters of the current network."""
+        return list(self.model.named_parameters())
+
+    @torch.no_grad()
+    def refresh_old(self, decay: float) -> None:
+        """theta_old <- decay * theta_old + (1 - decay) * theta."""
+        for old, new in zip(self.old_model.parameters(), self.model.parameters(), strict=True):
+            old.lerp_(new, 1.0 - decay)
+
+    def train(self, mode: bool = True) -> ShapesTinyPolicy:
+        """Train/eval mode of the current network (the copies stay in eval)."""
+        self.model.train(mode)
+        return self
+
+    def to(self, device: torch.device | str) -> ShapesTinyPolicy:
+        self.device = torch.device(device)
+        for network in (self.model, self.old_model, self.reference_model):
+            network.to(self.device)
+        return self
+
+    def save_trainable(self, directory: str) -> None:
+        """The current network as `model.safetensors` (fp32) in `directory`."""
+        save_network(self.model, Path(directory) / "model.safetensors", half=False)
+
+    def load_trainable(self, directory: str) -> None:
+        """Load the current network (and sync old) from `save_trainable`'s output."""
+        state = load_network(Path(directory) / "model.safetensors").state_dict()
+        self.model.load_state_dict(state)
+        self.old_model.load_state_dict(state)
+
+
+__all__ = [
+    "ShapesTinyOptions",
+    "ShapesTinyPolicy",
+    "encode_tokens",
+    "load_network",
+    "null_tokens",
+    "save_network",
+]

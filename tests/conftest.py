@@ -1,0 +1,71 @@
+"""Shared fixtures: a tiny random shapes-tiny checkpoint and a fast run config."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A randomly initialised shapes-tiny network with small channels, saved like the shipped one."""
+    import torch
+
+    from nft_core.shapes.model import TinyUNet, TinyUNetConfig
+    from nft_core.shapes.policy import MAX_TOKENS, TOKENS, save_network
+
+    torch.manual_seed(0)
+    model = TinyUNet(
+        TinyUNetConfig(
+            vocab_size=len(TOKENS), max_tokens=MAX_TOKENS, channels=(8, 16, 16), text_dim=16, time_dim=16
+        )
+    )
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
+    save_network(model, path)
+    return path
+
+
+FAST_CONFIG = """
+name = "tiny"
+[policy]
+name = "shapes-tiny"
+checkpoint = "{checkpoint}"
+[sampler]
+name = "euler"
+steps = 3
+[data]
+prompts = "shapes:train"
+prompts_per_epoch = 2
+images_per_prompt = 2
+[train]
+epochs = 2
+batch_size = 4
+optimizer_steps_per_epoch = 2
+[eval]
+prompts = "shapes:eval-1"
+baseline_guidance = [2.0]
+every = 1
+[eval.sampler]
+name = "euler"
+steps = 2
+[log]
+grid_every = 1
+checkpoint_every = 1
+progress = false
+[[reward]]
+name = "shapes-geneval"
+normalize = "group-zscore"
+"""
+
+
+@pytest.fixture
+def fast_config(tmp_path, tiny_checkpoint) -> Path:
+    """A TOML config that runs two epochs of the whole loop in a few seconds."""
+    path = tmp_path / "fast.toml"
+    path.write_text(FAST_CONFIG.format(checkpoint=tiny_checkpoint))
+    return path

@@ -1,0 +1,78 @@
+"""Config validation: unknown keys, wrong types and unknown names give one line naming the TOML path."""
+
+from __future__ import annotations
+
+import pytest
+
+from nft_core.config import apply_override, load_config, parse_override
+from nft_core.errors import ConfigError
+
+
+def write(tmp_path, text):
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    return path
+
+
+def test_fast_config_loads(fast_config):
+    config = load_config(fast_config)
+    assert config.sampler.options() == {"steps": 3}
+    assert config.reward[0].normalize == "group-zscore"
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("train.lrr=1", "train.lrr: unknown key; allowed: adam_eps, batch_size"),
+        ("train.lr='fast'", "train.lr: Input should be a valid number"),
+        ("reward[0].name='nope'", "reward[0].name: unknown reward 'nope'; available:"),
+        (
+            "reward[0].normalize='minmax'",
+            "reward[0].normalize: unknown normalization 'minmax'; allowed: none",
+        ),
+        ("reward[0].options.outcome='best'", "reward[0].options.outcome:"),
+        ("sampler.name='rk9'", "sampler.name: unknown solver 'rk9'; available: "),
+        ("sampler.stepz=3", "sampler.stepz: unknown key"),
+        ("objective.beta=-1", "objective.beta: Input should be greater than 0"),
+        ("objective.old_decay='cosine'", "objective.old_decay:"),
+        ("policy.checkpointt='x'", "policy.checkpointt: unknown key"),
+        ("data.prompts_per_epoch=0", "data.prompts_per_epoch: Input should be greater than or equal to 1"),
+    ],
+)
+def test_errors_name_the_path(fast_config, override, expected):
+    with pytest.raises(ConfigError) as error:
+        load_config(fast_config, [override])
+    message = str(error.value)
+    assert expected in message, message
+    assert "\n" not in message
+    assert message.startswith(str(fast_config))
+
+
+def test_unknown_reward_lists_available(fast_config):
+    with pytest.raises(ConfigError, match="shapes-geneval"):
+        load_config(fast_config, ["reward[0].name='nope'"])
+
+
+def test_missing_reward_table(tmp_path):
+    with pytest.raises(ConfigError, match="reward: required key is missing"):
+        load_config(write(tmp_path, "name = 'x'\n"))
+
+
+def test_invalid_toml_names_file(tmp_path):
+    with pytest.raises(ConfigError, match="c.toml: invalid TOML"):
+        load_config(write(tmp_path, "name = \n"))
+
+
+def test_overrides_parse_toml_literals():
+    assert parse_override("train.lr=1e-4") == (["train", "lr"], 1e-4)
+    assert parse_override("reward[1].weight=2") == (["reward", 1, "weight"], 2)
+    assert parse_override("data.prompts=shapes:all") == (["data", "prompts"], "shapes:all")
+    assert parse_override("eval.baseline_guidance=[1.5, 3]") == (["eval", "baseline_guidance"], [1.5, 3])
+    data = {"reward": [{"name": "a"}]}
+    apply_override(data, ["reward", 0, "weight"], 2.0)
+    apply_override(data, ["train", "lr"], 0.1)
+    assert data == {"reward": [{"name": "a", "weight": 2.0}], "train": {"lr": 0.1}}
+    with pytest.raises(ConfigError, match="out of range"):
+        apply_override(data, ["reward", 3, "weight"], 1)
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        parse_override("train.lr")

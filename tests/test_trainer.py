@@ -1,0 +1,107 @@
+"""The whole loop on a tiny random shapes-tiny model: run directory, summary, checkpoints, CLI."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from typer.testing import CliRunner
+
+from nft_core.cli import build_app
+from nft_core.config import load_config
+from nft_core.shapes.policy import ShapesTinyPolicy
+from nft_core.trainer import Trainer
+
+runner = CliRunner()
+
+
+def test_run_writes_the_run_directory(fast_config, tmp_path, tiny_checkpoint):
+    config = load_config(fast_config)
+    trainer = Trainer(config, tmp_path / "run", echo=lambda *_: None)
+    old_before = [p.clone() for p in trainer.policy.old_model.parameters()]
+    trainer.run()
+    run = tmp_path / "run"
+    for name in (
+        "config.resolved.toml",
+        "metrics.jsonl",
+        "curves.png",
+        "summary.json",
+        "samples/epoch_0000.png",
+    ):
+        assert (run / name).is_file(), name
+    saved = json.loads((run / "summary.json").read_text())
+    assert saved["eval_before"]["shapes-geneval"]["official"]["counts"]["counting"] == 9
+    assert set(saved["eval_before_cfg"]) == {"2"}
+    assert "eval_after" in saved and saved["optimizer_steps"] == 4 and saved["wall_seconds"] > 0
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if r["kind"] == "train"]
+    assert len(train) == 2
+    for key in (
+        "reward/shapes-geneval/raw_mean",
+        "reward/shapes-geneval/normalized_mean",
+        "advantage/std",
+        "loss",
+        "seconds/sampling",
+        "seconds/reward",
+        "seconds/training",
+        "images_per_second",
+    ):
+        assert key in train[0], key
+    assert [r["label"] for r in records if r["kind"] == "eval"] == ["before", "epoch 0", "after"]
+    # the old policy moved towards the trained one; the reference stayed the base model
+    assert any(
+        not torch.equal(a, b) for a, b in zip(old_before, trainer.policy.old_model.parameters(), strict=True)
+    )
+    base = ShapesTinyPolicy(str(tiny_checkpoint))
+    for a, b in zip(base.model.parameters(), trainer.policy.reference_model.parameters(), strict=True):
+        assert torch.equal(a, b)
+    # checkpoints are complete directories (no leftover staging) that load back
+    checkpoints = sorted((run / "checkpoints").iterdir())
+    assert [c.name for c in checkpoints] == ["step_00002", "step_00004"]
+    reloaded = ShapesTinyPolicy(str(tiny_checkpoint))
+    reloaded.load_trainable(str(checkpoints[-1]))
+    with trainer.ema.swapped_in(trainer.policy.trainable_parameters()):
+        for a, b in zip(reloaded.model.parameters(), trainer.policy.model.parameters(), strict=True):
+            assert torch.equal(a, b)
+
+
+def test_cli_run_and_validate(fast_config, tmp_path):
+    app = build_app()
+    result = runner.invoke(app, ["validate", str(fast_config)])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(
+        app, ["run", str(fast_config), "--set", "train.epochs=1", "--out", str(tmp_path / "runs")]
+    )
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "runs" / "tiny" / "summary.json").is_file()
+    result = runner.invoke(
+        app, ["run", str(fast_config), "--set", "train.epochs=1", "--out", str(tmp_path / "runs")]
+    )
+    assert (tmp_path / "runs" / "tiny-2" / "summary.json").is_file(), (
+        "a second run never overwrites the first"
+    )
+
+
+def test_cli_config_errors_exit_2_with_one_line(fast_config, tmp_path):
+    app = build_app()
+    for args in (
+        ["validate", str(fast_config), "--set", "train.bogus=1"],
+        ["run", str(fast_config), "--set", "reward[0].name='nope'", "--out", str(tmp_path)],
+        ["validate", str(tmp_path / "missing.toml")],
+    ):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2, result.output
+        lines = [line for line in result.output.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    assert not any(tmp_path.glob("tiny*")), "nothing is written for an invalid config"
+
+
+def test_plugins_lists_builtins_as_json():
+    result = runner.invoke(build_app(), ["plugins"])
+    assert result.exit_code == 0, result.output
+    listing = json.loads(result.output)
+    by_name = {p["name"]: p for p in listing["plugins"]}
+    assert by_name["nft_core.shapes.plugin"]["registers"]["policies"] == ["shapes-tiny"]
+    assert "euler" in by_name["nft_solvers.plugin"]["registers"]["solvers"]
+    assert by_name["nft_core.builtin_plugin"]["distribution"] == "diffusion-nft"
+    assert "register_rewards" in by_name["nft_rewards.plugin"]["hooks"]
