@@ -1,0 +1,63 @@
+"""Prompt sources (files, registered `shapes:` splits), atomic writes, the GenEval tag table."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import SHARED_DATA
+
+from nft_core.errors import ConfigError, UserError
+from nft_core.evaluation import tag_table
+from nft_core.io import atomic_write_text
+from nft_core.prompts import load_prompts, read_prompt_file
+
+
+def test_text_and_jsonl_files(tmp_path):
+    (tmp_path / "p.txt").write_text("a cat\n\n  a dog  \n")
+    assert [i.prompt for i in read_prompt_file(tmp_path / "p.txt")] == ["a cat", "a dog"]
+    (tmp_path / "p.jsonl").write_text('{"tag": "single_object", "prompt": "a cat", "include": []}\n')
+    item = read_prompt_file(tmp_path / "p.jsonl")[0]
+    assert item.prompt == "a cat" and item.metadata["tag"] == "single_object"
+    (tmp_path / "bad.jsonl").write_text('{"prompt": "ok"}\n{"prompt": 3}\n')
+    with pytest.raises(UserError, match=r"bad.jsonl:2: each line must be an object with a string `prompt`"):
+        read_prompt_file(tmp_path / "bad.jsonl")
+
+
+@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="shared prompt data not present")
+def test_real_geneval_metadata_is_a_prompt_source():
+    items = load_prompts(str(SHARED_DATA / "geneval" / "evaluation_metadata.jsonl"))
+    assert len(items) == 553 and all(i.metadata["tag"] for i in items)
+    assert len(load_prompts(str(SHARED_DATA / "drawbench" / "test.txt"))) == 1000
+
+
+def test_registered_source_and_errors():
+    train = load_prompts("shapes:train")
+    heldout = {i.prompt for i in load_prompts("shapes:heldout")}
+    assert heldout and not heldout & {i.prompt for i in train}
+    evaluation = load_prompts("shapes:eval")
+    counts = tag_table([i.metadata["tag"] for i in evaluation], torch.ones(len(evaluation)))["counts"]
+    assert min(counts.values()) >= 48
+    with pytest.raises(ConfigError, match=r"data.prompts: 'nowhere' is neither a prompt file"):
+        load_prompts("nowhere")
+    with pytest.raises(UserError, match="unknown split"):
+        load_prompts("shapes:bogus")
+
+
+def test_tag_table_is_the_mean_of_tag_means():
+    table = tag_table(["a", "a", "a", "b"], torch.tensor([1.0, 0.0, 0.0, 1.0]))
+    assert table["per_tag"] == {"a": pytest.approx(1 / 3), "b": 1.0}
+    assert table["overall"] == pytest.approx((1 / 3 + 1) / 2)
+
+
+def test_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch):
+    target = tmp_path / "summary.json"
+    atomic_write_text(target, "old")
+
+    def broken_replace(*_args):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("nft_core.io.os.replace", broken_replace)
+    with pytest.raises(OSError):
+        atomic_write_text(target, "new")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]
