@@ -18,8 +18,6 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from nft_core.errors import UserError
-
 __all__ = ["BUILTIN_REWARDS", "available", "load", "options_model", "reward_class"]
 
 BUILTIN_REWARDS: dict[str, str] = {
@@ -38,6 +36,8 @@ BUILTIN_REWARDS: dict[str, str] = {
 def reward_class(name: str) -> type:
     """The class of a built-in reward (imports its module, not its model library)."""
     if name not in BUILTIN_REWARDS:
+        from nft_core.errors import UserError
+
         raise UserError(f"unknown reward {name!r}; available: {', '.join(BUILTIN_REWARDS)}")
     module, _, attribute = BUILTIN_REWARDS[name].partition(":")
     return getattr(importlib.import_module(module), attribute)

@@ -16,6 +16,8 @@ Score: the cosine of the normalized image and text features of each pair (no log
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -45,6 +47,21 @@ def resize_max_size(images: torch.Tensor, size: int, fill: float = 0.0) -> torch
     images = tvf.resize(images, new_size, InterpolationMode.BICUBIC)
     pad_h, pad_w = size - new_size[0], size - new_size[1]
     return tvf.pad(images, [pad_w // 2, pad_h // 2, pad_w - pad_w // 2, pad_h - pad_h // 2], fill=fill)
+
+
+@contextlib.contextmanager
+def _without_random_init_warning():
+    """Drop open_clip's 'No pretrained weights loaded ... initialized randomly' root-logger warning."""
+
+    def keep(record: logging.LogRecord) -> bool:
+        return "initialized randomly" not in record.getMessage()
+
+    root = logging.getLogger()
+    root.addFilter(keep)
+    try:
+        yield
+    finally:
+        root.removeFilter(keep)
 
 
 def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -98,9 +115,10 @@ class HpsReward(BaseReward):
             open_clip.add_model_config(config)
         if options.architecture not in open_clip.list_models():
             raise UserError(f"hpsv2: unknown open_clip architecture {options.architecture!r}")
-        model = open_clip.create_model(
-            options.architecture, pretrained=None, precision="fp32", output_dict=True
-        )
+        with _without_random_init_warning():  # the HPS state dict is loaded right below
+            model = open_clip.create_model(
+                options.architecture, pretrained=None, precision="fp32", output_dict=True
+            )
         missing, unexpected = model.load_state_dict(_load_state_dict(path), strict=False)
         if missing or unexpected:
             raise UserError(
