@@ -32,10 +32,10 @@ from nft_core.shapes.world import CLASSES, COLORS, RELATIONS
 class PretrainConfig:
     """Everything that determines the checkpoint."""
 
-    steps: int = 3000
+    steps: int = 700
     batch_size: int = 64
     lr: float = 1e-3
-    warmup_steps: int = 100
+    warmup_steps: int = 50
     condition_dropout: float = 0.15
     label_noise: float = 0.3
     seed: int = 0
