@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.metadata
 import os
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pluggy
@@ -80,7 +83,61 @@ def load_plugins() -> pluggy.PluginManager:
         if not pm.has_plugin(module_name):
             pm.register(importlib.import_module(module_name), name=module_name)
     pm.check_pending()
+    if os.environ.get("NFT_TRACE_PLUGINS"):
+        trace_hook_calls()
     return pm
+
+
+def trace_hook_calls(write: Callable[[str], None] = lambda line: print(line, file=sys.stderr)):
+    """Print every hook call, each name it registers and its duration (`NFT_TRACE_PLUGINS=1`).
+
+    Wraps the registered hook implementations (the registry calls them directly, not through
+    `pm.hook`); returns the function that unwraps them.
+    """
+    wrapped = []
+    for hook_name, caller in vars(pm.hook).items():
+        for impl in caller.get_hookimpls():
+            wrapped.append((impl, impl.function))
+            impl.function = _traced(impl.function, impl.plugin_name, hook_name, impl.argnames, write)
+
+    def undo() -> None:
+        for impl, function in wrapped:
+            impl.function = function
+
+    return undo
+
+
+def _traced(function, plugin_name: str, hook_name: str, argnames, write: Callable[[str], None]):
+    kind = {"policies": "policy", "prompt_sources": "prompt source"}.get(
+        hook_name.removeprefix("register_"), hook_name.removeprefix("register_").removesuffix("s")
+    )
+
+    def announce(register):
+        def traced_register(name, *args, **kwargs):
+            write(f"nft trace:   {plugin_name} registers {kind} {name!r}")
+            return register(name, *args, **kwargs)
+
+        return traced_register
+
+    @functools.wraps(function)
+    def traced(*args, **kwargs):
+        if "register" in kwargs:
+            kwargs["register"] = announce(kwargs["register"])
+        elif args and argnames[:1] == ("register",):
+            args = (announce(args[0]), *args[1:])
+        write(f"nft trace: {plugin_name}.{hook_name}")
+        started = time.perf_counter()
+        try:
+            return function(*args, **kwargs)
+        except Exception as error:
+            write(f"nft trace: {plugin_name}.{hook_name} raised {type(error).__name__}: {error}")
+            raise
+        finally:
+            write(
+                f"nft trace: {plugin_name}.{hook_name} took {(time.perf_counter() - started) * 1000:.1f} ms"
+            )
+
+    return traced
 
 
 def plugin_distribution(plugin_name: str) -> tuple[str | None, str | None]:

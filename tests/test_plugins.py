@@ -1,0 +1,108 @@
+"""Plugin tooling in-process: the `nft plugin new` scaffold, hook tracing, load-error warnings."""
+
+from __future__ import annotations
+
+import ast
+import re
+
+import pytest
+import tomllib
+from typer.testing import CliRunner
+
+from nft_core import plugins, registry
+from nft_core.cli import TEMPLATE_DIR, TEMPLATE_TOKENS, build_app, scaffold_plugin
+from nft_core.errors import UserError
+
+runner = CliRunner()
+
+
+@pytest.mark.parametrize(
+    ("name", "kind", "hook", "registered", "class_name"),
+    [
+        ("nft-sharpness", "reward", "register_rewards", "sharpness", "SharpnessReward"),
+        ("two-step", "solver", "register_solvers", "two-step", "TwoStepSolver"),
+    ],
+)
+def test_plugin_new_writes_a_complete_package(tmp_path, name, kind, hook, registered, class_name):
+    result = runner.invoke(build_app(), ["plugin", "new", name, "--kind", kind, "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    distribution = name if name.startswith("nft-") else f"nft-{name}"
+    module = distribution.replace("-", "_")
+    root = tmp_path / distribution
+    files = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+    assert files == ["README.md", f"{module}.py", "pyproject.toml", f"tests/test_{module}.py"]
+    for path in root.rglob("*"):
+        if path.is_file():
+            text = path.read_text()
+            assert not any(token in text for token in TEMPLATE_TOKENS), path
+    project = tomllib.loads((root / "pyproject.toml").read_text())
+    assert project["project"]["name"] == distribution
+    assert project["project"]["entry-points"]["nft"] == {distribution: module}
+    assert project["tool"]["setuptools"]["py-modules"] == [module]
+    source = (root / f"{module}.py").read_text()
+    tree = ast.parse(source)
+    functions = {node.name for node in tree.body if isinstance(node, ast.FunctionDef)}
+    classes = {node.name for node in tree.body if isinstance(node, ast.ClassDef)}
+    assert hook in functions and class_name in classes and f'"{registered}"' in source
+    tests = (root / "tests" / f"test_{module}.py").read_text()
+    ast.parse(tests)
+    assert (
+        "nft_core.testing" in tests
+        and '"plugins"' in tests
+        and f'"NFT_LOAD_PLUGINS": "{distribution}"' in tests
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["Bad_Name"], "plugin name 'Bad_Name': use lowercase letters"),
+        (["nft"], "plugin name 'nft'"),
+        (["ok", "--kind", "policy"], "--kind 'policy': no template .* kinds: reward, solver"),
+    ],
+)
+def test_plugin_new_refuses_bad_input_with_one_line(tmp_path, args, message):
+    result = runner.invoke(build_app(), ["plugin", "new", *args, "--out", str(tmp_path)])
+    assert result.exit_code == 2
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    assert re.search(message, lines[0]), lines[0]
+    assert not any(tmp_path.iterdir())
+
+
+def test_plugin_new_never_overwrites(tmp_path):
+    scaffold_plugin("nft-once", "reward", tmp_path)
+    with pytest.raises(UserError, match="already exists"):
+        scaffold_plugin("once", "reward", tmp_path)
+
+
+def test_template_folders_are_the_documented_kinds():
+    assert sorted(p.name for p in TEMPLATE_DIR.iterdir() if p.is_dir()) == ["reward", "solver"]
+
+
+def test_trace_prints_hook_calls_and_registered_names():
+    lines: list[str] = []
+    stop = plugins.trace_hook_calls(lines.append)
+    registry.clear_cache()
+    try:
+        registry.registrations("solvers")
+    finally:
+        stop()
+        registry.clear_cache()
+    assert "nft trace: nft_solvers.plugin.register_solvers" in lines
+    assert "nft trace:   nft_solvers.plugin registers solver 'dpm2'" in lines
+    assert any(line.startswith("nft trace: nft_solvers.plugin.register_solvers took ") for line in lines)
+    lines.clear()
+    registry.registrations("solvers")
+    assert not lines, "tracing stops when asked"
+
+
+def test_run_and_validate_warn_about_plugins_that_failed_to_load(fast_config, monkeypatch):
+    broken = plugins.PluginLoadError("nft-broken", "nft-broken", "ImportError: no module named 'missing'")
+    monkeypatch.setattr(plugins, "load_errors", [broken])
+    result = runner.invoke(build_app(), ["validate", str(fast_config)])
+    assert result.exit_code == 0, result.output
+    assert (
+        "warning: plugin 'nft-broken' (distribution nft-broken) failed to load: "
+        "ImportError: no module named 'missing'"
+    ) in result.output
