@@ -20,6 +20,7 @@ DEFAULT_PLUGINS = (
     "nft_rewards.plugin",
     "nft_core.builtin_plugin",
     "nft_core.shapes.plugin",
+    "nft_core.policies.plugin",
 )
 
 pm = pluggy.PluginManager("nft")

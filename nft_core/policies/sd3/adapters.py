@@ -1,0 +1,154 @@
+"""LoRA adapters `default` (trained) and `old` (sampling policy) on one transformer; reference = adapters off.
+
+peft's `set_adapter` / `disable_adapters` also flip `requires_grad` (the active adapter becomes trainable,
+disabling freezes all), and a parameter frozen between forward and backward silently gets no gradient.
+`LoraViews` therefore re-applies the trainable set after every switch, and `use(view)` always returns
+the model to the `current` view: gradient checkpointing recomputes the forward during backward with
+whatever adapter is active then.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+
+from nft_core.errors import UserError
+from nft_core.policies.sd3.options import LoraOptions
+
+TRAINED, OLD = "default", "old"
+VIEWS = ("current", "old", "reference")
+_ADAPTER = re.compile(r"\.lora_[A-Za-z_]+\.([^.]+)(?:\.|$)")
+
+
+def adapter_of(parameter_name: str) -> str | None:
+    """The adapter a LoRA parameter belongs to (`...to_q.lora_A.old.weight` -> `old`), else None."""
+    match = _ADAPTER.search(parameter_name)
+    return match.group(1) if match else None
+
+
+def lora_config(options: LoraOptions):
+    """The peft `LoraConfig` of the options (gaussian init: A ~ N(0, 1/r), B = 0)."""
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=options.rank,
+        lora_alpha=options.alpha,
+        init_lora_weights="gaussian" if options.init == "gaussian" else True,
+        lora_dropout=options.dropout,
+        target_modules=list(options.target_modules),
+    )
+
+
+class LoraViews:
+    """Adds the two adapters to `transformer` and switches it between the three policy views."""
+
+    def __init__(self, transformer: torch.nn.Module, options: LoraOptions) -> None:
+        self.transformer = transformer
+        self.config = lora_config(options)
+        transformer.requires_grad_(False)
+        try:
+            transformer.add_adapter(self.config, adapter_name=TRAINED)
+        except ValueError as error:  # peft: no module matches the target names
+            raise UserError(
+                f"policy.lora.target_modules: {options.target_modules} match no module of the transformer "
+                f"({str(error).splitlines()[0][:160]})"
+            ) from None
+        with warnings.catch_warnings():  # peft warns that a second adapter is being added: that is the design
+            warnings.filterwarnings("ignore", message=".*peft_config.*", category=UserWarning)
+            transformer.add_adapter(self.config, adapter_name=OLD)
+        named = dict(transformer.named_parameters())
+        self.trained = {n: p for n, p in named.items() if adapter_of(n) == TRAINED}
+        # keyed by the trained parameter's name, so `old[name]` is the twin of `trained[name]`
+        self.old = {n: named[self.old_name(n)] for n in self.trained}
+        for parameter in (*self.trained.values(), *self.old.values()):
+            parameter.data = parameter.data.to(torch.float32)  # fp32 master weights under autocast
+        self.sync_old()
+        self.view: str | None = None
+        self.activate("current")
+
+    @staticmethod
+    def old_name(trained_name: str) -> str:
+        """`...lora_A.default.weight` -> `...lora_A.old.weight`."""
+        return trained_name.replace(f".{TRAINED}.", f".{OLD}.")
+
+    def activate(self, view: str) -> None:
+        """Make `view` the active one: current = `default`, old = `old`, reference = adapters disabled."""
+        if view not in VIEWS:
+            raise ValueError(f"unknown policy view {view!r}; allowed: {', '.join(VIEWS)}")
+        if view == self.view:
+            return
+        if view == "reference":
+            self.transformer.disable_adapters()
+        else:
+            if self.view in (None, "reference"):
+                self.transformer.enable_adapters()
+            self.transformer.set_adapter(TRAINED if view == "current" else OLD)
+        for parameter in self.trained.values():
+            parameter.requires_grad_(True)
+        for parameter in self.old.values():
+            parameter.requires_grad_(False)
+        self.view = view
+
+    @contextmanager
+    def use(self, view: str) -> Iterator[None]:
+        """Run a block with `view` active, then return to `current`."""
+        self.activate(view)
+        try:
+            yield
+        finally:
+            self.activate("current")
+
+    @torch.no_grad()
+    def sync_old(self) -> None:
+        """`old <- default` exactly."""
+        for name, parameter in self.trained.items():
+            self.old[name].copy_(parameter)
+
+    @torch.no_grad()
+    def refresh(self, decay: float) -> None:
+        """`old <- decay * old + (1 - decay) * default` over the LoRA weights."""
+        for name, parameter in self.trained.items():
+            self.old[name].lerp_(parameter.to(self.old[name].dtype), 1.0 - decay)
+
+    def metadata(self) -> dict[str, Any]:
+        """The adapter config diffusers stores next to the weights (rank and alpha survive loading)."""
+        config = self.config.to_dict()
+        config["target_modules"] = sorted(config["target_modules"])
+        return config
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The trained adapter in peft's naming without the adapter name (what diffusers saves)."""
+        from peft.utils import get_peft_model_state_dict
+
+        state = get_peft_model_state_dict(self.transformer, adapter_name=TRAINED)
+        return {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in state.items()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor], source: str) -> None:
+        """Load a trained adapter (peft naming, no adapter name) into `default` and `old`."""
+        from peft.utils import set_peft_model_state_dict
+
+        expected = {name.replace(f".{TRAINED}.", "."): name for name in self.trained}
+        unknown = sorted(set(state) - set(expected))
+        missing = sorted(set(expected) - set(state))
+        if unknown or missing:
+            detail = f"unexpected {unknown[:3]}" if unknown else f"missing {missing[:3]}"
+            raise UserError(f"{source}: LoRA does not match this policy's target modules ({detail})")
+        for key, value in state.items():
+            shape = tuple(self.trained[expected[key]].shape)
+            if tuple(value.shape) != shape:
+                raise UserError(
+                    f"{source}: LoRA tensor {key} has shape {tuple(value.shape)}, this policy's is {shape} "
+                    "(different rank?)"
+                )
+        set_peft_model_state_dict(self.transformer, state, adapter_name=TRAINED)
+        self.sync_old()
+        self.view = None
+        self.activate("current")
+
+
+__all__ = ["OLD", "TRAINED", "VIEWS", "LoraViews", "adapter_of", "lora_config"]

@@ -1,0 +1,97 @@
+"""The `[policy]` options of `sd3`; validating them imports no diffusers (`nft validate` loads no weights)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+ATTENTION_MODULES = (
+    "attn.to_q",
+    "attn.to_k",
+    "attn.to_v",
+    "attn.to_out.0",
+    "attn.add_q_proj",
+    "attn.add_k_proj",
+    "attn.add_v_proj",
+    "attn.to_add_out",
+)
+"""The joint-attention projections of every MMDiT block (image and text streams)."""
+
+FEED_FORWARD_MODULES = ("ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2")
+"""The feed-forward projections of the image stream (`ff`) and the text stream (`ff_context`)."""
+
+DEFAULT_TARGET_MODULES = ATTENTION_MODULES + FEED_FORWARD_MODULES
+
+SD35_MEDIUM = "stabilityai/stable-diffusion-3.5-medium"
+
+
+class LoraOptions(BaseModel):
+    """`[policy.lora]`: the LoRA on the transformer (reference: rank 32, alpha 64, gaussian init)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rank: int = Field(32, ge=1, description="LoRA rank r")
+    alpha: float = Field(64.0, gt=0, description="LoRA alpha; the update is scaled by alpha / rank")
+    init: Literal["gaussian", "default"] = Field(
+        "gaussian", description="A's init: gaussian (reference) or default (Kaiming); B starts at zero"
+    )
+    dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout")
+    target_modules: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_TARGET_MODULES),
+        min_length=1,
+        description="module name suffixes that get a LoRA (default: attention + feed-forward projections)",
+    )
+
+
+class SD3Options(BaseModel):
+    """`[policy]` options of `sd3`."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    model: str = Field(SD35_MEDIUM, description="hub id (org/name) or a local diffusers folder")
+    revision: str | None = Field(None, description="hub revision (branch, tag or commit)")
+    weights_dir: str | None = Field(
+        None,
+        description="folder holding downloaded models as <weights_dir>/<org>/<name>/; "
+        "default: $NFT_WEIGHTS_DIR, then the Hugging Face cache",
+    )
+    resolution: int = Field(512, ge=8, description="image side in pixels (square); reference 512")
+    lora: bool | LoraOptions = Field(
+        True, description="LoRA options (a table), true for the reference LoRA, false for full fine-tuning"
+    )
+    mixed_precision: Literal["no", "bf16", "fp16"] = Field(
+        "no",
+        description="autocast dtype; frozen weights are stored in it, trained weights stay float32",
+    )
+    gradient_checkpointing: bool = Field(False, description="recompute transformer activations in backward")
+    compile: bool = Field(False, description="torch.compile the transformer(s)")
+    max_sequence_length: int = Field(128, ge=1, le=512, description="T5 tokens per prompt (reference 128)")
+    t5: bool = Field(True, description="load the T5 text encoder (false: zeros in its place, less memory)")
+    keep_reference: bool = Field(
+        True,
+        description="full fine-tuning: keep a frozen copy of the base model as the `reference` view "
+        "(needed when objective.kl_weight > 0)",
+    )
+    prompt_cache_size: int = Field(1024, ge=0, description="prompt embeddings kept (on the CPU) for reuse")
+    text_batch_size: int = Field(32, ge=1, description="prompts per text-encoder call")
+    decode_batch_size: int = Field(8, ge=1, description="latents per VAE decode call")
+
+    @field_validator("lora")
+    @classmethod
+    def _lora_table(cls, value: bool | LoraOptions) -> bool | LoraOptions:
+        return LoraOptions() if value is True else value
+
+    @property
+    def lora_options(self) -> LoraOptions | None:
+        """The LoRA options, or None in full fine-tuning mode."""
+        return self.lora if isinstance(self.lora, LoraOptions) else None
+
+
+__all__ = [
+    "ATTENTION_MODULES",
+    "DEFAULT_TARGET_MODULES",
+    "FEED_FORWARD_MODULES",
+    "LoraOptions",
+    "SD3Options",
+]

@@ -1,0 +1,137 @@
+"""A tiny random `StableDiffusion3Pipeline` built from configs (environment.md sizes), saved like a hub repo.
+
+Two tiny CLIP text encoders (projection 32 each: their concatenation is the pooled dim 64), a tiny T5
+(d_model 64 = joint_attention_dim), a 2-layer SD3 transformer, a 2-level VAE (latent 4 channels,
+downscale 2) and `FlowMatchEulerDiscreteScheduler(shift=3)`. Tokenizers are built in memory with a
+`model_max_length` (77 for CLIP), without which the pipeline's tokenizers overflow.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+CHARS = list("abcdefghijklmnopqrstuvwxyz0123456789.,!?'\"-")
+RESOLUTION = 32
+MAX_SEQUENCE_LENGTH = 16
+
+
+def clip_tokenizer():
+    """A character-level CLIP BPE tokenizer (no merges), 77 tokens."""
+    from transformers import CLIPTokenizer
+
+    vocab: dict[str, int] = {}
+    for suffix in ("", "</w>"):
+        for char in CHARS:
+            vocab[char + suffix] = len(vocab)
+    for special in ("<|startoftext|>", "<|endoftext|>"):
+        vocab[special] = len(vocab)
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
+
+
+def t5_tokenizer():
+    """A character-level T5 unigram tokenizer."""
+    from transformers import T5Tokenizer
+
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
+    pieces += [("\u2581" + c, -1.0) for c in CHARS] + [(c, -2.0) for c in CHARS] + [("\u2581", -3.0)]
+    return T5Tokenizer(vocab=pieces, extra_ids=0, model_max_length=512)
+
+
+def _clip_encoder(tokenizer):
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    config = CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=77,
+        projection_dim=32,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return CLIPTextModelWithProjection(config)
+
+
+def build_tiny_sd3(seed: int = 0):
+    """The pipeline, randomly initialised with `seed`."""
+    from diffusers import (
+        AutoencoderKL,
+        FlowMatchEulerDiscreteScheduler,
+        SD3Transformer2DModel,
+        StableDiffusion3Pipeline,
+    )
+    from transformers import T5Config, T5EncoderModel
+
+    torch.manual_seed(seed)
+    tokenizer, tokenizer_2, tokenizer_3 = clip_tokenizer(), clip_tokenizer(), t5_tokenizer()
+    t5 = T5EncoderModel(
+        T5Config(
+            vocab_size=len(tokenizer_3),
+            d_model=64,
+            d_kv=16,
+            d_ff=64,
+            num_layers=2,
+            num_heads=4,
+            relative_attention_num_buckets=8,
+            decoder_start_token_id=0,
+        )
+    )
+    transformer = SD3Transformer2DModel(
+        sample_size=16,
+        patch_size=2,
+        in_channels=4,
+        out_channels=4,
+        num_layers=2,
+        attention_head_dim=8,
+        num_attention_heads=4,
+        joint_attention_dim=64,
+        caption_projection_dim=32,
+        pooled_projection_dim=64,
+    )
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D"] * 2,
+        up_block_types=["UpDecoderBlock2D"] * 2,
+        block_out_channels=[8, 16],
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=4,
+        sample_size=RESOLUTION,
+        scaling_factor=1.5,
+        shift_factor=0.06,
+    )
+    return StableDiffusion3Pipeline(
+        transformer=transformer,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        vae=vae,
+        text_encoder=_clip_encoder(tokenizer),
+        tokenizer=tokenizer,
+        text_encoder_2=_clip_encoder(tokenizer_2),
+        tokenizer_2=tokenizer_2,
+        text_encoder_3=t5,
+        tokenizer_3=tokenizer_3,
+    )
+
+
+def save_tiny_sd3(folder: Path, seed: int = 0) -> Path:
+    """Build and `save_pretrained` the tiny pipeline into `folder` (the diffusers hub layout)."""
+    build_tiny_sd3(seed).save_pretrained(str(folder))
+    return folder
+
+
+def policy_options(folder: Path, **overrides) -> dict:
+    """`[policy]` options of `sd3` for the tiny pipeline: 32 px, rank-4 LoRA, 16 T5 tokens."""
+    options = {
+        "model": str(folder),
+        "resolution": RESOLUTION,
+        "lora": {"rank": 4, "alpha": 8.0},
+        "max_sequence_length": MAX_SEQUENCE_LENGTH,
+    }
+    options.update(overrides)
+    return options
