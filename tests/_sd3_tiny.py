@@ -12,22 +12,10 @@ from pathlib import Path
 
 import torch
 
-CHARS = list("abcdefghijklmnopqrstuvwxyz0123456789.,!?'\"-")
+from tests._rewards_tiny import CHARS, clip_tokenizer
+
 RESOLUTION = 32
 MAX_SEQUENCE_LENGTH = 16
-
-
-def clip_tokenizer():
-    """A character-level CLIP BPE tokenizer (no merges), 77 tokens."""
-    from transformers import CLIPTokenizer
-
-    vocab: dict[str, int] = {}
-    for suffix in ("", "</w>"):
-        for char in CHARS:
-            vocab[char + suffix] = len(vocab)
-    for special in ("<|startoftext|>", "<|endoftext|>"):
-        vocab[special] = len(vocab)
-    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
 
 
 def t5_tokenizer():
