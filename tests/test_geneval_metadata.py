@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
+from conftest import SHARED_DATA
 
 from nft_rewards.geneval.metadata import load_metadata, parse_metadata_line, validate_metadata
 from nft_rewards.geneval.scoring import TAGS
 
-DATA = Path("/work/shared/data/geneval")
+DATA = SHARED_DATA / "geneval"
 
 
 @pytest.mark.parametrize(

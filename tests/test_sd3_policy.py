@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import SHARED_DATA
 from typer.testing import CliRunner
 
 from nft_core.errors import ConfigError, UserError
@@ -514,9 +515,7 @@ def test_all_five_presets_exist():
 
 
 # ---- the presets' GenEval prompt source -------------------------------------------------------------
-GENEVAL_TEST = (
-    Path(__file__).resolve().parents[2] / "shared" / "data" / "geneval" / "evaluation_metadata.jsonl"
-)
+GENEVAL_TEST = SHARED_DATA / "geneval" / "evaluation_metadata.jsonl"
 
 
 @pytest.mark.skipif(not GENEVAL_TEST.is_file(), reason="public GenEval prompts not available")
