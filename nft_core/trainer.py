@@ -21,6 +21,7 @@ from nft_core import registry
 from nft_core.advantages import advantage_stats, clip_advantages, compute_advantages, optimality_probability
 from nft_core.config import RunConfig, objective_options
 from nft_core.ema import ParameterEMA
+from nft_core.errors import ConfigError
 from nft_core.evaluation import EvalResult, evaluate
 from nft_core.io import append_jsonl, atomic_write_json, atomic_write_text
 from nft_core.normalization import make_normalizer
@@ -141,6 +142,11 @@ class Trainer:
             config.train.inner_epochs,
             config.train.optimizer_steps_per_epoch,
         )
+        if self.geometry.optimizer_steps > self.geometry.micro_batches:
+            raise ConfigError(
+                f"train.optimizer_steps_per_epoch: {self.geometry.optimizer_steps} exceeds the "
+                f"{self.geometry.micro_batches} micro-batches of an epoch ({self.geometry.describe()})"
+            )
         self.state = TrainState()
 
     # ---- the stages of one epoch -------------------------------------------------------------------

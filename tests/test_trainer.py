@@ -105,3 +105,13 @@ def test_plugins_lists_builtins_as_json():
     assert "euler" in by_name["nft_solvers.plugin"]["registers"]["solvers"]
     assert by_name["nft_core.builtin_plugin"]["distribution"] == "diffusion-nft"
     assert "register_rewards" in by_name["nft_rewards.plugin"]["hooks"]
+
+
+def test_more_optimizer_steps_than_micro_batches_is_a_config_error(fast_config, tmp_path):
+    import pytest
+
+    from nft_core.errors import ConfigError
+
+    config = load_config(fast_config, ["train.optimizer_steps_per_epoch=100"])
+    with pytest.raises(ConfigError, match="train.optimizer_steps_per_epoch: 100 exceeds the 2 micro-batches"):
+        Trainer(config, tmp_path / "run", echo=lambda *_: None)
