@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import tomllib
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from nft_core.errors import ConfigError
 from nft_core.normalization import NORMALIZERS
@@ -106,12 +106,18 @@ class RewardConfig(_Strict):
     """One `[[reward]]`: a registered reward, its weight and per-reward normalization."""
 
     name: str
+    alias: str | None = Field(None, description="name in metrics and composition (default: `name`)")
     weight: float = 1.0
     normalize: str = Field("none", description=f"one of {', '.join(NORMALIZERS)}")
     scale: float = 1.0
     shift: float = 0.0
     momentum: float = Field(0.99, ge=0, lt=1)
     options: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        """The name this reward goes by in metrics and the weighted sum."""
+        return self.alias or self.name
 
     @field_validator("normalize")
     @classmethod
@@ -142,6 +148,18 @@ class RunConfig(_Strict):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     log: LogConfig = Field(default_factory=LogConfig)
     reward: list[RewardConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_reward_labels(self) -> RunConfig:
+        seen: set[str] = set()
+        for index, reward in enumerate(self.reward):
+            if reward.label in seen:
+                raise ValueError(
+                    f"reward[{index}]: a second reward named {reward.label!r}; give it an `alias` "
+                    "(e.g. two outcomes of one reward)"
+                )
+            seen.add(reward.label)
+        return self
 
 
 def _allowed_keys(model: type[BaseModel], location: tuple[Any, ...]) -> list[str] | None:
@@ -189,7 +207,7 @@ def explain(error: ValidationError, model: type[BaseModel], prefix: str = "") ->
     shown = (
         f" (got {value!r})" if isinstance(value, (str, int, float, bool)) and len(repr(value)) < 60 else ""
     )
-    return f"{path}: {message}{shown}"
+    return f"{path}: {message}{shown}" if path else f"{message}{shown}"
 
 
 def parse_override(text: str) -> tuple[list[str | int], Any]:

@@ -76,3 +76,16 @@ def test_overrides_parse_toml_literals():
         apply_override(data, ["reward", 3, "weight"], 1)
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         parse_override("train.lr")
+
+
+def test_two_outcomes_of_one_reward_need_an_alias(fast_config):
+    text = fast_config.read_text() + '[[reward]]\nname = "shapes-geneval"\noptions = { outcome = "strict" }\n'
+    fast_config.write_text(text)
+    with pytest.raises(ConfigError) as error:
+        load_config(fast_config)
+    assert str(error.value) == (
+        f"{fast_config}: reward[1]: a second reward named 'shapes-geneval'; give it an `alias` "
+        "(e.g. two outcomes of one reward)"
+    )
+    config = load_config(fast_config, ["reward[1].alias='strict'"])
+    assert [r.label for r in config.reward] == ["shapes-geneval", "strict"]
