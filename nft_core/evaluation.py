@@ -21,10 +21,6 @@ class EvalResult:
     images: torch.Tensor | None = None
     per_image: dict[str, torch.Tensor] = field(default_factory=dict)
 
-    def main(self, reward_name: str) -> float:
-        """The headline number of one reward."""
-        return float(self.scores[reward_name]["score"])
-
 
 def tag_table(tags: Sequence[str], values: torch.Tensor) -> dict[str, Any]:
     """Official GenEval aggregation: mean of the per-tag means (plus the per-tag means and counts)."""

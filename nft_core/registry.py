@@ -8,6 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from nft_core.config import explain
 from nft_core.errors import ConfigError
 from nft_core.plugins import load_plugins
 
@@ -85,7 +86,7 @@ def validate_options(kind: str, name: str, options: dict[str, Any], path: str) -
     try:
         model = registration.options.model_validate(options)
     except ValidationError as error:
-        raise ConfigError(format_validation_error(error, path)) from None
+        raise ConfigError(explain(error, registration.options, path)) from None
     return model.model_dump()
 
 
@@ -94,26 +95,3 @@ def create(kind: str, name: str, options: dict[str, Any] | None = None, path: st
     registration = get(kind, name, path or kind)
     validated = validate_options(kind, name, options or {}, path or f"{kind}.{name}")
     return registration.factory(**validated)
-
-
-def format_validation_error(error: ValidationError, prefix: str = "") -> str:
-    """One line for the first pydantic error: `<toml.path>: <what is wrong and allowed>`."""
-    first = error.errors()[0]
-    location = ".".join(str(part) for part in first["loc"])
-    path = ".".join(part for part in (prefix, location) if part)
-    message = first["msg"]
-    if first["type"] == "extra_forbidden":
-        message = "unknown key"
-        if first.get("ctx") is None and "model" in error.title:
-            pass
-    elif first["type"] == "missing":
-        message = "required key is missing"
-    value = first.get("input")
-    shown = (
-        f" (got {value!r})" if first["type"] not in ("missing", "extra_forbidden") and _short(value) else ""
-    )
-    return f"{path}: {message}{shown}"
-
-
-def _short(value: Any) -> bool:
-    return isinstance(value, (str, int, float, bool)) and len(repr(value)) < 60

@@ -43,10 +43,10 @@ def sample_latents(
     batch_size: int = 64,
 ) -> torch.Tensor:
     """Clean latents for each (cond row, noise row), in batches."""
+    velocity = policy_velocity(policy, view, guidance)
     outputs = []
     for start in range(0, noise.shape[0], batch_size):
         stop = start + batch_size
         part = {k: v[start:stop] for k, v in cond.items()}
-        velocity = policy_velocity(policy, view, guidance)
         outputs.append(sampler.sample(velocity, noise[start:stop], cond=part, generator=generator))
     return torch.cat(outputs)

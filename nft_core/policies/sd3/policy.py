@@ -46,9 +46,9 @@ class SD3Policy:
         try:
             self.options = SD3Options(**options)
         except ValidationError as error:
-            from nft_core.registry import format_validation_error
+            from nft_core.config import explain
 
-            raise ConfigError(format_validation_error(error, "policy")) from None
+            raise ConfigError(explain(error, SD3Options, "policy")) from None
         opts = self.options
         self.compute_dtype = DTYPES[opts.mixed_precision]
         self.pipeline = load_pipeline(
