@@ -185,7 +185,11 @@ def main() -> None:
     except UserError as error:
         typer.echo(f"error: {error}", err=True)
         sys.exit(2)
-    app()
+    try:
+        app()
+    except UserError as error:  # a plugin command's bad input: one line, exit 2, like the built-ins
+        typer.echo(f"error: {error}", err=True)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ from nft_core.errors import UserError
 from nft_core.sampling import policy_velocity
 from nft_core.shapes.grammar import train_prompts
 from nft_core.shapes.policy import SHIPPED_CHECKPOINT, ShapesTinyPolicy, encode_tokens, load_network
-from nft_core.shapes.pretrain import PretrainConfig, near_miss, pretrain
+from nft_core.shapes.pretrain import PretrainConfig, near_miss, pretrain, snapshot_path
 from nft_core.shapes.render import render_scene
 from nft_core.shapes.reward import ShapesGenEvalReward
 
@@ -82,3 +83,19 @@ def test_pretraining_is_deterministic(tmp_path):
     saved_a, saved_b = load_network(tmp_path / "a.safetensors"), load_network(tmp_path / "b.safetensors")
     for a, b in zip(saved_a.state_dict().values(), saved_b.state_dict().values(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_pretraining_snapshot_equals_the_shorter_run(tmp_path):
+    """Nothing in the recipe depends on the total step count, so a snapshot is a reproducible checkpoint."""
+    tiny = dataclasses.replace(PretrainConfig(), batch_size=4, warmup_steps=2, channels=(8, 16, 16))
+    pretrain(dataclasses.replace(tiny, steps=5), tmp_path / "long.safetensors", progress=False, snapshots=[3])
+    pretrain(dataclasses.replace(tiny, steps=3), tmp_path / "short.safetensors", progress=False)
+    snapshot = load_network(snapshot_path(tmp_path / "long.safetensors", 3))
+    short = load_network(tmp_path / "short.safetensors")
+    longer = load_network(tmp_path / "long.safetensors")
+    for a, b in zip(snapshot.state_dict().values(), short.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    pairs = zip(snapshot.state_dict().values(), longer.state_dict().values(), strict=True)
+    assert any(not torch.equal(a, c) for a, c in pairs)
+    recorded = json.loads(snapshot_path(tmp_path / "long.safetensors", 3).with_suffix(".json").read_text())
+    assert recorded["config"]["steps"] == 3

@@ -63,6 +63,9 @@ def register_commands(app):
         out: Path = typer.Option(Path("shapes-tiny.safetensors"), help="checkpoint file to write"),
         steps: int | None = typer.Option(None, help="optimizer steps (default: the shipped recipe)"),
         seed: int | None = typer.Option(None),
+        snapshots: str = typer.Option(
+            "", help="comma-separated step counts after which to also write OUT-stepN.safetensors"
+        ),
     ) -> None:
         """Reproduce the shipped checkpoint from scratch (deterministic for a given config)."""
         import dataclasses
@@ -72,7 +75,11 @@ def register_commands(app):
         config = PretrainConfig()
         changes = {k: v for k, v in {"steps": steps, "seed": seed}.items() if v is not None}
         config = dataclasses.replace(config, **changes)
-        pretrain(config, out)
+        try:
+            steps_at = sorted({int(part) for part in snapshots.split(",") if part.strip()})
+        except ValueError:
+            raise UserError(f"--snapshots {snapshots!r}: expected comma-separated step counts") from None
+        pretrain(config, out, snapshots=steps_at)
         typer.echo(f"wrote {out}")
 
     app.add_typer(shapes, name="shapes")

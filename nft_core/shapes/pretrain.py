@@ -10,9 +10,10 @@ and guidance (or RL) is what sharpens it. Only training prompts are used; held-o
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
-import math
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from nft_core.io import atomic_write_text
 from nft_core.shapes.grammar import TAGS, train_prompts
 from nft_core.shapes.model import TinyUNet, TinyUNetConfig
 from nft_core.shapes.policy import MAX_TOKENS, TOKENS, encode_tokens, null_tokens, save_network
@@ -36,6 +38,7 @@ class PretrainConfig:
     batch_size: int = 64
     lr: float = 1e-3
     warmup_steps: int = 50
+    ema_decay: float = 0.999
     condition_dropout: float = 0.15
     label_noise: float = 0.3
     seed: int = 0
@@ -71,18 +74,29 @@ def near_miss(metadata: dict[str, Any], rng: np.random.Generator) -> dict[str, A
 
 
 def _learning_rate(step: int, config: PretrainConfig) -> float:
-    if step < config.warmup_steps:
-        return config.lr * (step + 1) / config.warmup_steps
-    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
-    return config.lr * 0.5 * (1 + math.cos(math.pi * progress))
+    # Warmup then constant: nothing depends on the total step count, so the weights after N steps of a
+    # longer run are exactly the weights of a run with steps=N (snapshots are reproducible checkpoints).
+    return config.lr * min(1.0, (step + 1) / config.warmup_steps)
 
 
-def pretrain(config: PretrainConfig, out: Path, progress: bool = True) -> TinyUNet:
-    """Train from scratch and write the checkpoint to `out` (atomically). Same config -> same weights."""
+def snapshot_path(out: Path, step: int) -> Path:
+    """Where `pretrain(..., snapshots=[step])` writes the EMA weights after `step` steps."""
+    return out.with_name(f"{out.stem}-step{step}{out.suffix}")
+
+
+def pretrain(
+    config: PretrainConfig, out: Path, progress: bool = True, snapshots: Sequence[int] = ()
+) -> TinyUNet:
+    """Train from scratch and write the EMA weights to `out` (atomically). Same config -> same weights.
+
+    `snapshots`: step counts after which the EMA weights are also written (see `snapshot_path`); each is
+    identical to the checkpoint of a run with that many steps.
+    """
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     by_tag = {tag: [item for item in train_prompts() if item.metadata["tag"] == tag] for tag in TAGS}
     model = TinyUNet(TinyUNetConfig(vocab_size=len(TOKENS), max_tokens=MAX_TOKENS, channels=config.channels))
+    ema = copy.deepcopy(model).requires_grad_(False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=1e-4)
     generator = torch.Generator().manual_seed(config.seed)
     started = time.time()
@@ -115,9 +129,27 @@ def pretrain(config: PretrainConfig, out: Path, progress: bool = True) -> TinyUN
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
+        _update_ema(ema, model, config.ema_decay, step)
         if step % 50 == 0:
             bar.set_postfix(loss=f"{loss.item():.4f}")
+        if step + 1 in snapshots and step + 1 != config.steps:
+            _write(ema, dataclasses.replace(config, steps=step + 1), snapshot_path(out, step + 1), started)
+    _write(ema, config, out, started)
+    return ema
+
+
+def _update_ema(ema: TinyUNet, model: TinyUNet, decay: float, step: int) -> None:
+    # The usual warm-started EMA: early on, the average covers only the steps taken so far.
+    rate = min(decay, (1 + step) / (10 + step))
+    with torch.no_grad():
+        for target, source in zip(ema.state_dict().values(), model.state_dict().values(), strict=True):
+            if target.is_floating_point():
+                target.lerp_(source, 1 - rate)
+            else:
+                target.copy_(source)
+
+
+def _write(model: TinyUNet, config: PretrainConfig, out: Path, started: float) -> None:
     save_network(model, out)
     record = {"config": asdict(config), "seconds": time.time() - started, "command": "nft shapes pretrain"}
-    out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
-    return model
+    atomic_write_text(out.with_suffix(".json"), json.dumps(record, indent=2) + "\n")

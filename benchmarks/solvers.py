@@ -1,0 +1,189 @@
+"""Solvers on the shipped shapes model: held-out score and time per image, and NFT training per solver.
+
+Part 1 (always): every solver at 4/6/10/20/40 steps samples the fixed paired evaluation set (`shapes:eval`,
+48 images per tag, CFG-free) from the shipped `shapes-tiny` checkpoint; the official shapes-GenEval score
+and the sampling time per image are recorded. Goal: dpm2 at 10 steps within 0.02 of euler at 40.
+
+Part 2 (`--train`): the embedded default run (`examples/shapes-geneval.toml`) once per training sampler
+(euler, dpm2 and a diffusers scheduler), same budget and seed; the final held-out scores should agree
+within +-0.03 (solver freedom: NFT only needs clean final samples).
+
+    python benchmarks/solvers.py                         # part 1 (~6 min on 2 cores)
+    python benchmarks/solvers.py --train --minutes 12    # parts 1 and 2 (~3 x 15 min more)
+
+Writes `benchmarks/results/solvers.json` and `solvers.png` (score vs steps, score vs time per image).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import nft_solvers  # noqa: E402
+from nft_core.evaluation import evaluate  # noqa: E402
+from nft_core.sampling import noise_for, sample_latents  # noqa: E402
+from nft_core.shapes.plugin import shapes_prompts  # noqa: E402
+from nft_core.shapes.policy import ShapesTinyPolicy  # noqa: E402
+from nft_core.shapes.reward import ShapesGenEvalReward  # noqa: E402
+
+SOLVERS: dict[str, dict[str, Any]] = {
+    "euler": {"name": "euler"},
+    "heun": {"name": "heun"},
+    "dpm2": {"name": "dpm2"},
+    "flow-sde": {"name": "flow-sde"},
+    "diffusers-unipc": {"name": "diffusers", "scheduler": "UniPCMultistepScheduler"},
+}
+"""Label -> solver name and options (steps added per run)."""
+
+STEPS = (4, 6, 10, 20, 40)
+TRAIN_SOLVERS = ("euler", "dpm2", "diffusers-unipc")
+
+
+def velocity_calls(solver, policy, noise: torch.Tensor) -> int:
+    """How many times the solver calls the model for one batch (heun: about twice its steps)."""
+    calls = 0
+
+    def velocity(x: torch.Tensor, t: torch.Tensor, cond: Any) -> torch.Tensor:
+        nonlocal calls
+        calls += 1
+        return x * 0
+
+    solver.sample(velocity, noise[:1])
+    return calls
+
+
+def sampling_table(checkpoint: str | None, seed: int) -> list[dict[str, Any]]:
+    """Score and time per image of each solver at each step count on the evaluation set."""
+    policy = ShapesTinyPolicy(checkpoint=checkpoint).train(False)
+    items = shapes_prompts("eval")
+    reward = ShapesGenEvalReward()
+    noise = noise_for(range(len(items)), tuple(policy.latent_shape), seed)
+    cond = policy.encode_prompts([item.prompt for item in items])
+    rows = []
+    for label, spec in SOLVERS.items():
+        for steps in STEPS:
+            options = {k: v for k, v in spec.items() if k != "name"}
+            solver = nft_solvers.load(spec["name"], steps=steps, **options)
+            with torch.no_grad():  # time sampling alone (the score below re-samples the same noise)
+                started = time.perf_counter()
+                sample_latents(policy, solver, cond, noise, view="current")
+                seconds = time.perf_counter() - started
+            result = evaluate(policy, solver, items, {"shapes-geneval": reward}, seed=seed)
+            entry = result.scores["shapes-geneval"]
+            row = {
+                "solver": label,
+                "steps": steps,
+                "velocity_calls": velocity_calls(solver, policy, noise),
+                "score": entry["score"],
+                "per_tag": entry["official"]["per_tag"],
+                "ms_per_image": 1000 * seconds / len(items),
+            }
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    return rows
+
+
+def train_table(minutes: float, sampler_steps: int) -> list[dict[str, Any]]:
+    """The embedded default NFT run once per training sampler; final held-out score of each."""
+    import tempfile
+
+    from nft_core.config import load_config
+    from nft_core.trainer import Trainer, unique_run_dir
+
+    rows = []
+    for label in TRAIN_SOLVERS:
+        spec = SOLVERS[label]
+        overrides = [
+            f"train.max_minutes={minutes}",
+            f'sampler.name="{spec["name"]}"',
+            f"sampler.steps={sampler_steps}",
+        ]
+        overrides += [f'sampler.{k}="{v}"' for k, v in spec.items() if k != "name"]
+        config = load_config(ROOT / "examples" / "shapes-geneval.toml", overrides)
+        with tempfile.TemporaryDirectory() as folder:
+            summary = Trainer(config, unique_run_dir(Path(folder), f"solver-{label}"), echo=print).run()
+        after = summary["eval_after"]["shapes-geneval"]
+        row = {
+            "solver": label,
+            "sampler_steps": sampler_steps,
+            "score_before": summary["eval_before"]["shapes-geneval"]["score"],
+            "score_after": after["score"],
+            "per_tag_after": after["official"]["per_tag"],
+            "epochs": summary["epochs"],
+            "train_minutes": summary["train_seconds"] / 60,
+        }
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    return rows
+
+
+def plot(rows: list[dict[str, Any]], out: Path) -> None:
+    """Score against steps and against sampling time per image, one line per solver."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (by_steps, by_time) = plt.subplots(1, 2, figsize=(10, 4))
+    for label in SOLVERS:
+        mine = [r for r in rows if r["solver"] == label]
+        by_steps.plot([r["steps"] for r in mine], [r["score"] for r in mine], marker="o", label=label)
+        by_time.plot([r["ms_per_image"] for r in mine], [r["score"] for r in mine], marker="o", label=label)
+    by_steps.set(xscale="log", xlabel="steps", ylabel="held-out shapes-GenEval (CFG-free)")
+    by_time.set(xscale="log", xlabel="sampling ms / image", ylabel="held-out shapes-GenEval (CFG-free)")
+    by_steps.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--checkpoint", default=None, help="shapes-tiny checkpoint (default: the shipped one)"
+    )
+    parser.add_argument("--seed", type=int, default=1234, help="evaluation noise seed (as examples/)")
+    parser.add_argument("--train", action="store_true", help="also run NFT once per training sampler")
+    parser.add_argument("--minutes", type=float, default=12.0, help="training budget per NFT run")
+    parser.add_argument("--sampler-steps", type=int, default=6, help="training sampler steps")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "solvers.json")
+    args = parser.parse_args()
+
+    rows = sampling_table(args.checkpoint, args.seed)
+    score = {(r["solver"], r["steps"]): r["score"] for r in rows}
+    gap = score[("dpm2", 10)] - score[("euler", 40)]
+    report: dict[str, Any] = {
+        "machine": {"platform": platform.platform(), "threads": torch.get_num_threads()},
+        "sampling": rows,
+        "goal_dpm2_10_vs_euler_40": {"gap": gap, "met": abs(gap) <= 0.02},
+    }
+    if args.train:
+        trained = train_table(args.minutes, args.sampler_steps)
+        finals = [r["score_after"] for r in trained]
+        report["training"] = trained
+        centre = sum(finals) / len(finals)
+        deviation = max(abs(score - centre) for score in finals)
+        report["goal_training_agreement"] = {
+            "max_deviation_from_mean": deviation,
+            "all_reach_0.75": min(finals) >= 0.75,
+            "met": deviation <= 0.03 and min(finals) >= 0.75,
+        }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    plot(rows, args.out.with_suffix(".png"))
+    print(json.dumps({k: v for k, v in report.items() if k.startswith("goal")}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
