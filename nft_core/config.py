@@ -237,8 +237,15 @@ def apply_override(data: dict[str, Any], parts: list[str | int], value: Any) -> 
         else:
             node = node.setdefault(part, [] if isinstance(following, int) else {})
     last = parts[-1]
-    if isinstance(last, int):
-        raise ConfigError(f"--set {toml_path(tuple(parts))}: cannot replace a whole array element")
+    if isinstance(last, int):  # replace an element, or append one right after the last
+        if not isinstance(node, list):
+            raise ConfigError(f"--set {toml_path(tuple(parts))}: not an array")
+        if last > len(node):
+            raise ConfigError(
+                f"--set {toml_path(tuple(parts))}: index {last} is out of range (allowed: 0 to {len(node)})"
+            )
+        node[last : last + 1] = [value]
+        return
     node[last] = value
 
 

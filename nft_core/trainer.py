@@ -116,7 +116,7 @@ class Trainer:
                 momentum=reward_config.momentum,
             )
             terms.append(
-                RewardTerm(reward_config.name, reward.to(self.device), reward_config.weight, normalizer)
+                RewardTerm(reward_config.label, reward.to(self.device), reward_config.weight, normalizer)
             )
         self.rewards = RewardSet(terms)
         self.train_items = load_prompts(config.data.prompts, "data.prompts")

@@ -89,3 +89,12 @@ def test_two_outcomes_of_one_reward_need_an_alias(fast_config):
     )
     config = load_config(fast_config, ["reward[1].alias='strict'"])
     assert [r.label for r in config.reward] == ["shapes-geneval", "strict"]
+
+
+def test_set_appends_or_replaces_an_array_element(fast_config):
+    config = load_config(fast_config, ["reward[1]={name='shapes-geneval', alias='strict'}"])
+    assert [r.label for r in config.reward] == ["shapes-geneval", "strict"]
+    config = load_config(fast_config, ["reward[0]={name='shapes-geneval', weight=2.0}"])
+    assert [r.weight for r in config.reward] == [2.0]
+    with pytest.raises(ConfigError, match=r"reward\[3\]: index 3 is out of range \(allowed: 0 to 1\)"):
+        load_config(fast_config, ["reward[3]={name='shapes-geneval'}"])

@@ -115,3 +115,18 @@ def test_more_optimizer_steps_than_micro_batches_is_a_config_error(fast_config, 
     config = load_config(fast_config, ["train.optimizer_steps_per_epoch=100"])
     with pytest.raises(ConfigError, match="train.optimizer_steps_per_epoch: 100 exceeds the 2 micro-batches"):
         Trainer(config, tmp_path / "run", echo=lambda *_: None)
+
+
+def test_one_reward_twice_under_an_alias_trains_and_reports_both(fast_config, tmp_path):
+    """Mixed outcomes of one reward (e.g. strict + partial GenEval) are two terms named by their labels."""
+    extra = ["reward[1]={name='shapes-geneval', alias='strict', weight=0.5, options={outcome='strict'}}"]
+    config = load_config(fast_config, extra)
+    Trainer(config, tmp_path / "run", echo=lambda *_: None).run()
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if r["kind"] == "train"]
+    assert {"reward/shapes-geneval/raw_mean", "reward/strict/raw_mean"} <= set(train[0])
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert set(summary["eval_after"]) == {"shapes-geneval", "strict"}
+    assert set(summary["eval_after"]["strict"]["official"]["per_tag"]) == set(
+        summary["eval_after"]["shapes-geneval"]["official"]["per_tag"]
+    )
