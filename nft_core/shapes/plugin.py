@@ -63,12 +63,17 @@ def register_commands(app):
         out: Path = typer.Option(Path("shapes-tiny.safetensors"), help="checkpoint file to write"),
         steps: int | None = typer.Option(None, help="optimizer steps (default: the shipped recipe)"),
         seed: int | None = typer.Option(None),
+        threads: int = typer.Option(
+            1, min=1, help="torch CPU threads; the weights are bitwise reproducible for a fixed thread count"
+        ),
         snapshots: str = typer.Option(
             "", help="comma-separated step counts after which to also write OUT-stepN.safetensors"
         ),
     ) -> None:
         """Reproduce the shipped checkpoint from scratch (deterministic for a given config)."""
         import dataclasses
+
+        import torch
 
         from nft_core.shapes.pretrain import PretrainConfig, pretrain
 
@@ -79,6 +84,7 @@ def register_commands(app):
             steps_at = sorted({int(part) for part in snapshots.split(",") if part.strip()})
         except ValueError:
             raise UserError(f"--snapshots {snapshots!r}: expected comma-separated step counts") from None
+        torch.set_num_threads(threads)
         pretrain(config, out, snapshots=steps_at)
         typer.echo(f"wrote {out}")
 

@@ -34,7 +34,7 @@ from nft_core.shapes.world import CLASSES, COLORS, RELATIONS
 class PretrainConfig:
     """Everything that determines the checkpoint."""
 
-    steps: int = 700
+    steps: int = 3500
     batch_size: int = 64
     lr: float = 1e-3
     warmup_steps: int = 50
@@ -151,5 +151,10 @@ def _update_ema(ema: TinyUNet, model: TinyUNet, decay: float, step: int) -> None
 
 def _write(model: TinyUNet, config: PretrainConfig, out: Path, started: float) -> None:
     save_network(model, out)
-    record = {"config": asdict(config), "seconds": time.time() - started, "command": "nft shapes pretrain"}
+    record = {
+        "config": asdict(config),
+        "seconds": time.time() - started,
+        "threads": torch.get_num_threads(),  # float reductions, hence the exact weights, depend on it
+        "command": "nft shapes pretrain",
+    }
     atomic_write_text(out.with_suffix(".json"), json.dumps(record, indent=2) + "\n")
