@@ -99,3 +99,13 @@ def test_pretraining_snapshot_equals_the_shorter_run(tmp_path):
     assert any(not torch.equal(a, c) for a, c in pairs)
     recorded = json.loads(snapshot_path(tmp_path / "long.safetensors", 3).with_suffix(".json").read_text())
     assert recorded["config"]["steps"] == 3
+
+
+def test_channels_last_is_the_same_function(tiny_checkpoint):
+    fast = ShapesTinyPolicy(str(tiny_checkpoint), channels_last=True)
+    plain = ShapesTinyPolicy(str(tiny_checkpoint), channels_last=False)
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([0.1, 0.4, 0.7, 1.0])
+    cond = fast.encode_prompts(["a red circle", "two squares", "a circle left of a square", "a triangle"])
+    assert fast.model.stem.weight.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(fast.velocity("current", x, t, cond), plain.velocity("current", x, t, cond))

@@ -78,6 +78,9 @@ class ShapesTinyOptions(BaseModel):
     checkpoint: str | None = Field(
         None, description="safetensors file; default: the shipped pretrained model"
     )
+    channels_last: bool = Field(
+        True, description="NHWC memory format: same maths, ~20% faster convolutions on CPU (oneDNN)"
+    )
 
 
 class ShapesTinyPolicy:
@@ -86,9 +89,10 @@ class ShapesTinyPolicy:
     name = "shapes-tiny"
     latent_shape = (3, IMAGE_SIZE, IMAGE_SIZE)
 
-    def __init__(self, checkpoint: str | None = None) -> None:
+    def __init__(self, checkpoint: str | None = None, channels_last: bool = True) -> None:
         self.checkpoint = Path(checkpoint) if checkpoint else SHIPPED_CHECKPOINT
-        self.model = load_network(self.checkpoint)
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.model = load_network(self.checkpoint).to(memory_format=self.memory_format)
         self.old_model = self._frozen_copy()
         self.reference_model = self._frozen_copy()
         self.device = torch.device("cpu")
@@ -115,6 +119,7 @@ class ShapesTinyPolicy:
 
     def velocity(self, view: str, x_t: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:
         """Velocity of one view at (x_t, t) for the given prompt tokens."""
+        x_t = x_t.contiguous(memory_format=self.memory_format)
         return self._network(view)(x_t, t, cond["tokens"], cond["mask"])
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
