@@ -182,12 +182,8 @@ def main() -> None:
     """Console-script entry point."""
     try:
         build_app()
-    except UserError as error:
-        typer.echo(f"error: {error}", err=True)
-        sys.exit(2)
-    try:
         app()
-    except UserError as error:  # a plugin command's bad input: one line, exit 2, like the built-ins
+    except UserError as error:  # bad input, also from a plugin's command: one line, exit 2
         typer.echo(f"error: {error}", err=True)
         sys.exit(2)
 
