@@ -9,8 +9,8 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from nft_core.config import explain
-from nft_core.errors import ConfigError
-from nft_core.plugins import load_plugins
+from nft_core.errors import ConfigError, UserError
+from nft_core.plugins import load_plugins, plugin_distribution
 
 KINDS = {
     "rewards": "register_rewards",
@@ -53,8 +53,10 @@ def registrations(kind: str) -> dict[str, Registration]:
             _plugin: str = impl.plugin_name,
         ) -> None:
             if name in found:
-                raise ValueError(
-                    f"{kind[:-1]} {name!r} registered twice ({found[name].plugin} and {_plugin})"
+                raise UserError(
+                    f"{kind[:-1].replace('_', ' ')} {name!r} is registered twice, by "
+                    f"{_describe(found[name].plugin)} and by {_describe(_plugin)}; uninstall one, or "
+                    "choose which plugins load with NFT_LOAD_PLUGINS"
                 )
             doc = description or (factory.__doc__ or "").strip().split("\n")[0]
             found[name] = Registration(kind, name, factory, options, doc, _plugin)
@@ -62,6 +64,13 @@ def registrations(kind: str) -> dict[str, Registration]:
         impl.function(register=register)
     _cache[kind] = found
     return found
+
+
+def _describe(plugin_name: str) -> str:
+    distribution, version = plugin_distribution(plugin_name)
+    if distribution is None:
+        return f"plugin {plugin_name!r}"
+    return f"plugin {plugin_name!r} ({distribution}{' ' + version if version else ''})"
 
 
 def clear_cache() -> None:

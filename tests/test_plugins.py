@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from nft_core import plugins, registry
 from nft_core.cli import TEMPLATE_DIR, TEMPLATE_TOKENS, build_app, scaffold_plugin
 from nft_core.errors import UserError
+from nft_core.hookspecs import hookimpl
 
 runner = CliRunner()
 
@@ -106,3 +107,31 @@ def test_run_and_validate_warn_about_plugins_that_failed_to_load(fast_config, mo
         "warning: plugin 'nft-broken' (distribution nft-broken) failed to load: "
         "ImportError: no module named 'missing'"
     ) in result.output
+
+
+class _ClashingSolvers:
+    """A third-party plugin that registers a name a built-in already has."""
+
+    @staticmethod
+    @hookimpl
+    def register_solvers(register):
+        register("euler", lambda **options: None)
+
+
+def test_a_name_registered_by_two_plugins_is_a_one_line_user_error(fast_config):
+    plugins.load_plugins()
+    plugins.pm.register(_ClashingSolvers, name="nft-clash")
+    registry.clear_cache()
+    try:
+        with pytest.raises(UserError, match="solver 'euler' is registered twice") as raised:
+            registry.registrations("solvers")
+        assert "plugin 'nft-clash'" in str(raised.value)
+        assert re.search(r"plugin 'nft_solvers.plugin' \(diffusion-nft[^)]*\)", str(raised.value))
+        assert "uninstall one" in str(raised.value)
+        result = runner.invoke(build_app(), ["validate", str(fast_config)])
+        assert result.exit_code == 2, result.output
+        lines = [line for line in result.output.splitlines() if line.strip()]
+        assert len(lines) == 1 and "registered twice" in lines[0], result.output
+    finally:
+        plugins.pm.unregister(name="nft-clash")
+        registry.clear_cache()
