@@ -12,7 +12,15 @@ import torch
 from nft_core.errors import UserError
 from nft_core.sampling import policy_velocity
 from nft_core.shapes.grammar import train_prompts
-from nft_core.shapes.policy import SHIPPED_CHECKPOINT, ShapesTinyPolicy, encode_tokens, load_network
+from nft_core.shapes.model import TinyUNet, TinyUNetConfig, grid_embedding
+from nft_core.shapes.policy import (
+    MAX_TOKENS,
+    SHIPPED_CHECKPOINT,
+    TOKENS,
+    ShapesTinyPolicy,
+    encode_tokens,
+    load_network,
+)
 from nft_core.shapes.pretrain import PretrainConfig, near_miss, pretrain, snapshot_path
 from nft_core.shapes.render import render_scene
 from nft_core.shapes.reward import ShapesGenEvalReward
@@ -24,6 +32,67 @@ def test_tokens_keep_word_order_and_mark_unknown_words():
     assert sorted(cond["tokens"][0].tolist()) == sorted(cond["tokens"][1].tolist())
     assert cond["tokens"][2, 1].item() == 2  # <unk>
     assert cond["mask"].sum(1).tolist() == [6, 6, 2]
+
+
+def _same_word_at_two_positions(seed: int, token_init_std: float) -> float:
+    torch.manual_seed(seed)
+    config = TinyUNetConfig(vocab_size=len(TOKENS), max_tokens=MAX_TOKENS, token_init_std=token_init_std)
+    text = TinyUNet(config).text
+    cond = encode_tokens(["a circle left of a square", "a square left of a circle"])
+    hidden, _ = text(cond["tokens"], cond["mask"])
+    circle_first, circle_last = hidden[0, 1], hidden[1, 5]
+    return float((circle_first - circle_last).norm() / circle_first.norm())
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_fresh_text_encoder_sees_word_order(seed):
+    # Token embeddings at PyTorch's default scale (norm ~8) drown the positions (~0.16): the same word at
+    # two positions encodes within 3%, so "left of" and colour binding are hard to learn. At 0.02 (the
+    # default for new networks) the two scales match and word order shows.
+    assert _same_word_at_two_positions(seed, token_init_std=0.02) > 0.2
+    assert _same_word_at_two_positions(seed, token_init_std=1.0) < 0.05
+    text = TinyUNet(TinyUNetConfig(vocab_size=len(TOKENS), max_tokens=MAX_TOKENS)).text
+    ratio = text.embed.weight.norm(dim=1).mean() / text.positions.norm(dim=1).mean()
+    assert 0.5 < float(ratio) < 2.0
+
+
+def test_pretraining_defaults_are_the_shipped_recipe():
+    recorded = json.loads(SHIPPED_CHECKPOINT.with_suffix(".json").read_text())["config"]
+    defaults = dataclasses.asdict(PretrainConfig())
+    defaults["channels"] = list(defaults["channels"])
+    # fields added after the checkpoint was made must default to what it was made with
+    assert {k: defaults.pop(k) for k in ("text_layers", "token_init_std", "position_embedding")} == {
+        "text_layers": 1,
+        "token_init_std": 1.0,
+        "position_embedding": False,
+    }
+    assert defaults == recorded
+    shipped = load_network(SHIPPED_CHECKPOINT).config
+    assert (shipped.text_layers, shipped.position_embedding) == (1, False)
+
+
+def test_grid_position_code_tells_every_cell_apart():
+    code = grid_embedding(8, 32).flatten(1).T  # [64 cells, 32]
+    distances = torch.cdist(code, code) + torch.eye(64) * 1e9
+    assert float(distances.min()) > 0.1
+    # half the channels depend on x only, half on y only
+    assert torch.equal(grid_embedding(8, 32)[:16, 0], grid_embedding(8, 32)[:16, 5])
+    assert torch.equal(grid_embedding(8, 32)[16:, :, 0], grid_embedding(8, 32)[16:, :, 5])
+
+
+def test_position_code_is_off_for_configs_saved_without_it():
+    config = TinyUNetConfig(vocab_size=len(TOKENS), position_embedding=True)
+    saved = config.to_dict()
+    del saved["position_embedding"]  # checkpoints written before the option existed
+    assert TinyUNetConfig.from_dict(saved).position_embedding is False
+    with_code = TinyUNet(config).state_dict()
+    without = TinyUNet(TinyUNetConfig.from_dict(saved)).state_dict()
+    assert set(with_code) - set(without) == {
+        "position2.project.weight",
+        "position2.project.bias",
+        "position3.project.weight",
+        "position3.project.bias",
+    }
 
 
 def test_shipped_checkpoint_is_small_and_loads():

@@ -69,6 +69,15 @@ def register_commands(app):
         snapshots: str = typer.Option(
             "", help="comma-separated step counts after which to also write OUT-stepN.safetensors"
         ),
+        text_layers: int | None = typer.Option(None, min=1, help="text transformer layers (shipped: 1)"),
+        token_init_std: float | None = typer.Option(
+            None, min=0.0, help="token embedding init std (shipped: 1.0; 0.02 lets word order through)"
+        ),
+        position_code: bool | None = typer.Option(
+            None,
+            "--position-code/--no-position-code",
+            help="2D position code before attention (shipped: off)",
+        ),
     ) -> None:
         """Reproduce the shipped checkpoint from scratch (deterministic for a given config)."""
         import dataclasses
@@ -78,7 +87,14 @@ def register_commands(app):
         from nft_core.shapes.pretrain import PretrainConfig, pretrain
 
         config = PretrainConfig()
-        changes = {k: v for k, v in {"steps": steps, "seed": seed}.items() if v is not None}
+        options = {
+            "steps": steps,
+            "seed": seed,
+            "text_layers": text_layers,
+            "token_init_std": token_init_std,
+            "position_embedding": position_code,
+        }
+        changes = {k: v for k, v in options.items() if v is not None}
         config = dataclasses.replace(config, **changes)
         try:
             steps_at = sorted({int(part) for part in snapshots.split(",") if part.strip()})

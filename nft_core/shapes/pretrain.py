@@ -43,6 +43,11 @@ class PretrainConfig:
     label_noise: float = 0.3
     seed: int = 0
     channels: tuple[int, int, int] = (32, 64, 128)
+    # The shipped checkpoint's text encoder: one layer, PyTorch's N(0, 1) token embeddings (nearly a bag of
+    # words, see model.py), no position code. The alternatives are measured in docs/core.md.
+    text_layers: int = 1
+    token_init_std: float = 1.0
+    position_embedding: bool = False
 
 
 def near_miss(metadata: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
@@ -95,7 +100,15 @@ def pretrain(
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     by_tag = {tag: [item for item in train_prompts() if item.metadata["tag"] == tag] for tag in TAGS}
-    model = TinyUNet(TinyUNetConfig(vocab_size=len(TOKENS), max_tokens=MAX_TOKENS, channels=config.channels))
+    architecture = TinyUNetConfig(
+        vocab_size=len(TOKENS),
+        max_tokens=MAX_TOKENS,
+        channels=config.channels,
+        text_layers=config.text_layers,
+        token_init_std=config.token_init_std,
+        position_embedding=config.position_embedding,
+    )
+    model = TinyUNet(architecture)
     ema = copy.deepcopy(model).requires_grad_(False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=1e-4)
     generator = torch.Generator().manual_seed(config.seed)
