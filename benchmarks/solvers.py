@@ -133,6 +133,7 @@ def train_table(minutes: float, sampler_steps: int) -> list[dict[str, Any]]:
 def plot(rows: list[dict[str, Any]], out: Path) -> None:
     """Score against steps and against sampling time per image, one line per solver."""
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -144,6 +145,12 @@ def plot(rows: list[dict[str, Any]], out: Path) -> None:
         by_time.plot([r["ms_per_image"] for r in mine], [r["score"] for r in mine], marker="o", label=label)
     by_steps.set(xscale="log", xlabel="steps", ylabel="held-out shapes-GenEval (CFG-free)")
     by_time.set(xscale="log", xlabel="sampling ms / image", ylabel="held-out shapes-GenEval (CFG-free)")
+    steps = sorted({r["steps"] for r in rows})
+    by_steps.set_xticks(steps, [str(s) for s in steps])
+    by_steps.minorticks_off()
+    by_time.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+    by_time.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    by_time.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     by_steps.legend()
     fig.tight_layout()
     fig.savefig(out, dpi=120)
