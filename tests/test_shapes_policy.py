@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 
 import numpy as np
 import pytest
@@ -21,7 +22,7 @@ from nft_core.shapes.policy import (
     encode_tokens,
     load_network,
 )
-from nft_core.shapes.pretrain import PretrainConfig, near_miss, pretrain, snapshot_path
+from nft_core.shapes.pretrain import PretrainConfig, draw_tag, near_miss, pretrain, snapshot_path
 from nft_core.shapes.render import render_scene
 from nft_core.shapes.reward import ShapesGenEvalReward
 
@@ -61,14 +62,60 @@ def test_pretraining_defaults_are_the_shipped_recipe():
     defaults = dataclasses.asdict(PretrainConfig())
     defaults["channels"] = list(defaults["channels"])
     # fields added after the checkpoint was made must default to what it was made with
-    assert {k: defaults.pop(k) for k in ("text_layers", "token_init_std", "position_embedding")} == {
+    added = ("text_layers", "token_init_std", "position_embedding", "text_encoder", "tag_weights")
+    assert {k: defaults.pop(k) for k in added} == {
         "text_layers": 1,
         "token_init_std": 1.0,
         "position_embedding": False,
+        "text_encoder": "transformer",
+        "tag_weights": (1.0,) * 6,
     }
     assert defaults == recorded
     shipped = load_network(SHIPPED_CHECKPOINT).config
     assert (shipped.text_layers, shipped.position_embedding) == (1, False)
+
+
+def _gru_text(seed: int):
+    torch.manual_seed(seed)
+    config = TinyUNetConfig(
+        vocab_size=len(TOKENS), max_tokens=MAX_TOKENS, text_encoder="gru", token_init_std=1.0
+    )
+    return TinyUNet(config).text
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_gru_text_encoder_sees_word_order_and_ignores_padding(seed):
+    text = _gru_text(seed)
+    prompts = ["a red circle and a blue square", "a blue circle and a red square", "a circle"]
+    cond = encode_tokens(prompts)
+    hidden, pooled = text(cond["tokens"], cond["mask"])
+    # the same word in two contexts, and two prompts with the same bag of words, differ from the start
+    assert float((hidden[0, 2] - hidden[1, 2]).norm() / hidden[0, 2].norm()) > 0.1
+    assert float((pooled[0] - pooled[1]).norm() / pooled[0].norm()) > 0.05
+    # the backward direction starts at each prompt's last real word: more padding changes nothing
+    padded = encode_tokens(prompts, max_tokens=MAX_TOKENS + 4)
+    hidden_padded, pooled_padded = text(padded["tokens"], padded["mask"])
+    torch.testing.assert_close(hidden_padded[:, :MAX_TOKENS][cond["mask"]], hidden[cond["mask"]])
+    torch.testing.assert_close(pooled_padded, pooled)
+
+
+def test_unknown_text_encoder_names_the_allowed_ones():
+    with pytest.raises(ValueError, match=r"text_encoder: 'lstm' is not one of \['transformer', 'gru'\]"):
+        TinyUNetConfig(vocab_size=4, text_encoder="lstm")
+
+
+def test_tag_weights_set_how_often_each_tag_is_drawn():
+    rng = np.random.default_rng(0)
+    probabilities = np.array([0.0, 0.0, 0.25, 0.0, 0.75, 0.0])
+    counts = np.bincount([draw_tag(rng, probabilities) for _ in range(4000)], minlength=6)
+    assert counts[[0, 1, 3, 5]].sum() == 0
+    assert abs(counts[4] / 4000 - 0.75) < 0.03
+    uniform = np.bincount([draw_tag(rng, None) for _ in range(6000)], minlength=6)
+    assert uniform.min() > 900
+    with pytest.raises(ValueError, match="tag_weights"):
+        PretrainConfig(tag_weights=(1.0, 2.0))
+    with pytest.raises(ValueError, match="tag_weights"):
+        PretrainConfig(tag_weights=(0.0,) * 6)
 
 
 def test_grid_position_code_tells_every_cell_apart():
@@ -178,3 +225,26 @@ def test_channels_last_is_the_same_function(tiny_checkpoint):
     cond = fast.encode_prompts(["a red circle", "two squares", "a circle left of a square", "a triangle"])
     assert fast.model.stem.weight.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(fast.velocity("current", x, t, cond), plain.velocity("current", x, t, cond))
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--tag-weights", "1,2"], r"tag_weights: \[1.0, 2.0\] must be 6 non-negative numbers"),
+        (["--tag-weights", "1,x,1,1,1,1"], "'1,x,1,1,1,1': expected six comma-separated"),
+        (["--text-encoder", "lstm"], "text_encoder: 'lstm' is not one of"),
+    ],
+)
+def test_pretrain_command_refuses_bad_options_with_one_line(tmp_path, monkeypatch, capsys, args, message):
+    from nft_core.cli import main
+
+    out = tmp_path / "ck.safetensors"
+    monkeypatch.setattr("sys.argv", ["nft", "shapes", "pretrain", "--out", str(out), *args])
+    with pytest.raises(SystemExit) as exited:
+        main()
+    assert exited.value.code == 2
+    captured = capsys.readouterr()
+    lines = [line for line in (captured.out + captured.err).splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    assert re.search(message, lines[0]), lines[0]
+    assert not any(tmp_path.iterdir())

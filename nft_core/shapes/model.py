@@ -1,6 +1,7 @@
 """The tiny text-conditional flow-matching network of the shapes world: a small conv UNet.
 
-Text: word tokens -> embedding + positions -> `text_layers` transformer layers. Time and pooled text
+Text: word tokens -> embedding + positions -> `text_layers` transformer layers (or a bidirectional GRU,
+`text_encoder = "gru"`). Time and pooled text
 modulate every residual block (FiLM); cross-attention over text tokens at 16x16 and 8x8, self-attention
 at 8x8 so that global layout (counting, relative position) can be coordinated across the image; optionally
 (`position_embedding`) a 2D position code added at 16x16 and 8x8 before those attention layers.
@@ -17,6 +18,11 @@ from torch import nn
 
 from nft_core.shapes.world import IMAGE_SIZE
 
+TEXT_ENCODERS = ("transformer", "gru")
+"""`transformer`: learned positions + `text_layers` transformer layers. `gru`: a bidirectional GRU with
+`text_layers` layers (as AttnGAN's BiLSTM), order-aware by construction: each word's state carries its
+neighbours ("red" next to "circle") and its side of a relation word."""
+
 
 @dataclass(frozen=True)
 class TinyUNetConfig:
@@ -32,6 +38,11 @@ class TinyUNetConfig:
     image_channels: int = 3
     position_embedding: bool = False
     token_init_std: float = 0.02
+    text_encoder: str = "transformer"
+
+    def __post_init__(self) -> None:
+        if self.text_encoder not in TEXT_ENCODERS:
+            raise ValueError(f"text_encoder: {self.text_encoder!r} is not one of {list(TEXT_ENCODERS)}")
 
     def to_dict(self) -> dict:
         """JSON-friendly form."""
@@ -83,9 +94,40 @@ class TextEncoder(nn.Module):
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         hidden = self.embed(tokens) + self.positions[: tokens.shape[1]]
         hidden = self.norm(self.layers(hidden, src_key_padding_mask=~mask))
-        weights = mask.float().unsqueeze(-1)
-        pooled = (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0)
-        return hidden, pooled
+        return hidden, masked_mean(hidden, mask)
+
+
+class GRUTextEncoder(nn.Module):
+    """Token embedding and a bidirectional GRU over the real (unpadded) tokens; returns tokens and their
+    mean. The word order reaches every state, so "a red circle and a blue square" and "a blue circle and a
+    red square" (or the two sides of "left of") are told apart from the first step of training."""
+
+    def __init__(self, config: TinyUNetConfig) -> None:
+        super().__init__()
+        if config.text_dim % 2:
+            raise ValueError(f"text_dim must be even for a bidirectional GRU, got {config.text_dim}")
+        self.embed = nn.Embedding(config.vocab_size, config.text_dim)
+        nn.init.normal_(self.embed.weight, std=config.token_init_std)
+        self.gru = nn.GRU(
+            config.text_dim, config.text_dim // 2, config.text_layers, batch_first=True, bidirectional=True
+        )
+        self.norm = nn.LayerNorm(config.text_dim)
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        lengths = mask.sum(1).clamp_min(1).cpu()
+        packed = nn.utils.rnn.pack_padded_sequence(
+            self.embed(tokens), lengths, batch_first=True, enforce_sorted=False
+        )
+        output, _ = self.gru(packed)
+        hidden, _ = nn.utils.rnn.pad_packed_sequence(output, batch_first=True, total_length=tokens.shape[1])
+        hidden = self.norm(hidden)
+        return hidden, masked_mean(hidden, mask)
+
+
+def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of `hidden` `[N, T, D]` over the positions where `mask` `[N, T]` is true."""
+    weights = mask.to(hidden.dtype).unsqueeze(-1)
+    return (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0)
 
 
 def grid_embedding(size: int, dim: int) -> torch.Tensor:
@@ -165,7 +207,7 @@ class TinyUNet(nn.Module):
         self.config = config
         c1, c2, c3 = config.channels
         cond_dim = config.time_dim
-        self.text = TextEncoder(config)
+        self.text = GRUTextEncoder(config) if config.text_encoder == "gru" else TextEncoder(config)
         self.time_mlp = nn.Sequential(
             nn.Linear(config.time_dim, cond_dim), nn.SiLU(), nn.Linear(cond_dim, cond_dim)
         )

@@ -78,12 +78,19 @@ def register_commands(app):
             "--position-code/--no-position-code",
             help="2D position code before attention (shipped: off)",
         ),
+        text_encoder: str | None = typer.Option(
+            None, help="text encoder: transformer (shipped) or gru (bidirectional, order-aware)"
+        ),
+        tag_weights: str = typer.Option(
+            "", help="six comma-separated relative tag frequencies in GenEval order (shipped: all equal)"
+        ),
     ) -> None:
         """Reproduce the shipped checkpoint from scratch (deterministic for a given config)."""
         import dataclasses
 
         import torch
 
+        from nft_core.shapes.model import TinyUNetConfig
         from nft_core.shapes.pretrain import PretrainConfig, pretrain
 
         config = PretrainConfig()
@@ -93,13 +100,25 @@ def register_commands(app):
             "text_layers": text_layers,
             "token_init_std": token_init_std,
             "position_embedding": position_code,
+            "text_encoder": text_encoder,
         }
         changes = {k: v for k, v in options.items() if v is not None}
-        config = dataclasses.replace(config, **changes)
         try:
             steps_at = sorted({int(part) for part in snapshots.split(",") if part.strip()})
         except ValueError:
             raise UserError(f"--snapshots {snapshots!r}: expected comma-separated step counts") from None
+        if tag_weights:
+            try:
+                changes["tag_weights"] = tuple(float(part) for part in tag_weights.split(","))
+            except ValueError:
+                raise UserError(
+                    f"--tag-weights {tag_weights!r}: expected six comma-separated numbers"
+                ) from None
+        try:
+            config = dataclasses.replace(config, **changes)
+            TinyUNetConfig(vocab_size=1, text_encoder=config.text_encoder)
+        except ValueError as error:
+            raise UserError(f"nft shapes pretrain: {error}") from None
         torch.set_num_threads(threads)
         pretrain(config, out, snapshots=steps_at)
         typer.echo(f"wrote {out}")

@@ -48,6 +48,17 @@ class PretrainConfig:
     text_layers: int = 1
     token_init_std: float = 1.0
     position_embedding: bool = False
+    text_encoder: str = "transformer"
+    # how often each tag (in `TAGS` order) is drawn, relative to the others; equal weights keep the shipped
+    # recipe's random stream
+    tag_weights: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0, 1.0, 1.0)
+
+    def __post_init__(self) -> None:
+        if len(self.tag_weights) != len(TAGS) or min(self.tag_weights) < 0 or sum(self.tag_weights) <= 0:
+            raise ValueError(
+                f"tag_weights: {list(self.tag_weights)} must be {len(TAGS)} non-negative numbers, one per tag"
+                f" in the order {list(TAGS)}, not all zero"
+            )
 
 
 def near_miss(metadata: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
@@ -76,6 +87,13 @@ def near_miss(metadata: dict[str, Any], rng: np.random.Generator) -> dict[str, A
             used = {c["color"] for c in include}
             clause["color"] = str(rng.choice([c for c in COLORS if c not in used]))
     return meta
+
+
+def draw_tag(rng: np.random.Generator, probabilities: np.ndarray | None) -> int:
+    """Index into `TAGS` drawn with `probabilities` (None: uniform, the shipped recipe's draw)."""
+    if probabilities is None:  # uniform: the draw the shipped checkpoint was made with
+        return int(rng.integers(len(TAGS)))
+    return int(rng.choice(len(TAGS), p=probabilities))
 
 
 def _learning_rate(step: int, config: PretrainConfig) -> float:
@@ -107,8 +125,11 @@ def pretrain(
         text_layers=config.text_layers,
         token_init_std=config.token_init_std,
         position_embedding=config.position_embedding,
+        text_encoder=config.text_encoder,
     )
     model = TinyUNet(architecture)
+    weights = np.asarray(config.tag_weights, dtype=np.float64)
+    tag_probabilities = None if np.all(weights == weights[0]) else weights / weights.sum()
     ema = copy.deepcopy(model).requires_grad_(False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=1e-4)
     generator = torch.Generator().manual_seed(config.seed)
@@ -116,8 +137,8 @@ def pretrain(
     bar = tqdm(range(config.steps), desc="pretrain shapes-tiny", disable=not progress)
     for step in bar:
         items = []
-        for _ in range(config.batch_size):  # tags balanced, prompts uniform within a tag
-            tag_items = by_tag[TAGS[rng.integers(len(TAGS))]]
+        for _ in range(config.batch_size):  # tags by `tag_weights`, prompts uniform within a tag
+            tag_items = by_tag[TAGS[draw_tag(rng, tag_probabilities)]]
             items.append(tag_items[rng.integers(len(tag_items))])
         images = np.stack(
             [
