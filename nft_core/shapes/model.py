@@ -1,10 +1,10 @@
 """The tiny text-conditional flow-matching network of the shapes world: a small conv UNet.
 
-Text: word tokens -> embedding + positions -> `text_layers` transformer layers (or a bidirectional GRU,
-`text_encoder = "gru"`). Time and pooled text
-modulate every residual block (FiLM); cross-attention over text tokens at 16x16 and 8x8, self-attention
-at 8x8 so that global layout (counting, relative position) can be coordinated across the image; optionally
-(`position_embedding`) a 2D position code added at 16x16 and 8x8 before those attention layers.
+Text: word tokens -> embedding + positions -> `text_layers` transformer layers (or, with
+`text_encoder = "gru"`, a bidirectional GRU). Time and pooled text modulate every residual block
+(FiLM); cross-attention over text tokens at 16x16 and 8x8, self-attention at 8x8 so that global layout
+(counting, relative position) can be coordinated across the image; optionally (`position_embedding`) a
+2D position code added at 16x16 and 8x8 before those attention layers.
 """
 
 from __future__ import annotations
