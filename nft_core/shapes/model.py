@@ -24,6 +24,12 @@ TEXT_ENCODERS = ("transformer", "gru")
 neighbours ("red" next to "circle") and its side of a relation word."""
 
 
+def check_text_encoder(name: str) -> None:
+    """ValueError naming the allowed text encoders unless `name` is one of them."""
+    if name not in TEXT_ENCODERS:
+        raise ValueError(f"text_encoder: {name!r} is not one of {list(TEXT_ENCODERS)}")
+
+
 @dataclass(frozen=True)
 class TinyUNetConfig:
     """Architecture hyper-parameters (saved next to the weights)."""
@@ -41,8 +47,7 @@ class TinyUNetConfig:
     text_encoder: str = "transformer"
 
     def __post_init__(self) -> None:
-        if self.text_encoder not in TEXT_ENCODERS:
-            raise ValueError(f"text_encoder: {self.text_encoder!r} is not one of {list(TEXT_ENCODERS)}")
+        check_text_encoder(self.text_encoder)
 
     def to_dict(self) -> dict:
         """JSON-friendly form."""

@@ -90,7 +90,6 @@ def register_commands(app):
 
         import torch
 
-        from nft_core.shapes.model import TinyUNetConfig
         from nft_core.shapes.pretrain import PretrainConfig, pretrain
 
         config = PretrainConfig()
@@ -116,7 +115,6 @@ def register_commands(app):
                 ) from None
         try:
             config = dataclasses.replace(config, **changes)
-            TinyUNetConfig(vocab_size=1, text_encoder=config.text_encoder)
         except ValueError as error:
             raise UserError(f"nft shapes pretrain: {error}") from None
         torch.set_num_threads(threads)

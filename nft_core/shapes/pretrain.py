@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from nft_core.io import atomic_write_text
 from nft_core.shapes.grammar import TAGS, train_prompts
-from nft_core.shapes.model import TinyUNet, TinyUNetConfig
+from nft_core.shapes.model import TinyUNet, TinyUNetConfig, check_text_encoder
 from nft_core.shapes.policy import MAX_TOKENS, TOKENS, encode_tokens, null_tokens, save_network
 from nft_core.shapes.render import render_scene
 from nft_core.shapes.world import CLASSES, COLORS, RELATIONS
@@ -54,6 +54,7 @@ class PretrainConfig:
     tag_weights: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0, 1.0, 1.0)
 
     def __post_init__(self) -> None:
+        check_text_encoder(self.text_encoder)
         if len(self.tag_weights) != len(TAGS) or min(self.tag_weights) < 0 or sum(self.tag_weights) <= 0:
             raise ValueError(
                 f"tag_weights: {list(self.tag_weights)} must be {len(TAGS)} non-negative numbers, one per tag"
