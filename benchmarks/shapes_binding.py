@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from nft_core.objective import forward_noising
 from nft_core.shapes.grammar import train_prompts
 from nft_core.shapes.model import TinyUNet
 from nft_core.shapes.policy import SHIPPED_CHECKPOINT, encode_tokens, load_network
@@ -52,8 +53,8 @@ def loss_gap(model: TinyUNet, tag: str, images: int, seed: int) -> dict[str, Any
     swapped_cond = encode_tokens([swapped_prompt(item.metadata) for item in items])
     rows = []
     for t in TIMES:
-        x_t = (1 - t) * x0 + t * eps
         times = torch.full((len(items),), t)
+        x_t = forward_noising(x0, times, eps)
         losses = []
         with torch.no_grad():
             for cond in (true_cond, swapped_cond):

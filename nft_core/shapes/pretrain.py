@@ -92,7 +92,7 @@ def near_miss(metadata: dict[str, Any], rng: np.random.Generator) -> dict[str, A
 
 def draw_tag(rng: np.random.Generator, probabilities: np.ndarray | None) -> int:
     """Index into `TAGS` drawn with `probabilities` (None: uniform, the shipped recipe's draw)."""
-    if probabilities is None:  # uniform: the draw the shipped checkpoint was made with
+    if probabilities is None:
         return int(rng.integers(len(TAGS)))
     return int(rng.choice(len(TAGS), p=probabilities))
 
