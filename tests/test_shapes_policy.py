@@ -22,7 +22,14 @@ from nft_core.shapes.policy import (
     encode_tokens,
     load_network,
 )
-from nft_core.shapes.pretrain import PretrainConfig, draw_tag, near_miss, pretrain, snapshot_path
+from nft_core.shapes.pretrain import (
+    PretrainConfig,
+    draw_tag,
+    draw_times,
+    near_miss,
+    pretrain,
+    snapshot_path,
+)
 from nft_core.shapes.render import render_scene
 from nft_core.shapes.reward import ShapesGenEvalReward
 
@@ -62,13 +69,25 @@ def test_pretraining_defaults_are_the_shipped_recipe():
     defaults = dataclasses.asdict(PretrainConfig())
     defaults["channels"] = list(defaults["channels"])
     # fields added after the checkpoint was made must default to what it was made with
-    added = ("text_layers", "token_init_std", "position_embedding", "text_encoder", "tag_weights")
+    added = (
+        "text_layers",
+        "token_init_std",
+        "position_embedding",
+        "text_encoder",
+        "tag_weights",
+        "timesteps",
+        "logit_mean",
+        "logit_std",
+    )
     assert {k: defaults.pop(k) for k in added} == {
         "text_layers": 1,
         "token_init_std": 1.0,
         "position_embedding": False,
         "text_encoder": "transformer",
         "tag_weights": (1.0,) * 6,
+        "timesteps": "uniform",
+        "logit_mean": 0.0,
+        "logit_std": 1.0,
     }
     assert defaults == recorded
     shipped = load_network(SHIPPED_CHECKPOINT).config
@@ -116,6 +135,20 @@ def test_tag_weights_set_how_often_each_tag_is_drawn():
         PretrainConfig(tag_weights=(1.0, 2.0))
     with pytest.raises(ValueError, match="tag_weights"):
         PretrainConfig(tag_weights=(0.0,) * 6)
+
+
+def test_uniform_times_keep_the_shipped_random_stream_and_logit_normal_centres_on_its_mean():
+    uniform = draw_times(PretrainConfig(batch_size=5), torch.Generator().manual_seed(3))
+    torch.testing.assert_close(
+        uniform, torch.rand(5, generator=torch.Generator().manual_seed(3)), rtol=0, atol=0
+    )
+    config = PretrainConfig(batch_size=20000, timesteps="logit-normal", logit_mean=0.5, logit_std=1.0)
+    t = draw_times(config, torch.Generator().manual_seed(0))
+    assert 0 < float(t.min()) and float(t.max()) < 1
+    logits = torch.logit(t.double())
+    assert abs(float(logits.mean()) - 0.5) < 0.03 and abs(float(logits.std()) - 1.0) < 0.03
+    # SD3's point: more of the steps land at mid noise than under uniform sampling
+    assert float(((t > 0.3) & (t < 0.7)).double().mean()) > 0.45
 
 
 def test_grid_position_code_tells_every_cell_apart():
@@ -233,6 +266,8 @@ def test_channels_last_is_the_same_function(tiny_checkpoint):
         (["--tag-weights", "1,2"], r"tag_weights: \[1.0, 2.0\] must be 6 non-negative numbers"),
         (["--tag-weights", "1,x,1,1,1,1"], "'1,x,1,1,1,1': expected six comma-separated"),
         (["--text-encoder", "lstm"], "text_encoder: 'lstm' is not one of"),
+        (["--timesteps", "cosine"], r"timesteps: 'cosine' is not one of \['uniform', 'logit-normal'\]"),
+        (["--timesteps", "logit-normal", "--logit-std", "0"], "logit_std: 0.0 must be > 0"),
     ],
 )
 def test_pretrain_command_refuses_bad_options_with_one_line(tmp_path, monkeypatch, capsys, args, message):

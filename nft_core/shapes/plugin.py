@@ -84,6 +84,11 @@ def register_commands(app):
         tag_weights: str = typer.Option(
             "", help="six comma-separated relative tag frequencies in GenEval order (shipped: all equal)"
         ),
+        timesteps: str | None = typer.Option(
+            None, help="training time sampling: uniform (shipped) or logit-normal (SD3's)"
+        ),
+        logit_mean: float | None = typer.Option(None, help="logit-normal mean (default 0)"),
+        logit_std: float | None = typer.Option(None, help="logit-normal std (default 1)"),
     ) -> None:
         """Reproduce the shipped checkpoint from scratch (deterministic for a given config)."""
         import dataclasses
@@ -100,6 +105,9 @@ def register_commands(app):
             "token_init_std": token_init_std,
             "position_embedding": position_code,
             "text_encoder": text_encoder,
+            "timesteps": timesteps,
+            "logit_mean": logit_mean,
+            "logit_std": logit_std,
         }
         changes = {k: v for k, v in options.items() if v is not None}
         try:

@@ -29,6 +29,8 @@ from nft_core.shapes.policy import MAX_TOKENS, TOKENS, encode_tokens, null_token
 from nft_core.shapes.render import render_scene
 from nft_core.shapes.world import CLASSES, COLORS, RELATIONS
 
+TIMESTEP_SAMPLINGS = ("uniform", "logit-normal")
+
 
 @dataclass(frozen=True)
 class PretrainConfig:
@@ -52,6 +54,11 @@ class PretrainConfig:
     # how often each tag (in `TAGS` order) is drawn, relative to the others; equal weights keep the shipped
     # recipe's random stream
     tag_weights: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0, 1.0, 1.0)
+    # how training times t are drawn: "uniform" (the shipped recipe) or "logit-normal" (SD3's
+    # sigmoid(N(logit_mean, logit_std)), more weight on the mid-noise steps where shapes are decided)
+    timesteps: str = "uniform"
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
 
     def __post_init__(self) -> None:
         check_text_encoder(self.text_encoder)
@@ -60,6 +67,10 @@ class PretrainConfig:
                 f"tag_weights: {list(self.tag_weights)} must be {len(TAGS)} non-negative numbers, one per tag"
                 f" in the order {list(TAGS)}, not all zero"
             )
+        if self.timesteps not in TIMESTEP_SAMPLINGS:
+            raise ValueError(f"timesteps: {self.timesteps!r} is not one of {list(TIMESTEP_SAMPLINGS)}")
+        if not self.logit_std > 0:
+            raise ValueError(f"logit_std: {self.logit_std} must be > 0")
 
 
 def near_miss(metadata: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
@@ -95,6 +106,14 @@ def draw_tag(rng: np.random.Generator, probabilities: np.ndarray | None) -> int:
     if probabilities is None:
         return int(rng.integers(len(TAGS)))
     return int(rng.choice(len(TAGS), p=probabilities))
+
+
+def draw_times(config: PretrainConfig, generator: torch.Generator) -> torch.Tensor:
+    """One training time t in (0, 1) per batch element, drawn as `config.timesteps` says."""
+    if config.timesteps == "uniform":
+        return torch.rand(config.batch_size, generator=generator)
+    normal = torch.randn(config.batch_size, generator=generator)
+    return torch.sigmoid(config.logit_mean + config.logit_std * normal)
 
 
 def _learning_rate(step: int, config: PretrainConfig) -> float:
@@ -154,7 +173,7 @@ def pretrain(
         drop = torch.rand(config.batch_size, generator=generator) < config.condition_dropout
         null = null_tokens(config.batch_size)
         cond = {k: torch.where(drop[:, None], null[k], v) for k, v in cond.items()}
-        t = torch.rand(config.batch_size, generator=generator)
+        t = draw_times(config, generator)
         eps = torch.randn(x0.shape, generator=generator)
         x_t = (1 - t[:, None, None, None]) * x0 + t[:, None, None, None] * eps
         loss = (model(x_t, t, cond["tokens"], cond["mask"]) - (eps - x0)).pow(2).mean()
