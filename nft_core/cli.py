@@ -106,8 +106,9 @@ plugin_app = typer.Typer(
 )
 app.add_typer(plugin_app, name="plugin")
 
-TEMPLATE_DIR = Path(__file__).resolve().parents[1] / "plugins" / "nft-plugin-template"
-"""The plugin template (in a source checkout): one folder per kind, a working plugin named by the tokens."""
+TEMPLATE_DIR = Path(__file__).resolve().parent / "plugin_template"
+"""The plugin template, shipped in the package (`plugins/nft-plugin-template` in a checkout links to it):
+one folder per kind, each a working plugin named by the tokens."""
 TEMPLATE_TOKENS = ("nft-plugin-template", "nft_plugin_template", "PluginTemplate", "plugin-template")
 """Distribution, module, class prefix and registered name of the template; replaced in that order."""
 SKIPPED_PARTS = frozenset({"__pycache__", "build", "dist"})

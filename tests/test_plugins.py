@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import ast
 import re
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
 
 import pytest
 import tomllib
@@ -79,6 +84,46 @@ def test_plugin_new_never_overwrites(tmp_path):
 
 def test_template_folders_are_the_documented_kinds():
     assert sorted(p.name for p in TEMPLATE_DIR.iterdir() if p.is_dir()) == ["reward", "solver"]
+
+
+@pytest.mark.slow
+def test_the_built_wheel_ships_the_template(tmp_path):
+    # `nft plugin new` must work from a plain `pip install diffusion-nft`, not only in a checkout
+    pytest.importorskip("setuptools")
+    root, source = Path(__file__).resolve().parents[1], tmp_path / "source"
+    # build from a copy: setuptools leaves build/ and egg-info in the tree it builds
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", "build")
+    for name in ("nft_core", "nft_solvers", "nft_rewards"):
+        shutil.copytree(root / name, source / name, ignore=ignore)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(root / name, source / name)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            str(source),
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    (wheel,) = tmp_path.glob("diffusion_nft-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        archive.extractall(tmp_path / "site", [n for n in archive.namelist() if "/plugin_template/" in n])
+    shipped = tmp_path / "site" / "nft_core" / "plugin_template"
+    for kind in ("reward", "solver"):
+        from_wheel = scaffold_plugin("nft-shipped", kind, tmp_path / f"wheel-{kind}", template=shipped)
+        from_source = scaffold_plugin("nft-shipped", kind, tmp_path / f"source-{kind}")
+        files = sorted(str(p.relative_to(from_source)) for p in from_source.rglob("*") if p.is_file())
+        assert files == sorted(str(p.relative_to(from_wheel)) for p in from_wheel.rglob("*") if p.is_file())
+        for name in files:
+            assert (from_wheel / name).read_text() == (from_source / name).read_text(), name
 
 
 def test_trace_prints_hook_calls_and_registered_names():
