@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import nft_solvers  # noqa: E402
-from nft_core.evaluation import evaluate  # noqa: E402
+from nft_core.evaluation import evaluate, paired_difference  # noqa: E402
 from nft_core.sampling import noise_for, sample_latents  # noqa: E402
 from nft_core.shapes.plugin import shapes_prompts  # noqa: E402
 from nft_core.shapes.policy import ShapesTinyPolicy  # noqa: E402
@@ -63,9 +63,18 @@ def velocity_calls(solver, policy, noise: torch.Tensor) -> int:
 
 
 def sampling_table(
-    checkpoint: str | None, seed: int, solvers: list[str], step_counts: list[int], split: str = "eval"
+    checkpoint: str | None,
+    seed: int,
+    solvers: list[str],
+    step_counts: list[int],
+    split: str = "eval",
+    correct: dict[tuple[str, int], torch.Tensor] | None = None,
 ) -> list[dict[str, Any]]:
-    """Score and time per image of each solver at each step count on the evaluation set."""
+    """Score and time per image of each solver at each step count on the evaluation set.
+
+    `correct`, if given, receives each (solver, steps) run's per-image official correctness (for paired
+    comparisons: every run samples the same noise).
+    """
     policy = ShapesTinyPolicy(checkpoint=checkpoint).train(False)
     items = shapes_prompts(split)
     reward = ShapesGenEvalReward()
@@ -83,6 +92,8 @@ def sampling_table(
                 seconds = time.perf_counter() - started
             result = evaluate(policy, solver, items, {"shapes-geneval": reward}, seed=seed)
             entry = result.scores["shapes-geneval"]
+            if correct is not None:
+                correct[(label, steps)] = result.per_image["shapes-geneval.correct"]
             row = {
                 "solver": label,
                 "steps": steps,
@@ -178,16 +189,21 @@ def main() -> None:
     if unknown:
         parser.error(f"--solvers: unknown {', '.join(unknown)}; allowed: {', '.join(SOLVERS)}")
     step_counts = [int(part) for part in args.steps.split(",") if part.strip()]
-    rows = sampling_table(args.checkpoint, args.seed, solvers, step_counts, args.split)
-    score = {(r["solver"], r["steps"]): r["score"] for r in rows}
+    correct: dict[tuple[str, int], torch.Tensor] = {}
+    rows = sampling_table(args.checkpoint, args.seed, solvers, step_counts, args.split, correct)
     report: dict[str, Any] = {
         "machine": {"platform": platform.platform(), "threads": torch.get_num_threads()},
         "split": args.split,
         "sampling": rows,
     }
-    if ("dpm2", 10) in score and ("euler", 40) in score:
-        gap = score[("dpm2", 10)] - score[("euler", 40)]
-        report["goal_dpm2_10_vs_euler_40"] = {"gap": gap, "met": abs(gap) <= 0.02}
+    if ("dpm2", 10) in correct and ("euler", 40) in correct:
+        tags = [item.metadata["tag"] for item in shapes_prompts(args.split)]
+        gap, error = paired_difference(tags, correct[("dpm2", 10)], correct[("euler", 40)])
+        report["goal_dpm2_10_vs_euler_40"] = {
+            "gap": gap,
+            "paired_standard_error": error,
+            "met": abs(gap) <= 0.02,
+        }
     if args.train:
         trained = train_table(args.minutes, args.sampler_steps)
         finals = [r["score_after"] for r in trained]

@@ -35,6 +35,27 @@ def tag_table(tags: Sequence[str], values: torch.Tensor) -> dict[str, Any]:
     }
 
 
+def paired_difference(tags: Sequence[str], a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
+    """Official-aggregation score of `a` minus that of `b` on the same items, and its standard error.
+
+    `a[i]` and `b[i]` score one item (same prompt, same noise) under two conditions, so the error comes
+    from the per-item differences: the gap is the mean over tags of the tag's mean difference, and its
+    variance is the sum over tags of var(differences in the tag) / n_tag, divided by the number of tags
+    squared (sample variance with n - 1; a tag with one item adds nothing).
+    """
+    differences = (a.double() - b.double()).tolist()
+    per_tag: dict[str, list[float]] = {}
+    for tag, value in zip(tags, differences, strict=True):
+        per_tag.setdefault(tag, []).append(value)
+    gap, variance = 0.0, 0.0
+    for values in per_tag.values():
+        mean = sum(values) / len(values)
+        gap += mean
+        if len(values) > 1:
+            variance += sum((v - mean) ** 2 for v in values) / (len(values) - 1) / len(values)
+    return gap / len(per_tag), variance**0.5 / len(per_tag)
+
+
 @torch.no_grad()
 def evaluate(
     policy: Policy,

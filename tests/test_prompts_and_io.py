@@ -7,7 +7,7 @@ import torch
 from conftest import SHARED_DATA
 
 from nft_core.errors import ConfigError, UserError
-from nft_core.evaluation import tag_table
+from nft_core.evaluation import paired_difference, tag_table
 from nft_core.io import atomic_write_text
 from nft_core.prompts import load_prompts, read_prompt_file
 
@@ -41,6 +41,18 @@ def test_registered_source_and_errors():
         load_prompts("nowhere")
     with pytest.raises(UserError, match="unknown split"):
         load_prompts("shapes:bogus")
+
+
+def test_paired_difference_is_the_gap_of_official_scores_with_its_standard_error():
+    tags = ["a", "a", "a", "a", "b", "b"]
+    a = torch.tensor([1.0, 1.0, 0.0, 1.0, 1.0, 0.0])
+    b = torch.tensor([0.0, 1.0, 0.0, 0.0, 1.0, 1.0])
+    gap, error = paired_difference(tags, a, b)
+    assert gap == pytest.approx(tag_table(tags, a)["overall"] - tag_table(tags, b)["overall"])
+    # differences: tag a [1, 0, 0, 1] (mean 0.5, sample var 1/3), tag b [0, -1] (mean -0.5, var 0.5)
+    assert gap == pytest.approx((0.5 - 0.5) / 2)
+    assert error == pytest.approx(((1 / 3) / 4 + 0.5 / 2) ** 0.5 / 2)
+    assert paired_difference(tags, a, a) == (0.0, 0.0)
 
 
 def test_tag_table_is_the_mean_of_tag_means():
