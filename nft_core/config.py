@@ -68,6 +68,18 @@ class DataConfig(_Strict):
     prompts_per_epoch: int = Field(8, ge=1)
     images_per_prompt: int = Field(8, ge=2, description="group size K of per-prompt advantages")
     balance_tags: bool = Field(True, description="draw prompts tag-balanced when metadata has a `tag`")
+    tag_weights: dict[str, int] = Field(
+        default_factory=dict,
+        description="with balance_tags: each tag's share of the epoch's prompts, relative (unlisted: 1)",
+    )
+
+    @field_validator("tag_weights")
+    @classmethod
+    def _positive_weights(cls, weights: dict[str, int]) -> dict[str, int]:
+        bad = {tag: w for tag, w in weights.items() if w < 1}
+        if bad:
+            raise ValueError(f"weights must be whole numbers >= 1, got {bad}")
+        return weights
 
 
 class TrainConfig(_Strict):

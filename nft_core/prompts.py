@@ -47,3 +47,22 @@ def load_prompts(spec: str, field: str = "data.prompts") -> list[PromptItem]:
     if not items:
         raise ConfigError(f"{field}: {spec!r} has no prompts")
     return list(items)
+
+
+def weighted_tag_cycle(tags: list[str], weights: dict[str, int]) -> list[str]:
+    """One period of a tag order in which each tag appears `weights[tag]` times (unlisted: once).
+
+    Smooth weighted round robin: the copies of a heavy tag are spread over the period rather than
+    bunched, so any run of draws is close to the weights. Equal weights give `tags` in their order.
+    """
+    share = {tag: weights.get(tag, 1) for tag in tags}
+    total = sum(share.values())
+    credit = dict.fromkeys(tags, 0)
+    cycle = []
+    for _ in range(total):
+        for tag in tags:
+            credit[tag] += share[tag]
+        chosen = max(tags, key=lambda tag: credit[tag])  # the first of equals, in `tags` order
+        credit[chosen] -= total
+        cycle.append(chosen)
+    return cycle

@@ -25,7 +25,7 @@ from nft_core.errors import ConfigError
 from nft_core.evaluation import EvalResult, evaluate
 from nft_core.io import append_jsonl, atomic_write_json, atomic_write_text
 from nft_core.normalization import make_normalizer
-from nft_core.prompts import load_prompts
+from nft_core.prompts import load_prompts, weighted_tag_cycle
 from nft_core.reward_set import RewardSet, RewardTerm
 from nft_core.sampling import sample_latents
 from nft_core.schedules import parse_decay_schedule
@@ -120,6 +120,7 @@ class Trainer:
             )
         self.rewards = RewardSet(terms)
         self.train_items = load_prompts(config.data.prompts, "data.prompts")
+        self.tag_cycle = self._tag_cycle()
         eval_items = load_prompts(config.eval.prompts, "eval.prompts")
         self.eval_items = [item for item in eval_items for _ in range(config.eval.images_per_prompt)]
         parameters = [p for _, p in self.policy.trainable_parameters()]
@@ -149,14 +150,30 @@ class Trainer:
             )
         self.state = TrainState()
 
+    def _tag_cycle(self) -> list[str]:
+        """The order in which tags take turns in the epoch's prompts (empty: prompts carry no tags)."""
+        data = self.config.data
+        tags = sorted({item.metadata.get("tag") for item in self.train_items if item.metadata.get("tag")})
+        unknown = sorted(set(data.tag_weights) - set(tags))
+        if unknown:
+            raise ConfigError(
+                f"data.tag_weights: unknown tag {unknown[0]!r};"
+                f" tags of {data.prompts}: {', '.join(tags) or 'none'}"
+            )
+        if data.tag_weights and not data.balance_tags:
+            raise ConfigError("data.tag_weights: needs data.balance_tags = true")
+        return weighted_tag_cycle(tags, data.tag_weights)
+
     # ---- the stages of one epoch -------------------------------------------------------------------
     def draw_prompts(self) -> list[PromptItem]:
-        """P prompts for this epoch: tag-balanced when the items carry GenEval tags."""
+        """P prompts for this epoch: tags take turns (by `data.tag_weights`) when the items have tags."""
         count = self.config.data.prompts_per_epoch
-        tags = sorted({item.metadata.get("tag") for item in self.train_items if item.metadata.get("tag")})
-        if self.config.data.balance_tags and tags:
-            by_tag = {tag: [i for i in self.train_items if i.metadata.get("tag") == tag] for tag in tags}
-            order = [tags[(self.state.epoch * count + k) % len(tags)] for k in range(count)]
+        cycle = self.tag_cycle
+        if self.config.data.balance_tags and cycle:
+            by_tag = {
+                tag: [i for i in self.train_items if i.metadata.get("tag") == tag] for tag in set(cycle)
+            }
+            order = [cycle[(self.state.epoch * count + k) % len(cycle)] for k in range(count)]
             return [self.rng.choice(by_tag[tag]) for tag in order]
         return [self.rng.choice(self.train_items) for _ in range(count)]
 

@@ -9,7 +9,7 @@ from conftest import SHARED_DATA
 from nft_core.errors import ConfigError, UserError
 from nft_core.evaluation import paired_difference, tag_table
 from nft_core.io import atomic_write_text
-from nft_core.prompts import load_prompts, read_prompt_file
+from nft_core.prompts import load_prompts, read_prompt_file, weighted_tag_cycle
 
 
 def test_text_and_jsonl_files(tmp_path):
@@ -73,3 +73,11 @@ def test_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch):
         atomic_write_text(target, "new")
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]
+
+
+def test_weighted_tag_cycle_spreads_heavy_tags_and_keeps_order_for_equal_weights():
+    assert weighted_tag_cycle(["a", "b", "c"], {}) == ["a", "b", "c"]
+    cycle = weighted_tag_cycle(["a", "b", "c"], {"b": 3})
+    assert sorted(cycle) == ["a", "b", "b", "b", "c"]
+    assert cycle == ["b", "a", "b", "c", "b"]  # never two heavy draws bunched at one end
+    assert weighted_tag_cycle(["x"], {"x": 4}) == ["x"] * 4

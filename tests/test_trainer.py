@@ -130,3 +130,32 @@ def test_one_reward_twice_under_an_alias_trains_and_reports_both(fast_config, tm
     assert set(summary["eval_after"]["strict"]["official"]["per_tag"]) == set(
         summary["eval_after"]["shapes-geneval"]["official"]["per_tag"]
     )
+
+
+def test_tag_weights_set_each_tags_share_of_the_epoch(fast_config, tmp_path):
+    import pytest
+
+    from nft_core.errors import ConfigError
+
+    overrides = ["data.prompts_per_epoch=16", "data.tag_weights={position=3, color_attr=2}"]
+    trainer = Trainer(load_config(fast_config, overrides), tmp_path / "run", echo=lambda *_: None)
+    tags = [item.metadata["tag"] for epoch in range(3) for item in _drawn(trainer, epoch)]
+    shares = {tag: tags.count(tag) for tag in set(tags)}
+    # one period is 3 + 2 + 4 x 1 = 9 draws; 48 draws are 5 periods and 3 draws
+    assert shares["position"] in (15, 16, 17, 18) and shares["color_attr"] in (10, 11, 12)
+    assert all(shares[tag] in (5, 6) for tag in ("single_object", "two_object", "counting", "colors"))
+    unweighted = Trainer(load_config(fast_config), tmp_path / "plain", echo=lambda *_: None)
+    assert unweighted.tag_cycle == sorted(shares)
+
+    with pytest.raises(ConfigError, match="data.tag_weights: unknown tag 'postion'; tags of shapes:train: "):
+        Trainer(load_config(fast_config, ["data.tag_weights={postion=2}"]), tmp_path / "bad", echo=print)
+    with pytest.raises(ConfigError, match="needs data.balance_tags = true"):
+        overrides = ["data.tag_weights={position=2}", "data.balance_tags=false"]
+        Trainer(load_config(fast_config, overrides), tmp_path / "bad2", echo=print)
+    with pytest.raises(ConfigError, match=r"data.tag_weights.*whole numbers >= 1"):
+        load_config(fast_config, ["data.tag_weights={position=0}"])
+
+
+def _drawn(trainer: Trainer, epoch: int):
+    trainer.state.epoch = epoch
+    return trainer.draw_prompts()
