@@ -22,11 +22,17 @@ class EvalResult:
     per_image: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
-def tag_table(tags: Sequence[str], values: torch.Tensor) -> dict[str, Any]:
-    """Official GenEval aggregation: mean of the per-tag means (plus the per-tag means and counts)."""
+def _by_tag(tags: Sequence[str], values: torch.Tensor) -> dict[str, list[float]]:
+    """The values of each tag, in first-seen tag order."""
     per_tag: dict[str, list[float]] = {}
     for tag, value in zip(tags, values.tolist(), strict=True):
         per_tag.setdefault(tag, []).append(float(value))
+    return per_tag
+
+
+def tag_table(tags: Sequence[str], values: torch.Tensor) -> dict[str, Any]:
+    """Official GenEval aggregation: mean of the per-tag means (plus the per-tag means and counts)."""
+    per_tag = _by_tag(tags, values)
     means = {tag: sum(v) / len(v) for tag, v in per_tag.items()}
     return {
         "overall": sum(means.values()) / len(means),
@@ -43,10 +49,7 @@ def paired_difference(tags: Sequence[str], a: torch.Tensor, b: torch.Tensor) -> 
     variance is the sum over tags of var(differences in the tag) / n_tag, divided by the number of tags
     squared (sample variance with n - 1; a tag with one item adds nothing).
     """
-    differences = (a.double() - b.double()).tolist()
-    per_tag: dict[str, list[float]] = {}
-    for tag, value in zip(tags, differences, strict=True):
-        per_tag.setdefault(tag, []).append(value)
+    per_tag = _by_tag(tags, a.double() - b.double())
     gap, variance = 0.0, 0.0
     for values in per_tag.values():
         mean = sum(values) / len(values)

@@ -120,6 +120,10 @@ class Trainer:
             )
         self.rewards = RewardSet(terms)
         self.train_items = load_prompts(config.data.prompts, "data.prompts")
+        self.items_by_tag: dict[str, list[PromptItem]] = {}
+        for item in self.train_items:
+            if item.metadata.get("tag"):
+                self.items_by_tag.setdefault(item.metadata["tag"], []).append(item)
         self.tag_cycle = self._tag_cycle()
         eval_items = load_prompts(config.eval.prompts, "eval.prompts")
         self.eval_items = [item for item in eval_items for _ in range(config.eval.images_per_prompt)]
@@ -153,7 +157,7 @@ class Trainer:
     def _tag_cycle(self) -> list[str]:
         """The order in which tags take turns in the epoch's prompts (empty: prompts carry no tags)."""
         data = self.config.data
-        tags = sorted({item.metadata.get("tag") for item in self.train_items if item.metadata.get("tag")})
+        tags = sorted(self.items_by_tag)
         unknown = sorted(set(data.tag_weights) - set(tags))
         if unknown:
             raise ConfigError(
@@ -170,11 +174,8 @@ class Trainer:
         count = self.config.data.prompts_per_epoch
         cycle = self.tag_cycle
         if self.config.data.balance_tags and cycle:
-            by_tag = {
-                tag: [i for i in self.train_items if i.metadata.get("tag") == tag] for tag in set(cycle)
-            }
             order = [cycle[(self.state.epoch * count + k) % len(cycle)] for k in range(count)]
-            return [self.rng.choice(by_tag[tag]) for tag in order]
+            return [self.rng.choice(self.items_by_tag[tag]) for tag in order]
         return [self.rng.choice(self.train_items) for _ in range(count)]
 
     @torch.no_grad()

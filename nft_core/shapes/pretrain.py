@@ -23,6 +23,7 @@ import torch
 from tqdm import tqdm
 
 from nft_core.io import atomic_write_text
+from nft_core.objective import forward_noising
 from nft_core.shapes.grammar import TAGS, train_prompts
 from nft_core.shapes.model import TinyUNet, TinyUNetConfig, check_text_encoder
 from nft_core.shapes.policy import MAX_TOKENS, TOKENS, encode_tokens, null_tokens, save_network
@@ -175,7 +176,7 @@ def pretrain(
         cond = {k: torch.where(drop[:, None], null[k], v) for k, v in cond.items()}
         t = draw_times(config, generator)
         eps = torch.randn(x0.shape, generator=generator)
-        x_t = (1 - t[:, None, None, None]) * x0 + t[:, None, None, None] * eps
+        x_t = forward_noising(x0, t, eps)
         loss = (model(x_t, t, cond["tokens"], cond["mask"]) - (eps - x0)).pow(2).mean()
         for group in optimizer.param_groups:
             group["lr"] = _learning_rate(step, config)
