@@ -40,7 +40,7 @@ def test_world_constants():
     assert list(COLORS) == ["red", "green", "blue", "yellow"]
     assert set(COLORS) <= set(GENEVAL_COLORS)
     assert RELATIONS == GENEVAL_RELATIONS
-    assert RADIUS_RANGE == (4.0, 5.5)
+    assert RADIUS_RANGE == (5.5, 7.0)
     assert PLURALS == {"circle": "circles", "square": "squares", "triangle": "triangles"}
     assert NUMBER_WORDS == {2: "two", 3: "three", 4: "four"}
     assert PALETTE.shape == (4, 3) and PALETTE.dtype == np.float32

@@ -7,7 +7,7 @@
 2. Connected components (8-connectivity) of same-colour pixels, by min-label propagation with pointer
    jumping in numpy, batched over images. Components smaller than `MIN_AREA` pixels are dropped (a
    minimum of 10 let 4x4 junk count as squares and pure noise score 0.30; the smallest real object,
-   a radius-4 triangle, has 28 pixels).
+   a radius-5.5 triangle, has at least 55 pixels).
 3. Each component is compared with the ideal circle, square and triangle fitted to it (same area and
    centroid, rasterized exactly as the renderer draws, on a grid covering the blob's bounding box and the
    fitted shape). The class is the shape with the best IoU and the score **is** that IoU, so sloppy,

@@ -79,7 +79,7 @@ class TextEncoder(nn.Module):
         self.embed = nn.Embedding(config.vocab_size, config.text_dim)
         self.positions = nn.Parameter(torch.zeros(config.max_tokens, config.text_dim))
         # Tokens and positions should start at the same scale (0.02). With PyTorch's default N(0, 1) token
-        # embeddings (norm ~8 against ~0.16 for the positions; `token_init_std = 1.0`, how the shipped
+        # embeddings (norm ~8 against ~0.16 for the positions; `token_init_std = 1.0`, how the first
         # checkpoint was made) the encoder is close to a bag of words: "a circle left of a square" and "a
         # square left of a circle" pooled to within 2% after pretraining.
         if config.token_init_std != 1.0:  # 1.0 is nn.Embedding's own init, already drawn: keep the RNG stream

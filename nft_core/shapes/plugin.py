@@ -64,25 +64,29 @@ def register_commands(app):
         steps: int | None = typer.Option(None, help="optimizer steps (default: the shipped recipe)"),
         seed: int | None = typer.Option(None),
         threads: int = typer.Option(
-            1, min=1, help="torch CPU threads; the weights are bitwise reproducible for a fixed thread count"
+            2,
+            min=1,
+            help="torch CPU threads (shipped: 2); the weights are bitwise reproducible for a fixed count",
         ),
         snapshots: str = typer.Option(
             "", help="comma-separated step counts after which to also write OUT-stepN.safetensors"
         ),
-        text_layers: int | None = typer.Option(None, min=1, help="text transformer layers (shipped: 1)"),
+        text_layers: int | None = typer.Option(None, min=1, help="text encoder layers (shipped: 1)"),
         token_init_std: float | None = typer.Option(
-            None, min=0.0, help="token embedding init std (shipped: 1.0; 0.02 lets word order through)"
+            None,
+            min=0.0,
+            help="token embedding init std (shipped: 1.0; 0.02 lets word order through a transformer)",
         ),
         position_code: bool | None = typer.Option(
             None,
             "--position-code/--no-position-code",
-            help="2D position code before attention (shipped: off)",
+            help="2D position code before attention (shipped: on)",
         ),
         text_encoder: str | None = typer.Option(
-            None, help="text encoder: transformer (shipped) or gru (bidirectional, order-aware)"
+            None, help="text encoder: gru (shipped; bidirectional, order-aware) or transformer"
         ),
         tag_weights: str = typer.Option(
-            "", help="six comma-separated relative tag frequencies in GenEval order (shipped: all equal)"
+            "", help="six comma-separated relative tag frequencies in GenEval order (shipped: 1,1,1.5,1,2,2)"
         ),
         timesteps: str | None = typer.Option(
             None, help="training time sampling: uniform (shipped) or logit-normal (SD3's)"
