@@ -99,6 +99,11 @@ class TrainConfig(_Strict):
     seed: int = 0
     device: str = "cpu"
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice)")
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32",
+        description="bf16: the policy's forward passes in collection and update run under bfloat16 autocast"
+        " (the loss stays fp32; evaluation stays fp32). No fp16: it needs a loss scaler",
+    )
 
 
 class EvalConfig(_Strict):

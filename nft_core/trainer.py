@@ -5,6 +5,7 @@ Glue only: the math lives in objective.py, advantages.py, normalization.py, sche
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import time
@@ -154,6 +155,12 @@ class Trainer:
             )
         self.state = TrainState()
 
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """bfloat16 autocast of the policy's forward passes when `train.precision = "bf16"` (else a no-op)."""
+        if self.config.train.precision == "bf16":
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
     def _tag_cycle(self) -> list[str]:
         """The order in which tags take turns in the epoch's prompts (empty: prompts carry no tags)."""
         data = self.config.data
@@ -186,15 +193,16 @@ class Trainer:
         group_ids = torch.arange(len(items)) // self.config.data.images_per_prompt
         cond = self.policy.encode_prompts(prompts)
         noise = torch.randn((len(items), *self.policy.latent_shape), generator=self.generator).to(self.device)
-        latents = sample_latents(
-            self.policy,
-            self.sampler,
-            cond,
-            noise,
-            view="old",
-            generator=self.generator,
-            batch_size=self.config.train.sample_batch_size,
-        )
+        with self.autocast():
+            latents = sample_latents(
+                self.policy,
+                self.sampler,
+                cond,
+                noise,
+                view="old",
+                generator=self.generator,
+                batch_size=self.config.train.sample_batch_size,
+            )
         images = self.policy.decode(latents).cpu()
         return Samples(latents, images, prompts, [item.metadata for item in items], cond, group_ids)
 
@@ -221,14 +229,15 @@ class Trainer:
             for plan_index in chunk:
                 index, t = plan[plan_index]
                 cond = {k: v[index.to(v.device)] for k, v in samples.cond.items()}
-                loss, stats = self.objective.loss(
-                    self.policy,
-                    samples.latents[index.to(self.device)],
-                    cond,
-                    t,
-                    optimality[index],
-                    self.generator,
-                )
+                with self.autocast():
+                    loss, stats = self.objective.loss(
+                        self.policy,
+                        samples.latents[index.to(self.device)],
+                        cond,
+                        t,
+                        optimality[index],
+                        self.generator,
+                    )
                 (
                     loss * len(index) / (n * geometry.inner_epochs * geometry.trained_times / len(chunks))
                 ).backward()

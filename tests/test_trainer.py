@@ -159,3 +159,31 @@ def test_tag_weights_set_each_tags_share_of_the_epoch(fast_config, tmp_path):
 def _drawn(trainer: Trainer, epoch: int):
     trainer.state.epoch = epoch
     return trainer.draw_prompts()
+
+
+def test_bf16_runs_collection_and_update_under_autocast_and_eval_in_fp32(fast_config, tmp_path):
+    config = load_config(fast_config, ['train.precision="bf16"', "objective.kl_weight=1.0"])
+    trainer = Trainer(config, tmp_path / "run", echo=lambda *_: None)
+    seen: list[tuple[str, torch.dtype]] = []
+    velocity = trainer.policy.velocity
+
+    def recording(view, x_t, t, cond):
+        out = velocity(view, x_t, t, cond)
+        seen.append((view, out.dtype))
+        return out
+
+    trainer.policy.velocity = recording
+    samples = trainer.collect()
+    assert samples.latents.dtype == torch.float32 and {d for _, d in seen} == {torch.bfloat16}
+    before = [p.detach().clone() for _, p in trainer.policy.trainable_parameters()]
+    seen.clear()
+    losses = trainer.update(samples, torch.linspace(0, 1, len(samples)))
+    assert {view for view, _ in seen} == {"old", "current", "reference"}
+    assert {d for _, d in seen} == {torch.bfloat16}
+    assert all(torch.isfinite(torch.tensor(v)) for v in losses.values())
+    after = [p for _, p in trainer.policy.trainable_parameters()]
+    assert all(p.dtype == torch.float32 for p in after)  # master weights stay fp32
+    assert any(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
+    seen.clear()
+    trainer.run_eval()
+    assert seen and {d for _, d in seen} == {torch.float32}
