@@ -8,7 +8,7 @@ Part 2 (`--train`): the embedded default run (`examples/shapes-geneval.toml`) on
 (euler, dpm2 and a diffusers scheduler), same budget and seed; the final held-out scores should agree
 within +-0.03 (solver freedom: NFT only needs clean final samples).
 
-    python benchmarks/solvers.py                         # part 1 (~6 min on 2 cores)
+    python benchmarks/solvers.py                         # part 1 (~20 min on 2 cores)
     python benchmarks/solvers.py --train --minutes 12    # parts 1 and 2 (~3 x 15 min more)
 
 Writes `benchmarks/results/solvers.json` and `solvers.png` (score vs steps, score vs time per image).
