@@ -10,6 +10,8 @@ within +-0.03 (solver freedom: NFT only needs clean final samples).
 
     python benchmarks/solvers.py                         # part 1 (~20 min on 2 cores)
     python benchmarks/solvers.py --train --minutes 12    # parts 1 and 2 (~3 x 15 min more)
+    python benchmarks/solvers.py --solvers euler --steps 40 --train --minutes 14.5 \
+        --out benchmarks/results/solvers-train.json      # part 2 at the default's budget (~55 min)
 
 Writes `benchmarks/results/solvers.json` and `solvers.png` (score vs steps, score vs time per image).
 """
