@@ -12,7 +12,7 @@ import torch
 
 from nft_core.errors import UserError
 from nft_core.sampling import policy_velocity
-from nft_core.shapes.grammar import train_prompts
+from nft_core.shapes.grammar import TAGS, train_prompts
 from nft_core.shapes.model import TinyUNet, TinyUNetConfig, grid_embedding
 from nft_core.shapes.policy import (
     MAX_TOKENS,
@@ -28,6 +28,7 @@ from nft_core.shapes.pretrain import (
     draw_times,
     near_miss,
     pretrain,
+    scene_metadata,
     snapshot_path,
 )
 from nft_core.shapes.render import render_scene
@@ -69,6 +70,7 @@ def test_pretraining_defaults_are_the_shipped_recipe():
     defaults = dataclasses.asdict(PretrainConfig())
     defaults["channels"] = list(defaults["channels"])
     defaults["tag_weights"] = list(defaults["tag_weights"])
+    defaults["label_noise_tags"] = list(defaults["label_noise_tags"])
     assert defaults == recorded["config"]
     assert recorded["threads"] == 2  # the `nft shapes pretrain` default: bitwise reproducible on 2 threads
     shipped = load_network(SHIPPED_CHECKPOINT).config
@@ -200,6 +202,26 @@ def test_near_miss_renders_fail_the_original_prompt():
         metas.append(item.metadata)
     scores = reward(torch.stack(images), [i.prompt for i in items], metas).scores
     assert scores.max().item() == 0.0, [items[i].prompt for i in torch.nonzero(scores).flatten().tolist()]
+
+
+def test_label_noise_touches_only_its_tags_and_keeps_the_older_stream():
+    items = {item.metadata["tag"]: item for item in train_prompts()}
+    everywhere = PretrainConfig(label_noise=0.5, label_noise_tags=TAGS)
+    small = PretrainConfig(label_noise=0.5, label_noise_tags=("counting", "colors"))
+    a, b, c = (np.random.default_rng(0) for _ in range(3))
+    changed = dict.fromkeys(TAGS, 0)
+    for _ in range(100):
+        for tag, item in items.items():
+            meta = item.metadata
+            noisy = scene_metadata(meta, a, everywhere)
+            older = near_miss(meta, b) if b.random() < 0.5 else meta  # the recipe before label_noise_tags
+            assert noisy == older
+            changed[tag] += noisy != meta
+            scene = scene_metadata(meta, c, small)
+            assert scene is meta or (tag in small.label_noise_tags and scene != meta)
+    assert all(30 <= n <= 70 for n in changed.values()), changed
+    with pytest.raises(ValueError, match=r"label_noise_tags: \['pose'\] not among the tags"):
+        PretrainConfig(label_noise_tags=("pose",))
 
 
 def test_pretraining_is_deterministic(tmp_path):

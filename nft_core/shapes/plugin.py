@@ -86,13 +86,17 @@ def register_commands(app):
             None, help="text encoder: gru (shipped; bidirectional, order-aware) or transformer"
         ),
         tag_weights: str = typer.Option(
-            "", help="six comma-separated relative tag frequencies in GenEval order (shipped: 1,1,1.5,1,2,2)"
+            "", help="six comma-separated relative tag frequencies in GenEval order (shipped: 1,1,1.5,1,3,3)"
         ),
         timesteps: str | None = typer.Option(
             None, help="training time sampling: uniform (shipped) or logit-normal (SD3's)"
         ),
         logit_mean: float | None = typer.Option(None, help="logit-normal mean (default 0)"),
         logit_std: float | None = typer.Option(None, help="logit-normal std (default 1)"),
+        label_noise_tags: str | None = typer.Option(
+            None,
+            help="comma-separated tags whose scenes get near-miss label noise (shipped: the four small tags)",
+        ),
     ) -> None:
         """Reproduce the shipped checkpoint from scratch (deterministic for a given config)."""
         import dataclasses
@@ -118,6 +122,10 @@ def register_commands(app):
             steps_at = sorted({int(part) for part in snapshots.split(",") if part.strip()})
         except ValueError:
             raise UserError(f"--snapshots {snapshots!r}: expected comma-separated step counts") from None
+        if label_noise_tags is not None:
+            changes["label_noise_tags"] = tuple(
+                part.strip() for part in label_noise_tags.split(",") if part.strip()
+            )
         if tag_weights:
             try:
                 changes["tag_weights"] = tuple(float(part) for part in tag_weights.split(","))
