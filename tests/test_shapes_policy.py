@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import re
 
@@ -23,11 +24,14 @@ from nft_core.shapes.policy import (
     load_network,
 )
 from nft_core.shapes.pretrain import (
+    SECOND_STAGE,
     PretrainConfig,
     draw_tag,
     draw_times,
     near_miss,
     pretrain,
+    recipe,
+    recorded_config,
     scene_metadata,
     snapshot_path,
 )
@@ -67,11 +71,12 @@ def test_fresh_text_encoder_sees_word_order(seed):
 
 def test_pretraining_defaults_are_the_shipped_recipe():
     recorded = json.loads(SHIPPED_CHECKPOINT.with_suffix(".json").read_text())
-    defaults = dataclasses.asdict(PretrainConfig())
-    defaults["channels"] = list(defaults["channels"])
-    defaults["tag_weights"] = list(defaults["tag_weights"])
-    defaults["label_noise_tags"] = list(defaults["label_noise_tags"])
-    assert defaults == recorded["config"]
+    (first, first_out), (second, out) = recipe(PretrainConfig(), SHIPPED_CHECKPOINT)
+    assert first == PretrainConfig() and out == SHIPPED_CHECKPOINT and second.init == str(first_out)
+    assert recorded_config(second) == recorded["config"]
+    assert recorded["config"]["init"] == "shapes-tiny-stage1.safetensors"
+    # the first stage is the checkpoint shipped before the second stage existed (commit 5d25b9c)
+    assert recorded["init_sha256"] == "53b474caa467aa2c9f6b5482aab2ffe80304fe707d013fca782df04112b5f774"
     assert recorded["threads"] == 2  # the `nft shapes pretrain` default: bitwise reproducible on 2 threads
     shipped = load_network(SHIPPED_CHECKPOINT).config
     assert (shipped.text_encoder, shipped.text_layers, shipped.position_embedding) == ("gru", 1, True)
@@ -224,6 +229,62 @@ def test_label_noise_touches_only_its_tags_and_keeps_the_older_stream():
         PretrainConfig(label_noise_tags=("pose",))
 
 
+def test_keep_order_near_misses_never_reverse_or_swap():
+    axis = {"left of": "horizontal", "right of": "horizontal", "above": "vertical", "below": "vertical"}
+    position = [item.metadata for item in train_prompts() if item.metadata["tag"] == "position"]
+    colours = [item.metadata for item in train_prompts() if item.metadata["tag"] == "color_attr"]
+    rng = np.random.default_rng(0)
+    for style, reversals, swaps in (("keep-order", 0, 0), ("any", 0, 0)):
+        for meta in position * 20:
+            relation = meta["include"][1]["position"][0]
+            moved = near_miss(meta, rng, style)["include"][1]["position"][0]
+            assert moved != relation
+            if style == "keep-order":
+                assert axis[moved] != axis[relation], (relation, moved)
+            reversals += axis[moved] == axis[relation]
+        for meta in colours * 6:
+            before = [clause["color"] for clause in meta["include"]]
+            after = [clause["color"] for clause in near_miss(meta, rng, style)["include"]]
+            if style == "keep-order":  # one clause gets a colour the prompt does not name
+                assert sum(a != b for a, b in zip(before, after, strict=True)) == 1
+                assert len(set(after) - set(before)) == 1, (before, after)
+            swaps += after == before[::-1]
+        if style == "any":  # the older style does reverse and swap, a third and a half of the time
+            assert 75 <= reversals <= 140 and 115 <= swaps <= 175, (reversals, swaps)
+    with pytest.raises(ValueError, match=r"near_misses: 'mirror' is not one of \['any', 'keep-order'\]"):
+        PretrainConfig(near_misses="mirror")
+
+
+def test_second_stage_starts_from_its_init_checkpoint(tmp_path):
+    tiny = dataclasses.replace(PretrainConfig(), steps=1, batch_size=4, warmup_steps=1, channels=(8, 16, 16))
+    first = tmp_path / "first.safetensors"
+    pretrain(tiny, first, progress=False)
+    # with lr 0 the weights never move, so the second stage's EMA is exactly the file it started from
+    still = dataclasses.replace(tiny, steps=3, init=str(first), lr=0.0, seed=1, label_noise=1.0)
+    pretrain(still, tmp_path / "second.safetensors", progress=False)
+    pairs = zip(
+        load_network(first).state_dict().values(),
+        load_network(tmp_path / "second.safetensors").state_dict().values(),
+        strict=True,
+    )
+    assert all(torch.equal(a, b) for a, b in pairs)
+    recorded = json.loads((tmp_path / "second.json").read_text())
+    assert recorded["config"]["init"] == "first.safetensors"  # by name: the path is local
+    assert recorded["init_sha256"] == hashlib.sha256(first.read_bytes()).hexdigest()
+    moving = dataclasses.replace(still, lr=1e-3)
+    pretrain(moving, tmp_path / "third.safetensors", progress=False)
+    pairs = zip(
+        load_network(first).state_dict().values(),
+        load_network(tmp_path / "third.safetensors").state_dict().values(),
+        strict=True,
+    )
+    assert not all(torch.equal(a, b) for a, b in pairs)
+    other = dataclasses.replace(still, channels=(8, 16, 32))
+    with pytest.raises(UserError, match="init: .*first.safetensors has the architecture"):
+        pretrain(other, tmp_path / "fourth.safetensors", progress=False)
+    assert not (tmp_path / "fourth.safetensors").exists()
+
+
 def test_pretraining_is_deterministic(tmp_path):
     config = dataclasses.replace(
         PretrainConfig(), steps=2, batch_size=4, warmup_steps=1, channels=(8, 16, 16)
@@ -264,6 +325,38 @@ def test_channels_last_is_the_same_function(tiny_checkpoint):
 
 
 @pytest.mark.parametrize(
+    ("args", "stages"),
+    [
+        ([], 2),
+        (["--no-second-stage"], 1),
+        (["--init", "base.safetensors"], 1),
+        (["--steps", "10", "--snapshots", "5"], 2),
+    ],
+)
+def test_pretrain_command_runs_the_shipped_two_stages(tmp_path, monkeypatch, args, stages):
+    from nft_core.cli import main
+
+    calls = []
+    monkeypatch.setattr(
+        "nft_core.shapes.pretrain.pretrain", lambda config, out, **kw: calls.append((config, out, kw))
+    )
+    out = tmp_path / "ck.safetensors"
+    monkeypatch.setattr("sys.argv", ["nft", "shapes", "pretrain", "--out", str(out), *args])
+    with pytest.raises(SystemExit) as exited:
+        main()
+    assert exited.value.code == 0
+    assert [path for _, path, _ in calls] == [tmp_path / "ck-stage1.safetensors", out][-stages:]
+    first = calls[0][0]
+    assert first.init == ("base.safetensors" if "--init" in args else None)
+    assert calls[0][2]["snapshots"] == ([5] if "--snapshots" in args else [])
+    if stages == 2:
+        second = calls[1][0]
+        stage1 = str(tmp_path / "ck-stage1.safetensors")
+        assert second == dataclasses.replace(first, init=stage1, **SECOND_STAGE)
+        assert calls[1][2]["snapshots"] == ()
+
+
+@pytest.mark.parametrize(
     ("args", "message"),
     [
         (["--tag-weights", "1,2"], r"tag_weights: \[1.0, 2.0\] must be 6 non-negative numbers"),
@@ -271,6 +364,9 @@ def test_channels_last_is_the_same_function(tiny_checkpoint):
         (["--text-encoder", "lstm"], "text_encoder: 'lstm' is not one of"),
         (["--timesteps", "cosine"], r"timesteps: 'cosine' is not one of \['uniform', 'logit-normal'\]"),
         (["--timesteps", "logit-normal", "--logit-std", "0"], "logit_std: 0.0 must be > 0"),
+        (["--near-misses", "mirror"], r"near_misses: 'mirror' is not one of \['any', 'keep-order'\]"),
+        (["--label-noise", "1.5"], r"label_noise: 1.5 must be in \[0, 1\]"),
+        (["--init", "missing.safetensors"], "shapes-tiny checkpoint not found: missing.safetensors"),
     ],
 )
 def test_pretrain_command_refuses_bad_options_with_one_line(tmp_path, monkeypatch, capsys, args, message):

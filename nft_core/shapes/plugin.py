@@ -97,13 +97,31 @@ def register_commands(app):
             None,
             help="comma-separated tags whose scenes get near-miss label noise (shipped: the four small tags)",
         ),
+        init: Path | None = typer.Option(
+            None, help="one stage from this checkpoint's weights instead of random ones"
+        ),
+        second_stage: bool = typer.Option(
+            True,
+            help="continue with the shipped second stage (keep-order label noise on every tag, 1000 steps),"
+            " the first written to OUT-stage1; not with --init",
+        ),
+        lr: float | None = typer.Option(None, help="learning rate (shipped: 1e-3)"),
+        label_noise: float | None = typer.Option(
+            None, help="fraction of those scenes that show a near miss instead (shipped: 0.3)"
+        ),
+        near_misses: str | None = typer.Option(
+            None,
+            help="near misses: any (shipped; reversed relations, swapped colours) or keep-order (other axis,"
+            " one colour replaced)",
+        ),
     ) -> None:
-        """Reproduce the shipped checkpoint from scratch (deterministic for a given config)."""
+        """Reproduce the shipped checkpoint from scratch (deterministic for a given config): the first stage
+        as the options say (snapshots are of it), then the shipped second stage."""
         import dataclasses
 
         import torch
 
-        from nft_core.shapes.pretrain import PretrainConfig, pretrain
+        from nft_core.shapes.pretrain import PretrainConfig, pretrain, recipe
 
         config = PretrainConfig()
         options = {
@@ -116,6 +134,10 @@ def register_commands(app):
             "timesteps": timesteps,
             "logit_mean": logit_mean,
             "logit_std": logit_std,
+            "label_noise": label_noise,
+            "near_misses": near_misses,
+            "init": None if init is None else str(init),
+            "lr": lr,
         }
         changes = {k: v for k, v in options.items() if v is not None}
         try:
@@ -138,7 +160,8 @@ def register_commands(app):
         except ValueError as error:
             raise UserError(f"nft shapes pretrain: {error}") from None
         torch.set_num_threads(threads)
-        pretrain(config, out, snapshots=steps_at)
-        typer.echo(f"wrote {out}")
+        for index, (stage, path) in enumerate(recipe(config, out, second_stage and init is None)):
+            pretrain(stage, path, snapshots=steps_at if index == 0 else ())
+            typer.echo(f"wrote {path}")
 
     app.add_typer(shapes, name="shapes")
