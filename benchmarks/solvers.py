@@ -13,6 +13,10 @@ within +-0.03 (solver freedom: NFT only needs clean final samples).
     python benchmarks/solvers.py --solvers euler --steps 40 --train --minutes 14.5 \
         --out benchmarks/results/solvers-train.json      # part 2 at the default's budget (~55 min)
 
+`--runs DIR` keeps the NFT runs in DIR/solver-LABEL and reuses a finished one found there whose resolved
+config is exactly the one the benchmark runs (so `nft run examples/shapes-geneval.toml`, moved to
+DIR/solver-dpm2, counts as the dpm2 run); the JSON marks reused runs.
+
 Writes `benchmarks/results/solvers.json` and `solvers.png` (score vs steps, score vs time per image).
 """
 
@@ -110,38 +114,61 @@ def sampling_table(
     return rows
 
 
-def train_table(minutes: float, sampler_steps: int) -> list[dict[str, Any]]:
-    """The embedded default NFT run once per training sampler; final held-out score of each."""
+def train_table(minutes: float, sampler_steps: int, runs: Path | None) -> list[dict[str, Any]]:
+    """The embedded default NFT run once per training sampler; final held-out score of each.
+
+    `runs`: keep each run in `runs/solver-LABEL` and reuse one found there whose `summary.json` exists and
+    whose `config.resolved.toml` is the config this benchmark would run (an interrupted benchmark resumes;
+    an `nft run` made by hand with the same settings counts). None: runs go to a temporary folder.
+    """
     import tempfile
 
     from nft_core.config import load_config
-    from nft_core.trainer import Trainer, unique_run_dir
+    from nft_core.trainer import Trainer
 
     rows = []
-    for label in TRAIN_SOLVERS:
-        spec = SOLVERS[label]
-        overrides = [
-            f"train.max_minutes={minutes}",
-            f'sampler.name="{spec["name"]}"',
-            f"sampler.steps={sampler_steps}",
-        ]
-        overrides += [f"sampler.{k}={json.dumps(v)}" for k, v in spec.items() if k != "name"]
-        config = load_config(ROOT / "examples" / "shapes-geneval.toml", overrides)
-        with tempfile.TemporaryDirectory() as folder:
-            summary = Trainer(config, unique_run_dir(Path(folder), f"solver-{label}"), echo=print).run()
-        after = summary["eval_after"]["shapes-geneval"]
-        row = {
-            "solver": label,
-            "sampler_steps": sampler_steps,
-            "score_before": summary["eval_before"]["shapes-geneval"]["score"],
-            "score_after": after["score"],
-            "per_tag_after": after["official"]["per_tag"],
-            "epochs": summary["epochs"],
-            "train_minutes": summary["train_seconds"] / 60,
-        }
-        print(json.dumps(row), flush=True)
-        rows.append(row)
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = runs or Path(scratch)
+        for label in TRAIN_SOLVERS:
+            spec = SOLVERS[label]
+            overrides = [
+                f"train.max_minutes={minutes}",
+                f'sampler.name="{spec["name"]}"',
+                f"sampler.steps={sampler_steps}",
+            ]
+            overrides += [f"sampler.{k}={json.dumps(v)}" for k, v in spec.items() if k != "name"]
+            config = load_config(ROOT / "examples" / "shapes-geneval.toml", overrides)
+            run_dir = folder / f"solver-{label}"
+            reused = finished_run(run_dir, config.model_dump(mode="json", exclude_none=True))
+            if reused is None:
+                if run_dir.exists():
+                    raise SystemExit(f"{run_dir}: an unfinished run or another config; move it away")
+                Trainer(config, run_dir, echo=print).run()
+            summary = json.loads((run_dir / "summary.json").read_text())
+            after = summary["eval_after"]["shapes-geneval"]
+            row = {
+                "solver": label,
+                "sampler_steps": sampler_steps,
+                "score_before": summary["eval_before"]["shapes-geneval"]["score"],
+                "score_after": after["score"],
+                "per_tag_after": after["official"]["per_tag"],
+                "epochs": summary["epochs"],
+                "train_minutes": summary["train_seconds"] / 60,
+                "reused_run": reused is not None,
+            }
+            print(json.dumps(row), flush=True)
+            rows.append(row)
     return rows
+
+
+def finished_run(run_dir: Path, config: dict[str, Any]) -> Path | None:
+    """`run_dir` if it holds a finished run (summary.json) of exactly `config`, else None."""
+    import tomllib
+
+    resolved, summary = run_dir / "config.resolved.toml", run_dir / "summary.json"
+    if not (resolved.is_file() and summary.is_file()):
+        return None
+    return run_dir if tomllib.loads(resolved.read_text()) == config else None
 
 
 def plot(rows: list[dict[str, Any]], out: Path) -> None:
@@ -185,6 +212,12 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=12.0, help="training budget per NFT run")
     parser.add_argument("--sampler-steps", type=int, default=6, help="training sampler steps")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "solvers.json")
+    parser.add_argument(
+        "--runs",
+        type=Path,
+        default=None,
+        help="keep the NFT runs in RUNS/solver-LABEL and reuse finished ones there with the same config",
+    )
     args = parser.parse_args()
 
     solvers = [name.strip() for name in args.solvers.split(",") if name.strip()]
@@ -209,7 +242,7 @@ def main() -> None:
                 "met": abs(gap) <= 0.02,
             }
     if args.train:
-        trained = train_table(args.minutes, args.sampler_steps)
+        trained = train_table(args.minutes, args.sampler_steps, args.runs)
         finals = [r["score_after"] for r in trained]
         report["training"] = trained
         centre = sum(finals) / len(finals)
