@@ -61,7 +61,7 @@ def register_commands(app):
     @shapes.command("pretrain")
     def pretrain_command(
         out: Path = typer.Option(Path("shapes-tiny.safetensors"), help="checkpoint file to write"),
-        steps: int | None = typer.Option(None, help="optimizer steps (default: the shipped recipe)"),
+        steps: int | None = typer.Option(None, help="optimizer steps of stage 1 (shipped: 3000)"),
         seed: int | None = typer.Option(None),
         threads: int = typer.Option(
             2,
@@ -95,7 +95,7 @@ def register_commands(app):
         logit_std: float | None = typer.Option(None, help="logit-normal std (default 1)"),
         label_noise_tags: str | None = typer.Option(
             None,
-            help="comma-separated tags whose scenes get near-miss label noise (shipped: the four small tags)",
+            help="comma-separated tags whose scenes get near-miss label noise (stage 1: the four small tags)",
         ),
         init: Path | None = typer.Option(
             None, help="one stage from this checkpoint's weights instead of random ones"
@@ -107,12 +107,12 @@ def register_commands(app):
         ),
         lr: float | None = typer.Option(None, help="learning rate (shipped: 1e-3)"),
         label_noise: float | None = typer.Option(
-            None, help="fraction of those scenes that show a near miss instead (shipped: 0.3)"
+            None, help="fraction of those scenes that show a near miss instead (stage 1: 0.3; stage 2: 0.4)"
         ),
         near_misses: str | None = typer.Option(
             None,
-            help="near misses: any (shipped; reversed relations, swapped colours) or keep-order (other axis,"
-            " one colour replaced)",
+            help="near misses: any (stage 1; reversed relations, swapped colours) or keep-order (stage 2;"
+            " other axis, one colour replaced)",
         ),
     ) -> None:
         """Reproduce the shipped checkpoint from scratch (deterministic for a given config): the first stage

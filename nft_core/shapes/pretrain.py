@@ -235,7 +235,7 @@ def pretrain(
         position_embedding=config.position_embedding,
         text_encoder=config.text_encoder,
     )
-    model = TinyUNet(architecture)
+    model = TinyUNet(architecture)  # built even with `init`: its draws are part of the random stream
     if config.init is not None:
         model = _initial_network(Path(config.init), architecture)
     weights = np.asarray(config.tag_weights, dtype=np.float64)
