@@ -9,9 +9,8 @@ Part 2 (`--train`): the embedded default run (`examples/shapes-geneval.toml`) on
 within +-0.03 (solver freedom: NFT only needs clean final samples).
 
     python benchmarks/solvers.py                         # part 1 (~20 min on 2 cores)
-    python benchmarks/solvers.py --train --minutes 12    # parts 1 and 2 (~3 x 15 min more)
-    python benchmarks/solvers.py --solvers euler --steps 40 --train --minutes 14.5 \
-        --out benchmarks/results/solvers-train.json      # part 2 at the default's budget (~55 min)
+    python benchmarks/solvers.py --train --minutes 14.5 --runs runs/bench
+        # parts 1 and 2 at the embedded default's budget (~3 x 17 min more; the shipped results)
 
 `--runs DIR` keeps the NFT runs in DIR/solver-LABEL and reuses a finished one found there whose resolved
 config is exactly the one the benchmark runs (so `nft run examples/shapes-geneval.toml`, moved to
