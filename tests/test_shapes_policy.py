@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -255,6 +256,12 @@ def test_keep_order_near_misses_never_reverse_or_swap():
         PretrainConfig(near_misses="mirror")
 
 
+def _same_weights(a: Path, b: Path) -> bool:
+    """Whether two checkpoint files hold bitwise the same weights."""
+    pairs = zip(load_network(a).state_dict().values(), load_network(b).state_dict().values(), strict=True)
+    return all(torch.equal(x, y) for x, y in pairs)
+
+
 def test_second_stage_starts_from_its_init_checkpoint(tmp_path):
     tiny = dataclasses.replace(PretrainConfig(), steps=1, batch_size=4, warmup_steps=1, channels=(8, 16, 16))
     first = tmp_path / "first.safetensors"
@@ -262,23 +269,13 @@ def test_second_stage_starts_from_its_init_checkpoint(tmp_path):
     # with lr 0 the weights never move, so the second stage's EMA is exactly the file it started from
     still = dataclasses.replace(tiny, steps=3, init=str(first), lr=0.0, seed=1, label_noise=1.0)
     pretrain(still, tmp_path / "second.safetensors", progress=False)
-    pairs = zip(
-        load_network(first).state_dict().values(),
-        load_network(tmp_path / "second.safetensors").state_dict().values(),
-        strict=True,
-    )
-    assert all(torch.equal(a, b) for a, b in pairs)
+    assert _same_weights(first, tmp_path / "second.safetensors")
     recorded = json.loads((tmp_path / "second.json").read_text())
     assert recorded["config"]["init"] == "first.safetensors"  # by name: the path is local
     assert recorded["init_sha256"] == hashlib.sha256(first.read_bytes()).hexdigest()
     moving = dataclasses.replace(still, lr=1e-3)
     pretrain(moving, tmp_path / "third.safetensors", progress=False)
-    pairs = zip(
-        load_network(first).state_dict().values(),
-        load_network(tmp_path / "third.safetensors").state_dict().values(),
-        strict=True,
-    )
-    assert not all(torch.equal(a, b) for a, b in pairs)
+    assert not _same_weights(first, tmp_path / "third.safetensors")
     other = dataclasses.replace(still, channels=(8, 16, 32))
     with pytest.raises(UserError, match="init: .*first.safetensors has the architecture"):
         pretrain(other, tmp_path / "fourth.safetensors", progress=False)
@@ -293,9 +290,7 @@ def test_pretraining_is_deterministic(tmp_path):
     second = pretrain(config, tmp_path / "b.safetensors", progress=False)
     for a, b in zip(first.parameters(), second.parameters(), strict=True):
         assert torch.equal(a, b)
-    saved_a, saved_b = load_network(tmp_path / "a.safetensors"), load_network(tmp_path / "b.safetensors")
-    for a, b in zip(saved_a.state_dict().values(), saved_b.state_dict().values(), strict=True):
-        assert torch.equal(a, b)
+    assert _same_weights(tmp_path / "a.safetensors", tmp_path / "b.safetensors")
 
 
 def test_pretraining_snapshot_equals_the_shorter_run(tmp_path):
@@ -303,13 +298,9 @@ def test_pretraining_snapshot_equals_the_shorter_run(tmp_path):
     tiny = dataclasses.replace(PretrainConfig(), batch_size=4, warmup_steps=2, channels=(8, 16, 16))
     pretrain(dataclasses.replace(tiny, steps=5), tmp_path / "long.safetensors", progress=False, snapshots=[3])
     pretrain(dataclasses.replace(tiny, steps=3), tmp_path / "short.safetensors", progress=False)
-    snapshot = load_network(snapshot_path(tmp_path / "long.safetensors", 3))
-    short = load_network(tmp_path / "short.safetensors")
-    longer = load_network(tmp_path / "long.safetensors")
-    for a, b in zip(snapshot.state_dict().values(), short.state_dict().values(), strict=True):
-        assert torch.equal(a, b)
-    pairs = zip(snapshot.state_dict().values(), longer.state_dict().values(), strict=True)
-    assert any(not torch.equal(a, c) for a, c in pairs)
+    snapshot = snapshot_path(tmp_path / "long.safetensors", 3)
+    assert _same_weights(snapshot, tmp_path / "short.safetensors")
+    assert not _same_weights(snapshot, tmp_path / "long.safetensors")
     recorded = json.loads(snapshot_path(tmp_path / "long.safetensors", 3).with_suffix(".json").read_text())
     assert recorded["config"]["steps"] == 3
 
