@@ -122,7 +122,7 @@ def train_table(minutes: float, sampler_steps: int, runs: Path | None) -> list[d
     """
     import tempfile
 
-    from nft_core.config import load_config
+    from nft_core.config import load_config, resolved_config
     from nft_core.trainer import Trainer
 
     rows = []
@@ -138,8 +138,8 @@ def train_table(minutes: float, sampler_steps: int, runs: Path | None) -> list[d
             overrides += [f"sampler.{k}={json.dumps(v)}" for k, v in spec.items() if k != "name"]
             config = load_config(ROOT / "examples" / "shapes-geneval.toml", overrides)
             run_dir = folder / f"solver-{label}"
-            reused = finished_run(run_dir, config.model_dump(mode="json", exclude_none=True))
-            if reused is None:
+            reused = is_finished_run(run_dir, resolved_config(config))
+            if not reused:
                 if run_dir.exists():
                     raise SystemExit(f"{run_dir}: an unfinished run or another config; move it away")
                 Trainer(config, run_dir, echo=print).run()
@@ -153,21 +153,19 @@ def train_table(minutes: float, sampler_steps: int, runs: Path | None) -> list[d
                 "per_tag_after": after["official"]["per_tag"],
                 "epochs": summary["epochs"],
                 "train_minutes": summary["train_seconds"] / 60,
-                "reused_run": reused is not None,
+                "reused_run": reused,
             }
             print(json.dumps(row), flush=True)
             rows.append(row)
     return rows
 
 
-def finished_run(run_dir: Path, config: dict[str, Any]) -> Path | None:
-    """`run_dir` if it holds a finished run (summary.json) of exactly `config`, else None."""
+def is_finished_run(run_dir: Path, resolved: dict[str, Any]) -> bool:
+    """Whether `run_dir` holds a finished run (summary.json) whose resolved config is exactly `resolved`."""
     import tomllib
 
-    resolved, summary = run_dir / "config.resolved.toml", run_dir / "summary.json"
-    if not (resolved.is_file() and summary.is_file()):
-        return None
-    return run_dir if tomllib.loads(resolved.read_text()) == config else None
+    written, summary = run_dir / "config.resolved.toml", run_dir / "summary.json"
+    return written.is_file() and summary.is_file() and tomllib.loads(written.read_text()) == resolved
 
 
 def plot(rows: list[dict[str, Any]], out: Path) -> None:

@@ -316,6 +316,11 @@ def objective_options(config: RunConfig) -> dict[str, Any]:
     return options
 
 
+def resolved_config(config: RunConfig) -> dict[str, Any]:
+    """`config` as a run directory's `config.resolved.toml` holds it (TOML types, unset options left out)."""
+    return config.model_dump(mode="json", exclude_none=True)
+
+
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
     """Load, override (`--set`) and validate a run config."""
     data = load_raw(path)

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from nft_core import registry
 from nft_core.advantages import advantage_stats, clip_advantages, compute_advantages, optimality_probability
-from nft_core.config import RunConfig, objective_options
+from nft_core.config import RunConfig, objective_options, resolved_config
 from nft_core.ema import ParameterEMA
 from nft_core.errors import ConfigError
 from nft_core.evaluation import EvalResult, evaluate
@@ -336,7 +336,7 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(
             self.run_dir / "config.resolved.toml",
-            tomli_w.dumps(config.model_dump(mode="json", exclude_none=True)),
+            tomli_w.dumps(resolved_config(config)),
         )
         self.echo(f"run dir: {self.run_dir}")
         self.echo(f"geometry: {self.geometry.describe()}")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import tomli_w
 
-from nft_core.config import load_config
+from nft_core.config import load_config, resolved_config
 
 ROOT = Path(__file__).resolve().parents[1]
 _SPEC = importlib.util.spec_from_file_location("bench_solvers", ROOT / "benchmarks" / "solvers.py")
@@ -16,8 +16,7 @@ _SPEC.loader.exec_module(solvers)
 
 
 def _resolved(overrides: list[str]) -> dict:
-    config = load_config(ROOT / "examples" / "shapes-geneval.toml", overrides)
-    return config.model_dump(mode="json", exclude_none=True)
+    return resolved_config(load_config(ROOT / "examples" / "shapes-geneval.toml", overrides))
 
 
 def test_finished_run_needs_a_summary_and_the_same_resolved_config(tmp_path):
@@ -26,9 +25,9 @@ def test_finished_run_needs_a_summary_and_the_same_resolved_config(tmp_path):
     # what the trainer writes for `nft run examples/shapes-geneval.toml`
     (run / "config.resolved.toml").write_text(tomli_w.dumps(_resolved([])))
     benchmark = _resolved(["train.max_minutes=14.5", 'sampler.name="dpm2"', "sampler.steps=6"])
-    assert solvers.finished_run(run, benchmark) is None  # no summary.json: it never finished
+    assert not solvers.is_finished_run(run, benchmark)  # no summary.json: it never finished
     (run / "summary.json").write_text("{}")
-    assert solvers.finished_run(run, benchmark) == run
-    assert solvers.finished_run(run, _resolved(['sampler.name="euler"'])) is None
-    assert solvers.finished_run(run, _resolved(["train.max_minutes=12.0"])) is None
-    assert solvers.finished_run(tmp_path / "solver-euler", benchmark) is None
+    assert solvers.is_finished_run(run, benchmark)
+    assert not solvers.is_finished_run(run, _resolved(['sampler.name="euler"']))
+    assert not solvers.is_finished_run(run, _resolved(["train.max_minutes=12.0"]))
+    assert not solvers.is_finished_run(tmp_path / "solver-euler", benchmark)

@@ -50,8 +50,12 @@ NEAR_MISS_STYLES = ("any", "keep-order")
 """How position and colour-attribution near misses are made: "any" (another relation, the reverse
 included; swapped or replaced colours) or "keep-order" (a relation on the other axis; one colour replaced),
 so that no near miss shares the prompt's bag of words and contradicts its word order."""
-_OTHER_AXIS = {"left of": ("above", "below"), "right of": ("above", "below")}
-_OTHER_AXIS |= {"above": ("left of", "right of"), "below": ("left of", "right of")}
+_OTHER_AXIS = {
+    "left of": ("above", "below"),
+    "right of": ("above", "below"),
+    "above": ("left of", "right of"),
+    "below": ("left of", "right of"),
+}
 
 
 @dataclass(frozen=True)
