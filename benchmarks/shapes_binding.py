@@ -24,10 +24,10 @@ import numpy as np
 import torch
 
 from nft_core.objective import forward_noising
-from nft_core.shapes.grammar import train_prompts
-from nft_core.shapes.model import TinyUNet
-from nft_core.shapes.policy import SHIPPED_CHECKPOINT, encode_tokens, load_network
-from nft_core.shapes.render import render_scene
+from nft_shapes.grammar import train_prompts
+from nft_shapes.model import TinyUNet
+from nft_shapes.policy import SHIPPED_CHECKPOINT, encode_tokens, load_network
+from nft_shapes.render import render_scene
 
 TIMES = (0.9, 0.7, 0.5, 0.3, 0.1)
 

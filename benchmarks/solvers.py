@@ -4,7 +4,7 @@ Part 1 (always): every solver at 4/6/10/20/40 steps samples the fixed paired eva
 48 images per tag, CFG-free) from the shipped `shapes-tiny` checkpoint; the official shapes-GenEval score
 and the sampling time per image are recorded. Goal: dpm2 at 10 steps within 0.02 of euler at 40.
 
-Part 2 (`--train`): the embedded default run (`examples/shapes-geneval.toml`) once per training sampler
+Part 2 (`--train`): the embedded default run (`examples/shapes-geneval.toml`) once per collection solver
 (euler, dpm2 and a diffusers scheduler), same budget and seed; the final held-out scores should agree
 within +-0.03 (solver freedom: NFT only needs clean final samples).
 
@@ -37,9 +37,9 @@ sys.path.insert(0, str(ROOT))
 import nft_solvers  # noqa: E402
 from nft_core.evaluation import evaluate, paired_difference  # noqa: E402
 from nft_core.sampling import noise_for, sample_latents  # noqa: E402
-from nft_core.shapes.plugin import shapes_prompts  # noqa: E402
-from nft_core.shapes.policy import ShapesTinyPolicy  # noqa: E402
-from nft_core.shapes.reward import ShapesGenEvalReward  # noqa: E402
+from nft_shapes.plugin import shapes_prompts  # noqa: E402
+from nft_shapes.policy import ShapesTinyPolicy  # noqa: E402
+from nft_shapes.reward import shapes_geneval  # noqa: E402
 
 SOLVERS: dict[str, dict[str, Any]] = {
     "euler": {"name": "euler"},
@@ -83,7 +83,7 @@ def sampling_table(
     """
     policy = ShapesTinyPolicy(checkpoint=checkpoint).train(False)
     items = shapes_prompts(split)
-    reward = ShapesGenEvalReward()
+    reward = shapes_geneval()
     noise = noise_for(range(len(items)), tuple(policy.latent_shape), seed)
     cond = policy.encode_prompts([item.prompt for item in items])
     rows = []
@@ -113,8 +113,8 @@ def sampling_table(
     return rows
 
 
-def train_table(minutes: float, sampler_steps: int, runs: Path | None) -> list[dict[str, Any]]:
-    """The embedded default NFT run once per training sampler; final held-out score of each.
+def train_table(minutes: float, solver_steps: int, runs: Path | None) -> list[dict[str, Any]]:
+    """The embedded default NFT run once per collection solver; final held-out score of each.
 
     `runs`: keep each run in `runs/solver-LABEL` and reuse one found there whose `summary.json` exists and
     whose `config.resolved.toml` is the config this benchmark would run (an interrupted benchmark resumes;
@@ -132,10 +132,10 @@ def train_table(minutes: float, sampler_steps: int, runs: Path | None) -> list[d
             spec = SOLVERS[label]
             overrides = [
                 f"train.max_minutes={minutes}",
-                f'sampler.name="{spec["name"]}"',
-                f"sampler.steps={sampler_steps}",
+                f'solver.name="{spec["name"]}"',
+                f"solver.steps={solver_steps}",
             ]
-            overrides += [f"sampler.{k}={json.dumps(v)}" for k, v in spec.items() if k != "name"]
+            overrides += [f"solver.{k}={json.dumps(v)}" for k, v in spec.items() if k != "name"]
             config = load_config(ROOT / "examples" / "shapes-geneval.toml", overrides)
             run_dir = folder / f"solver-{label}"
             reused = is_finished_run(run_dir, resolved_config(config))
@@ -147,7 +147,7 @@ def train_table(minutes: float, sampler_steps: int, runs: Path | None) -> list[d
             after = summary["eval_after"]["shapes-geneval"]
             row = {
                 "solver": label,
-                "sampler_steps": sampler_steps,
+                "solver_steps": solver_steps,
                 "score_before": summary["eval_before"]["shapes-geneval"]["score"],
                 "score_after": after["score"],
                 "per_tag_after": after["official"]["per_tag"],
@@ -205,9 +205,9 @@ def main() -> None:
     parser.add_argument("--solvers", default=",".join(SOLVERS), help="comma-separated subset of SOLVERS")
     parser.add_argument("--steps", default=",".join(map(str, STEPS)), help="comma-separated step counts")
     parser.add_argument("--split", default="eval", help="shapes prompt split (eval-N: N images per tag)")
-    parser.add_argument("--train", action="store_true", help="also run NFT once per training sampler")
+    parser.add_argument("--train", action="store_true", help="also run NFT once per collection solver")
     parser.add_argument("--minutes", type=float, default=12.0, help="training budget per NFT run")
-    parser.add_argument("--sampler-steps", type=int, default=6, help="training sampler steps")
+    parser.add_argument("--solver-steps", type=int, default=6, help="collection solver steps")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "solvers.json")
     parser.add_argument(
         "--runs",
@@ -239,7 +239,7 @@ def main() -> None:
                 "met": abs(gap) <= 0.02,
             }
     if args.train:
-        trained = train_table(args.minutes, args.sampler_steps, args.runs)
+        trained = train_table(args.minutes, args.solver_steps, args.runs)
         finals = [r["score_after"] for r in trained]
         report["training"] = trained
         centre = sum(finals) / len(finals)

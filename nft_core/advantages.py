@@ -9,6 +9,8 @@ import torch
 __all__ = [
     "ADVANTAGE_MODES",
     "advantage_stats",
+    "advantage_step",
+    "apply_mode",
     "clip_advantages",
     "compute_advantages",
     "dense_group_ids",
@@ -84,17 +86,11 @@ def compute_advantages(
     return ((r64 - mean) / (std + eps)).to(_result_dtype(rewards))
 
 
-def clip_advantages(adv: torch.Tensor, adv_clip: float = 5.0, mode: str = "all") -> torch.Tensor:
-    """Clip to `[-adv_clip, adv_clip]`, then apply the mode.
-
-    Modes: `all` (keep), `positive` (`max(A, 0)`), `negative` (`min(A, 0)`), `binary` (`sign(A)`),
-    `one` (`1[A > 0]`).
-    """
+def apply_mode(adv: torch.Tensor, mode: str = "all") -> torch.Tensor:
+    """The advantage mode: `all` (keep), `positive` (`max(A, 0)`), `negative` (`min(A, 0)`),
+    `binary` (`sign(A)`) or `one` (`1[A > 0]`)."""
     if mode not in ADVANTAGE_MODES:
         raise ValueError(f"unknown advantage mode {mode!r}; allowed: {', '.join(ADVANTAGE_MODES)}")
-    if adv_clip <= 0:
-        raise ValueError(f"adv_clip must be > 0, got {adv_clip}")
-    adv = adv.clamp(-adv_clip, adv_clip)
     if mode == "positive":
         return adv.clamp_min(0)
     if mode == "negative":
@@ -104,6 +100,13 @@ def clip_advantages(adv: torch.Tensor, adv_clip: float = 5.0, mode: str = "all")
     if mode == "one":
         return (adv > 0).to(adv.dtype)
     return adv
+
+
+def clip_advantages(adv: torch.Tensor, adv_clip: float = 5.0, mode: str = "all") -> torch.Tensor:
+    """Clip to `[-adv_clip, adv_clip]`, then apply the mode (see `apply_mode`)."""
+    if adv_clip <= 0:
+        raise ValueError(f"adv_clip must be > 0, got {adv_clip}")
+    return apply_mode(adv.clamp(-adv_clip, adv_clip), mode)
 
 
 def optimality_probability(adv: torch.Tensor, adv_clip: float) -> torch.Tensor:
@@ -143,3 +146,21 @@ def advantage_stats(
         "clipped_fraction": float(at_bound.double().mean()),
         "zero_std_group_fraction": float((spread == 0).double().mean()),
     }
+
+
+def advantage_step(
+    rewards: torch.Tensor,
+    group_ids: torch.Tensor,
+    adv_clip: float,
+    mode: str = "all",
+    global_std: bool = True,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Steps 3-4 of one epoch (docs/algorithm.md): the optimality probability `r` of every sample.
+
+    Per-prompt advantages (`compute_advantages`), clipped once to `[-adv_clip, adv_clip]`, the mode
+    applied, then `r = optimality_probability(A, adv_clip)`. Returns `r` and the statistics of the
+    clipped advantages before the mode (`advantage_stats`).
+    """
+    clipped = clip_advantages(compute_advantages(rewards, group_ids, global_std), adv_clip, "all")
+    stats = advantage_stats(clipped, group_ids, rewards, adv_clip=adv_clip)
+    return optimality_probability(apply_mode(clipped, mode), adv_clip), stats

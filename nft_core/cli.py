@@ -1,21 +1,27 @@
-"""The `nft` command line: run, validate, plugins, plugin new (plus commands that plugins register)."""
+"""The `nft` command line: run, validate, plugins, score, eval, sample, plugin new (plus plugins' commands).
+
+Every command sees the same registry: the built-in plugins and the installed ones.
+"""
 
 from __future__ import annotations
 
 import json
-import re
 import sys
 from pathlib import Path
+from typing import Any
 
 import typer
 
 from nft_core.errors import UserError
+from nft_core.scaffold import TEMPLATE_DIR, scaffold_plugin
 
 app = typer.Typer(
     help="DiffusionNFT: online RL for flow-matching image models.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+SET_HELP = "override as KEY=VALUE (TOML literal), repeatable"
+OPTION_HELP = "reward option key=value (value read as JSON, else a string), repeatable"
 
 
 def fail(error: Exception) -> None:
@@ -37,7 +43,7 @@ def warn_plugin_errors() -> None:
 @app.command()
 def run(
     config: Path = typer.Argument(..., help="TOML run config"),
-    set_: list[str] = typer.Option([], "--set", help="override as KEY=VALUE (TOML literal), repeatable"),
+    set_: list[str] = typer.Option([], "--set", help=SET_HELP),
     out: Path = typer.Option(Path("runs"), help="folder that holds run directories"),
 ) -> None:
     """Train: collect -> score -> NFT update -> eval, writing runs/<name>/."""
@@ -57,7 +63,7 @@ def run(
 @app.command()
 def validate(
     config: Path = typer.Argument(..., help="TOML run config"),
-    set_: list[str] = typer.Option([], "--set", help="override as KEY=VALUE (TOML literal), repeatable"),
+    set_: list[str] = typer.Option([], "--set", help=SET_HELP),
 ) -> None:
     """Check a config (keys, types, plugin names and their options) without running it."""
     from nft_core.config import load_config
@@ -68,7 +74,7 @@ def validate(
     except UserError as error:
         fail(error)
     typer.echo(
-        f"{config}: ok (policy {loaded.policy.name}, sampler {loaded.sampler.name}, "
+        f"{config}: ok (policy {loaded.policy.name}, solver {loaded.solver.name}, "
         f"rewards {', '.join(r.name for r in loaded.reward)})"
     )
 
@@ -101,59 +107,116 @@ def plugins() -> None:
     typer.echo(json.dumps({"plugins": listing, "errors": errors}, indent=2))
 
 
+def parse_option(text: str) -> tuple[str, Any]:
+    """`key=value`, the value read as a JSON literal (`1e-3`, `true`, `"x"`), else kept as a string."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise UserError(f"--option expects key=value, got {text!r}")
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError:
+        parsed = value
+    return key.strip(), parsed
+
+
+def _reward(name: str, options: list[str] | None, device: str):
+    from nft_core import api
+
+    return api.load_reward(name, **dict(parse_option(pair) for pair in options or [])).to(device)
+
+
+def _write_rows(path: Path, images: Any, output: Any) -> None:
+    """One JSON line per image: file, prompt, tag (if any), score, details and note."""
+    from nft_core.io import atomic_write_text
+
+    lines = []
+    for i, file in enumerate(images.files):
+        row: dict[str, Any] = {"image": str(file), "prompt": images.prompts[i]}
+        if images.metadata is not None and "tag" in images.metadata[i]:
+            row["tag"] = images.metadata[i]["tag"]
+        row["score"] = float(output.scores[i])
+        row.update({key: float(values[i]) for key, values in output.details.items()})
+        if output.notes is not None:
+            row["note"] = output.notes[i]
+        lines.append(json.dumps(row) + "\n")
+    atomic_write_text(path, "".join(lines))
+
+
+@app.command()
+def score(
+    reward: str = typer.Argument(..., help="reward name (any registered one: `nft plugins` lists them)"),
+    images: list[Path] = typer.Option(..., "--images", help="a folder of images or image files (repeatable)"),
+    prompts: Path | None = typer.Option(None, "--prompts", help="text file, one prompt per image"),
+    metadata: Path | None = typer.Option(None, "--metadata", help="JSONL, one object per image (GenEval)"),
+    out: Path = typer.Option(Path("scores.jsonl"), "--out", help="where to write one JSON line per image"),
+    option: list[str] | None = typer.Option(None, "--option", "-o", help=OPTION_HELP),
+    device: str = typer.Option("cpu", "--device", help="torch device for the reward model"),
+) -> None:
+    """Score images with one reward; prompts (and metadata) pair with the images in order."""
+    from nft_core.image_folders import ImageSet, image_files, read_jsonl, read_lines, score_files
+
+    warn_plugin_errors()
+    try:
+        files = image_files(images)
+        meta = read_jsonl(metadata, "--metadata") if metadata else None
+        if prompts is not None:
+            texts = read_lines(prompts, "--prompts")
+        elif meta is not None:
+            texts = [str(item.get("prompt", "")) for item in meta]
+        else:
+            raise UserError("give --prompts (one per image) or --metadata with a prompt field")
+        if len(texts) != len(files):
+            raise UserError(f"{len(files)} images but {len(texts)} prompts (they are paired in order)")
+        if meta is not None and len(meta) != len(files):
+            raise UserError(f"{len(files)} images but {len(meta)} metadata lines (they are paired in order)")
+        found = ImageSet(files, texts, meta)
+        output = score_files(_reward(reward, option, device), found)
+        _write_rows(out, found, output)
+    except UserError as error:
+        fail(error)
+    typer.echo(f"{reward}: {len(files)} images, mean score {float(output.scores.mean()):.6g} -> {out}")
+
+
+@app.command("eval")
+def eval_(
+    reward: str = typer.Argument(..., help="reward name, e.g. geneval or shapes-geneval"),
+    images: Path = typer.Option(..., "--images", help="folder written by `nft sample` (GenEval or flat)"),
+    out: Path | None = typer.Option(None, "--out", help="per-image results (JSONL)"),
+    option: list[str] | None = typer.Option(None, "--option", "-o", help=OPTION_HELP),
+    device: str = typer.Option("cpu", "--device", help="torch device"),
+) -> None:
+    """Evaluate a folder of generated images and print the reward's summary (GenEval: the official one).
+
+    The folder is GenEval's layout (`<index>/metadata.jsonl`, `<index>/samples/*.png`) or, with a
+    `prompts.txt` beside the images, the flat one.
+    """
+    from nft_core.image_folders import ImageSet, image_files, metadata_layout, read_lines, score_files
+
+    warn_plugin_errors()
+    try:
+        if (images / "prompts.txt").is_file():
+            files = image_files([images])
+            found = ImageSet(files, read_lines(images / "prompts.txt", "--images"))
+            if len(found.prompts) != len(files):
+                raise UserError(
+                    f"{images}: {len(files)} images but {len(found.prompts)} lines in prompts.txt"
+                )
+        else:
+            found = metadata_layout(images)
+        model = _reward(reward, option, device)
+        output = score_files(model, found, progress=True)
+        summary = model.aggregate(output, found.prompts, found.metadata)
+        if out is not None:
+            _write_rows(out, found, output)
+    except UserError as error:
+        fail(error)
+    typer.echo(summary.report or f"{reward}: {len(found.files)} images, score {summary.score:.6g}")
+
+
 plugin_app = typer.Typer(
     help="Write plugins: `nft plugin new NAME` scaffolds a package.", no_args_is_help=True
 )
 app.add_typer(plugin_app, name="plugin")
-
-TEMPLATE_DIR = Path(__file__).resolve().parent / "plugin_template"
-"""The plugin template, shipped in the package (`plugins/nft-plugin-template` in a checkout links to it):
-one folder per kind, each a working plugin named by the tokens."""
-TEMPLATE_TOKENS = ("nft-plugin-template", "nft_plugin_template", "PluginTemplate", "plugin-template")
-"""Distribution, module, class prefix and registered name of the template; replaced in that order."""
-SKIPPED_PARTS = frozenset({"__pycache__", "build", "dist"})
-PLUGIN_NAME = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
-
-
-def scaffold_plugin(name: str, kind: str, out: Path, template: Path = TEMPLATE_DIR) -> Path:
-    """Copy the template of `kind` to `out/<distribution>`, replacing its tokens; return the new folder.
-
-    `name` is the distribution (`nft-colorfulness`) or the registered name (`colorfulness`): the
-    distribution gets an `nft-` prefix, the module is the distribution with underscores, the
-    registered name drops the prefix, and the class prefix is its CamelCase (`Colorfulness`).
-    """
-    if not PLUGIN_NAME.match(name) or name == "nft":
-        raise UserError(
-            f"plugin name {name!r}: use lowercase letters, digits and single hyphens, e.g. nft-sharpness"
-        )
-    registered = name.removeprefix("nft-")
-    distribution = f"nft-{registered}"
-    values = (distribution, distribution.replace("-", "_"), registered.title().replace("-", ""), registered)
-    source = template / kind
-    if not source.is_dir():
-        kinds = sorted(p.name for p in template.iterdir() if p.is_dir()) if template.is_dir() else []
-        raise UserError(
-            f"--kind {kind!r}: no template at {source}; kinds: {', '.join(kinds) or 'none (pass --template)'}"
-        )
-    target = out / distribution
-    if target.exists():
-        raise UserError(f"{target} already exists; choose another --out or name")
-
-    def substitute(text: str) -> str:
-        for token, value in zip(TEMPLATE_TOKENS, values, strict=True):
-            text = text.replace(token, value)
-        return text
-
-    for path in sorted(source.rglob("*")):
-        relative = path.relative_to(source)
-        # caches and build leftovers of a template that was itself installed or linted
-        skipped = any(part.startswith(".") or part in SKIPPED_PARTS for part in relative.parts)
-        if path.is_dir() or skipped or path.suffix == ".pyc" or ".egg-info" in str(relative):
-            continue
-        destination = target / substitute(str(relative))
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        destination.write_text(substitute(path.read_text(encoding="utf-8")), encoding="utf-8")
-    return target
 
 
 @plugin_app.command("new")
@@ -172,9 +235,12 @@ def plugin_new(
 
 
 def build_app() -> typer.Typer:
-    """The app with every plugin's commands added (a broken plugin is reported, never fatal)."""
+    """The app with `nft sample` and every plugin's commands added (a broken plugin is reported)."""
     from nft_core.plugins import load_plugins
+    from nft_core.sample import add_sample_command
 
+    if not any(info.name == "sample" for info in app.registered_commands):
+        add_sample_command(app)
     load_plugins().hook.register_commands(app=app)
     return app
 

@@ -8,8 +8,10 @@ from typing import Any, Literal
 import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from nft_core import registry
 from nft_core.errors import ConfigError
 from nft_core.normalization import NORMALIZERS
+from nft_core.options import explain, toml_path
 from nft_core.schedules import parse_decay_schedule
 
 
@@ -35,24 +37,40 @@ class PolicyConfig(_PluginTable):
     name: str = "shapes-tiny"
 
 
-class SamplerConfig(_PluginTable):
-    """`[sampler]` (training) or `[eval.sampler]`: `name` plus the solver's options (`steps`, `shift`)."""
+class SolverConfig(_PluginTable):
+    """`[solver]` (collection) or `[eval.solver]`: `name` plus the solver's options (`steps`, `shift`)."""
 
     name: str = "dpm2"
 
 
 class ObjectiveConfig(_PluginTable):
-    """`[objective]`: trainer-level knobs here; `beta`, `kl_weight`, ... validated by the objective."""
+    """`[objective]`: the advantage step and the loop's knobs here; every other key (`beta`, `kl_weight`,
+    `adv_clip`, ...) is the objective's own option, validated by it."""
 
     name: str = "nft"
-    adv_clip: float = Field(5.0, gt=0, description="A_max: advantages are clipped to [-A_max, A_max]")
     adv_mode: Literal["all", "positive", "negative", "binary", "one"] = "all"
     global_std: bool = Field(True, description="advantage std over the whole batch (reference) or per prompt")
     old_decay: str = Field("linear-0.001-0.5", description="old-policy refresh decay schedule")
+    times: Literal["collection"] | list[float] = Field(
+        "collection",
+        description='the times the update trains at: "collection" (the [solver] grid without its final 0,'
+        " as the reference) or a list of times in (0, 1]",
+    )
     timestep_fraction: float = Field(
-        0.99, gt=0, le=1, description="fraction of grid times trained per sample"
+        0.99, gt=0, le=1, description="fraction of those times trained per sample (each in a random order)"
     )
     ema_decay: float = Field(0.9, ge=0, lt=1, description="EMA of the trained weights for eval/checkpoints")
+
+    @field_validator("times")
+    @classmethod
+    def _times_in_range(cls, value: str | list[float]) -> str | list[float]:
+        if isinstance(value, list):
+            if not value:
+                raise ValueError('give at least one time, or "collection"')
+            bad = [t for t in value if not 0 < t <= 1]
+            if bad:
+                raise ValueError(f"times must lie in (0, 1], got {bad[0]}")
+        return value
 
     @field_validator("old_decay")
     @classmethod
@@ -116,7 +134,7 @@ class EvalConfig(_Strict):
     baseline_guidance: list[float] = Field(
         default_factory=lambda: [3.0], description="CFG scales at which the base model is also evaluated"
     )
-    sampler: SamplerConfig = Field(default_factory=lambda: SamplerConfig(name="euler", steps=40))
+    solver: SolverConfig = Field(default_factory=lambda: SolverConfig(name="euler", steps=40))
 
 
 class RewardConfig(_Strict):
@@ -158,7 +176,7 @@ class RunConfig(_Strict):
 
     name: str = "run"
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
-    sampler: SamplerConfig = Field(default_factory=SamplerConfig)
+    solver: SolverConfig = Field(default_factory=SolverConfig)
     objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
@@ -177,54 +195,6 @@ class RunConfig(_Strict):
                 )
             seen.add(reward.label)
         return self
-
-
-def _allowed_keys(model: type[BaseModel], location: tuple[Any, ...]) -> list[str] | None:
-    """Field names of the (sub)model at a pydantic error location, to list what is allowed."""
-    current: Any = model
-    for part in location[:-1]:
-        if isinstance(part, int):
-            continue
-        field = getattr(current, "model_fields", {}).get(part)
-        if field is None:
-            return None
-        annotation = field.annotation
-        args = getattr(annotation, "__args__", ())
-        current = next(
-            (a for a in (annotation, *args) if isinstance(a, type) and issubclass(a, BaseModel)), None
-        )
-        if current is None:
-            return None
-    return sorted(getattr(current, "model_fields", {}))
-
-
-def toml_path(location: tuple[Any, ...]) -> str:
-    """`('reward', 0, 'weight')` -> `reward[0].weight`."""
-    text = ""
-    for part in location:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
-    return text
-
-
-def explain(error: ValidationError, model: type[BaseModel], prefix: str = "") -> str:
-    """One line for the first validation error: the TOML path, what is wrong, what is allowed."""
-    first = error.errors()[0]
-    location = tuple(first["loc"])
-    path = toml_path(location)
-    if prefix:
-        path = f"{prefix}.{path}" if path else prefix
-    kind = first["type"]
-    if kind == "extra_forbidden":
-        allowed = _allowed_keys(model, location)
-        return f"{path}: unknown key" + (f"; allowed: {', '.join(allowed)}" if allowed else "")
-    if kind == "missing":
-        return f"{path}: required key is missing"
-    message = first["msg"].removeprefix("Value error, ")
-    value = first.get("input")
-    shown = (
-        f" (got {value!r})" if isinstance(value, (str, int, float, bool)) and len(repr(value)) < 60 else ""
-    )
-    return f"{path}: {message}{shown}" if path else f"{message}{shown}"
 
 
 def parse_override(text: str) -> tuple[list[str | int], Any]:
@@ -277,19 +247,33 @@ def load_raw(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: invalid TOML: {error}") from None
 
 
-def validate(data: dict[str, Any], source: str = "config") -> RunConfig:
-    """Validate the raw dict, then each plugin's own table through the registry."""
-    from nft_core import registry
+RENAMED = {("sampler",): "solver", ("eval", "sampler"): "eval.solver"}
+"""Tables renamed since an earlier release: an old config gets one line saying the new name."""
 
+
+def _check_renamed(data: dict[str, Any]) -> None:
+    for old, new in RENAMED.items():
+        node: Any = data
+        for part in old:
+            node = node.get(part) if isinstance(node, dict) else None
+        if node is not None:
+            raise ConfigError(f"{'.'.join(old)}: renamed to {new} (write [{new}])")
+
+
+def validate(data: dict[str, Any], source: str = "config") -> RunConfig:
+    """Validate the raw dict, then each plugin's own table with the options model it registered."""
     try:
+        _check_renamed(data)
         config = RunConfig.model_validate(data)
+    except ConfigError as error:
+        raise ConfigError(f"{source}: {error}") from None
     except ValidationError as error:
         raise ConfigError(f"{source}: {explain(error, RunConfig)}") from None
     checks = [
         ("policies", config.policy.name, config.policy.options(), "policy", "policy"),
-        ("solvers", config.sampler.name, config.sampler.options(), "sampler", "sampler"),
-        ("solvers", config.eval.sampler.name, config.eval.sampler.options(), "eval.sampler", "eval.sampler"),
-        ("objectives", config.objective.name, None, "objective", "objective"),
+        ("solvers", config.solver.name, config.solver.options(), "solver", "solver"),
+        ("solvers", config.eval.solver.name, config.eval.solver.options(), "eval.solver", "eval.solver"),
+        ("objectives", config.objective.name, config.objective.options(), "objective", "objective"),
     ]
     for index, reward in enumerate(config.reward):
         checks.append(
@@ -298,22 +282,10 @@ def validate(data: dict[str, Any], source: str = "config") -> RunConfig:
     try:
         for kind, name, options, table, options_path in checks:
             registry.get(kind, name, f"{table}.name")
-            options = objective_options(config) if options is None else options
-            registry.validate_options(kind, name, options, options_path)
+            registry.check_options(kind, name, options, options_path)
     except ConfigError as error:
         raise ConfigError(f"{source}: {error}") from None
     return config
-
-
-def objective_options(config: RunConfig) -> dict[str, Any]:
-    """The objective's own options; `adv_clip` is shared with the advantages when the objective takes it."""
-    from nft_core import registry
-
-    options = config.objective.options()
-    registration = registry.get("objectives", config.objective.name, "objective.name")
-    if registration.options is not None and "adv_clip" in registration.options.model_fields:
-        options.setdefault("adv_clip", config.objective.adv_clip)
-    return options
 
 
 def resolved_config(config: RunConfig) -> dict[str, Any]:

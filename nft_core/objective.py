@@ -13,7 +13,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from nft_core.protocols import Policy
-from nft_core.types import Cond
+from nft_core.types import Cond, index_cond
 
 __all__ = [
     "NFTObjective",
@@ -170,7 +170,11 @@ class NFTOptions(BaseModel):
 
     beta: float = Field(1.0, gt=0, description="NFT strength; reference 1.0, 0.1 for OCR / multi-reward")
     kl_weight: float = Field(0.0, ge=0, description="weight of mean (v - v_ref)^2; reference 1e-4")
-    adv_clip: float = Field(5.0, gt=0, description="advantage clip A_max; also scales the loss")
+    adv_clip: float = Field(
+        5.0,
+        gt=0,
+        description="advantage clip A_max: A in [-A_max, A_max], r = A / A_max / 2 + 0.5; scales the loss",
+    )
     weight_floor: float = Field(1e-5, gt=0, description="lower clamp of the adaptive x0-space weights")
 
 
@@ -178,7 +182,6 @@ class NFTObjective:
     """DiffusionNFT: negative-aware fine-tuning on the forward process (the product)."""
 
     name = "nft"
-    options_model = NFTOptions
 
     def __init__(
         self, beta: float = 1.0, kl_weight: float = 0.0, adv_clip: float = 5.0, weight_floor: float = 1e-5
@@ -240,21 +243,24 @@ class RFTOptions(BaseModel):
 
     threshold: float = Field(0.5, ge=0, lt=1, description="train only on samples with optimality > threshold")
     kl_weight: float = Field(0.0, ge=0, description="weight of mean (v - v_ref)^2")
+    adv_clip: float = Field(5.0, gt=0, description="advantage clip A_max; r = A / A_max / 2 + 0.5")
 
 
 class RFTObjective:
     """Rejection fine-tuning: flow matching on the better-than-average samples only (collapses; baseline)."""
 
     name = "rft"
-    options_model = RFTOptions
 
-    def __init__(self, threshold: float = 0.5, kl_weight: float = 0.0) -> None:
-        self.options = RFTOptions(threshold=threshold, kl_weight=kl_weight)
+    def __init__(self, threshold: float = 0.5, kl_weight: float = 0.0, adv_clip: float = 5.0) -> None:
+        self.options = RFTOptions(threshold=threshold, kl_weight=kl_weight, adv_clip=adv_clip)
         self.threshold = self.options.threshold
         self.kl_weight = self.options.kl_weight
+        self.adv_clip = self.options.adv_clip
 
     def __repr__(self) -> str:
-        return f"RFTObjective(threshold={self.threshold}, kl_weight={self.kl_weight})"
+        return (
+            f"RFTObjective(threshold={self.threshold}, kl_weight={self.kl_weight}, adv_clip={self.adv_clip})"
+        )
 
     def loss(
         self,
@@ -275,7 +281,7 @@ class RFTObjective:
             return zero, {"loss": 0.0, "loss_fm": 0.0, "loss_kl": 0.0, "kept_fraction": 0.0}
         index = keep.nonzero(as_tuple=True)[0]
         x0_k, t_k, eps_k = x0[index], t[index], eps[index]
-        cond_k = {key: value[index] for key, value in cond.items()} if isinstance(cond, dict) else cond
+        cond_k = index_cond(cond, index) if isinstance(cond, dict) else cond
         x_t = forward_noising(x0_k, t_k, eps_k)
         v = policy.velocity("current", x_t, t_k, cond_k)
         v_ref = None

@@ -19,9 +19,12 @@ DEFAULT_PLUGINS = (
     "nft_solvers.plugin",
     "nft_rewards.plugin",
     "nft_core.builtin_plugin",
-    "nft_core.shapes.plugin",
-    "nft_core.policies.plugin",
+    "nft_shapes.plugin",
+    "nft_policies.plugin",
 )
+"""The built-in plugins, by module name: the only place the core names the packages it ships with; they
+are imported by the manager and registered exactly as an installed plugin is."""
+BUILTIN_PACKAGES = ("nft_core", "nft_solvers", "nft_rewards", "nft_shapes", "nft_policies")
 
 pm = pluggy.PluginManager("nft")
 pm.add_hookspecs(hookspecs)
@@ -145,7 +148,7 @@ def plugin_distribution(plugin_name: str) -> tuple[str | None, str | None]:
     """The distribution name and version a registered plugin came from."""
     if plugin_name in _distributions:
         return _distributions[plugin_name]
-    if plugin_name.split(".")[0] in ("nft_core", "nft_solvers", "nft_rewards"):
+    if plugin_name.split(".")[0] in BUILTIN_PACKAGES:
         try:
             return "diffusion-nft", importlib.metadata.version("diffusion-nft")
         except importlib.metadata.PackageNotFoundError:

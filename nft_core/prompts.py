@@ -1,10 +1,12 @@
-"""Prompt sources: `name:arg` from a registered source, or a plain `.txt` / GenEval `.jsonl` file."""
+"""Prompts: their sources (a registered `name:arg`, or a `.txt` / `.jsonl` file) and each epoch's draw."""
 
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
+from nft_core import registry
 from nft_core.errors import ConfigError, UserError
 from nft_core.types import PromptItem
 
@@ -33,8 +35,6 @@ def read_prompt_file(path: str | Path) -> list[PromptItem]:
 
 def load_prompts(spec: str, field: str = "data.prompts") -> list[PromptItem]:
     """Resolve a prompt spec: a registered source (`shapes:train`) or a file path."""
-    from nft_core import registry
-
     name, _, arg = spec.partition(":")
     sources = registry.registrations("prompt_sources")
     if arg and name in sources and not Path(spec).exists():
@@ -66,3 +66,49 @@ def weighted_tag_cycle(tags: list[str], weights: dict[str, int]) -> list[str]:
         credit[chosen] -= total
         cycle.append(chosen)
     return cycle
+
+
+class PromptDrawer:
+    """Draws each epoch's prompts from a training set, reproducibly from `seed`.
+
+    When every tag of `tag_weights` is known and the items carry a metadata `tag` (and `balance_tags`),
+    tags take turns in `weighted_tag_cycle` order, continuing across epochs, and each turn draws a
+    prompt of that tag uniformly; otherwise prompts are drawn uniformly from all items.
+    """
+
+    def __init__(
+        self,
+        items: list[PromptItem],
+        per_epoch: int,
+        seed: int,
+        balance_tags: bool = True,
+        tag_weights: dict[str, int] | None = None,
+        source: str = "data.prompts",
+    ) -> None:
+        self.items = items
+        self.per_epoch = per_epoch
+        self.balance_tags = balance_tags
+        self.rng = random.Random(seed)
+        self.by_tag: dict[str, list[PromptItem]] = {}
+        for item in items:
+            if item.metadata.get("tag"):
+                self.by_tag.setdefault(item.metadata["tag"], []).append(item)
+        weights = tag_weights or {}
+        tags = sorted(self.by_tag)
+        unknown = sorted(set(weights) - set(tags))
+        if unknown:
+            raise ConfigError(
+                f"data.tag_weights: unknown tag {unknown[0]!r}; tags of {source}: {', '.join(tags) or 'none'}"
+            )
+        if weights and not balance_tags:
+            raise ConfigError("data.tag_weights: needs data.balance_tags = true")
+        self.tag_cycle = weighted_tag_cycle(tags, weights)
+        """The order in which tags take turns (empty: the prompts carry no tags)."""
+
+    def draw(self, epoch: int) -> list[PromptItem]:
+        """The `per_epoch` prompts of `epoch` (epochs must be drawn in order: one random stream)."""
+        count, cycle = self.per_epoch, self.tag_cycle
+        if self.balance_tags and cycle:
+            order = [cycle[(epoch * count + k) % len(cycle)] for k in range(count)]
+            return [self.rng.choice(self.by_tag[tag]) for tag in order]
+        return [self.rng.choice(self.items) for _ in range(count)]

@@ -1,4 +1,8 @@
-"""The small interfaces every policy, sampler, reward and objective implements."""
+"""The small interfaces every reward, solver, policy and objective implements (docs/plugins.md).
+
+`nft_core.testing` holds each to its contract (`check_reward`, `check_solver`, `check_policy`);
+`nft_rewards.base.BaseReward` and `nft_solvers.base.GridSolver` implement the bookkeeping once.
+"""
 
 from __future__ import annotations
 
@@ -7,21 +11,24 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-from nft_core.types import Cond, RewardOutput
+from nft_core.types import Aggregate, Cond, RewardOutput
 
 VelocityFn = Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]
 """`velocity(x_t, t, cond) -> v` with `x_t = (1 - t) x0 + t eps` and `v = eps - x0`; `t` has shape `[N]`."""
 
-POLICY_VIEWS = ("current", "old", "reference")
+VIEWS = ("current", "old", "reference")
+"""A policy's three views: `current` (theta, trained), `old` (samples the data), `reference` (the base)."""
 
 
 @runtime_checkable
 class Reward(Protocol):
-    """Scores images against their prompts. Declares its native range and direction."""
+    """Scores images against their prompts. Declares its native range, direction and aggregation."""
 
     name: str
     native_range: tuple[float, float]
     higher_is_better: bool
+    deterministic: bool
+    """Whether the same inputs always give the same scores (a sampling VLM judge: False)."""
 
     def __call__(
         self,
@@ -30,17 +37,28 @@ class Reward(Protocol):
         metadata: Sequence[dict[str, Any]] | None = None,
     ) -> RewardOutput: ...
 
+    def aggregate(
+        self,
+        output: RewardOutput,
+        prompts: Sequence[str],
+        metadata: Sequence[dict[str, Any]] | None = None,
+    ) -> Aggregate:
+        """The summary of an evaluation set's outputs (`Aggregate.mean(output)` unless it has its own)."""
+        ...
+
     def to(self, device: torch.device | str) -> Reward: ...
 
 
 @runtime_checkable
-class Sampler(Protocol):
-    """A black-box solver: integrates the probability-flow (or an SDE) from t=1 to t=0."""
+class Solver(Protocol):
+    """A black-box solver: integrates the probability-flow ODE (or an SDE) from t=1 to t=0."""
 
     name: str
+    stochastic: bool
+    """Whether the result depends on the generator (an SDE); deterministic solvers map noise to data."""
 
     def default_grid(self) -> torch.Tensor:
-        """The decreasing time grid from 1 to 0 this sampler uses when none is given."""
+        """The decreasing time grid from 1 to 0 this solver uses when none is given."""
         ...
 
     def sample(
@@ -55,34 +73,48 @@ class Sampler(Protocol):
 
 @runtime_checkable
 class Policy(Protocol):
-    """Owns the trainable network and its three views: `current` (theta), `old`, `reference`."""
+    """Owns the trainable network and its three views (`VIEWS`): `current` (theta), `old`, `reference`."""
 
     name: str
     latent_shape: tuple[int, ...]
 
-    def encode_prompts(self, prompts: Sequence[str]) -> Cond: ...
+    def encode_prompts(self, prompts: Sequence[str]) -> Cond:
+        """Batch-first conditioning tensors on the policy's device, one row per prompt."""
+        ...
 
     def null_cond(self, batch_size: int) -> Cond:
         """The unconditional (empty prompt) conditioning, for classifier-free guidance."""
         ...
 
-    def velocity(self, view: str, x_t: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor: ...
+    def velocity(self, view: str, x_t: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:
+        """The velocity `eps - x0` of one view at `(x_t, t)`; `t` has shape `[N]`."""
+        ...
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Latents to images `[N,3,H,W]` in `[0,1]`."""
         ...
 
-    def trainable_parameters(self) -> Iterable[tuple[str, torch.nn.Parameter]]: ...
+    def trainable_parameters(self) -> Iterable[tuple[str, torch.nn.Parameter]]:
+        """The named parameters of the `current` view that the optimizer updates."""
+        ...
 
     def refresh_old(self, decay: float) -> None:
         """`theta_old <- decay * theta_old + (1 - decay) * theta`."""
         ...
 
+    def train(self, mode: bool = True) -> Policy:
+        """Training mode of the `current` network (`old` and `reference` stay in eval mode)."""
+        ...
+
     def to(self, device: torch.device | str) -> Policy: ...
 
-    def save_trainable(self, directory: str) -> None: ...
+    def save_trainable(self, directory: str) -> None:
+        """Write the `current` view's trainable state into `directory`."""
+        ...
 
-    def load_trainable(self, directory: str) -> None: ...
+    def load_trainable(self, directory: str) -> None:
+        """Load `save_trainable`'s output into `current` and `old`; `reference` stays the base model."""
+        ...
 
 
 @runtime_checkable
@@ -90,6 +122,8 @@ class Objective(Protocol):
     """A training loss over collected samples: `nft` is the product, others are baselines."""
 
     name: str
+    adv_clip: float
+    """The advantage bound A_max: advantages are clipped to it and mapped to `r` with it."""
 
     def loss(
         self,
@@ -99,4 +133,6 @@ class Objective(Protocol):
         t: torch.Tensor,
         optimality: torch.Tensor,
         generator: torch.Generator | None = None,
-    ) -> tuple[torch.Tensor, dict[str, float]]: ...
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """The loss of a micro-batch of clean samples at times `t` `[N]` with optimality `r` `[N]`."""
+        ...

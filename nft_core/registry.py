@@ -8,8 +8,8 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from nft_core.config import explain
 from nft_core.errors import ConfigError, UserError
+from nft_core.options import explain, validate_options
 from nft_core.plugins import load_plugins, plugin_distribution
 
 KINDS = {
@@ -87,20 +87,22 @@ def get(kind: str, name: str, path: str) -> Registration:
     return available[name]
 
 
-def validate_options(kind: str, name: str, options: dict[str, Any], path: str) -> dict[str, Any]:
-    """Validate a plugin's option table with the model it registered; errors name the TOML path."""
+def check_options(kind: str, name: str, options: dict[str, Any], path: str) -> None:
+    """Validate a plugin's option table with the model it registered (no object is built; `nft validate`)."""
     registration = get(kind, name, path)
-    if registration.options is None:
-        return dict(options)
-    try:
-        model = registration.options.model_validate(options)
-    except ValidationError as error:
-        raise ConfigError(explain(error, registration.options, path)) from None
-    return model.model_dump()
+    if registration.options is not None:
+        validate_options(registration.options, options, path)
 
 
 def create(kind: str, name: str, options: dict[str, Any] | None = None, path: str = "") -> Any:
-    """Build a registered object from validated options."""
-    registration = get(kind, name, path or kind)
-    validated = validate_options(kind, name, options or {}, path or f"{kind}.{name}")
-    return registration.factory(**validated)
+    """Build a registered object; the plugin's factory validates its options, once.
+
+    A pydantic `ValidationError` from the factory becomes one ConfigError line at `path` (the TOML
+    table of the options, e.g. `reward[0].options`).
+    """
+    path = path or kind
+    registration = get(kind, name, path)
+    try:
+        return registration.factory(**(options or {}))
+    except ValidationError as error:
+        raise ConfigError(explain(error, registration.options, path)) from None

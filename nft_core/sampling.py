@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from nft_core.protocols import Policy, Sampler, VelocityFn
-from nft_core.types import Cond, cat_conds
+from nft_core.protocols import Policy, Solver, VelocityFn
+from nft_core.types import Cond, cat_conds, index_cond
 
 
 def policy_velocity(policy: Policy, view: str, guidance: float = 1.0, null: Cond | None = None) -> VelocityFn:
@@ -34,7 +34,7 @@ def noise_for(indices: list[int] | range, shape: tuple[int, ...], seed: int) -> 
 @torch.no_grad()
 def sample_latents(
     policy: Policy,
-    sampler: Sampler,
+    solver: Solver,
     cond: Cond,
     noise: torch.Tensor,
     view: str = "current",
@@ -46,7 +46,6 @@ def sample_latents(
     velocity = policy_velocity(policy, view, guidance)
     outputs = []
     for start in range(0, noise.shape[0], batch_size):
-        stop = start + batch_size
-        part = {k: v[start:stop] for k, v in cond.items()}
-        outputs.append(sampler.sample(velocity, noise[start:stop], cond=part, generator=generator))
+        part = slice(start, start + batch_size)
+        outputs.append(solver.sample(velocity, noise[part], cond=index_cond(cond, part), generator=generator))
     return torch.cat(outputs)

@@ -3,16 +3,27 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
 Cond = dict[str, torch.Tensor]
 """Policy-specific prompt conditioning: a dict of batch-first tensors (index it with `index_cond`)."""
 
+Precision = Literal["fp32", "bf16", "fp16"]
+"""The one precision vocabulary of every policy and of `train.precision`."""
+
+PRECISION_DTYPES: dict[str, torch.dtype] = {
+    "fp32": torch.float32,
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+}
+
 
 def index_cond(cond: Cond, index: torch.Tensor | slice | list[int]) -> Cond:
-    """Select rows of every tensor in a conditioning dict."""
+    """Select rows of every tensor in a conditioning dict (a tensor index goes to each tensor's device)."""
+    if isinstance(index, torch.Tensor):
+        return {key: value[index.to(value.device)] for key, value in cond.items()}
     return {key: value[index] for key, value in cond.items()}
 
 
@@ -46,7 +57,32 @@ class Samples:
 
 @dataclass
 class RewardOutput:
-    """Per-sample scores `[N]` plus named per-sample details (each a tensor `[N]`)."""
+    """Per-sample scores `[N]`, named per-sample details (each a tensor `[N]`) and optional notes.
+
+    `notes`, when given, is one string per sample that explains its score to a person (GenEval: the
+    first check it failed); `nft eval` writes it beside the scores.
+    """
 
     scores: torch.Tensor
     details: dict[str, torch.Tensor] = field(default_factory=dict)
+    notes: list[str] | None = None
+
+
+@dataclass
+class Aggregate:
+    """How a reward summarises its per-image results over an evaluation set.
+
+    `score` is the headline number; `per_tag` an optional breakdown by the metadata `tag` (logged as
+    `eval/<reward>/tag/<tag>`); `tables` JSON-ready results written into `summary.json` beside the
+    score; `report` the lines `nft eval` prints (empty: the score alone).
+    """
+
+    score: float
+    per_tag: dict[str, float] = field(default_factory=dict)
+    tables: dict[str, Any] = field(default_factory=dict)
+    report: str = ""
+
+    @classmethod
+    def mean(cls, output: RewardOutput) -> Aggregate:
+        """The plain mean of the scores: the aggregation of any reward that declares no other."""
+        return cls(score=float(output.scores.float().mean()))

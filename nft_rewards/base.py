@@ -1,6 +1,7 @@
 """What every reward shares: input checks, the uint8 quantization rule, batching, the reward base class.
 
-Only torch, numpy, pydantic and `nft_core.types` / `nft_core.errors` are imported here; model libraries
+Only torch, numpy, pydantic and the core's contract modules (`nft_core.types`, `.errors`, `.options`)
+are imported here; model libraries
 (transformers, open_clip, rapidocr, ...) are imported inside the reward constructors that need them.
 """
 
@@ -11,10 +12,11 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from nft_core.errors import ConfigError, UserError
-from nft_core.types import RewardOutput
+from nft_core.errors import UserError
+from nft_core.options import validate_options
+from nft_core.types import Aggregate, RewardOutput
 
 __all__ = [
     "DTYPES",
@@ -24,7 +26,6 @@ __all__ = [
     "RewardOptions",
     "batch_slices",
     "check_inputs",
-    "parse_options",
     "quantize_uint8",
     "to_numpy_hwc",
 ]
@@ -54,24 +55,6 @@ class ModelOptions(RewardOptions):
         "default: the NFT_WEIGHTS_DIR environment variable, then the Hugging Face cache",
     )
     dtype: Dtype = Field("float32", description="dtype of the model weights (the references run float32)")
-
-
-def parse_options(options_model: type[BaseModel], name: str, options: dict[str, Any]) -> BaseModel:
-    """Validate `options` with `options_model`; the first problem becomes a one-line ConfigError."""
-    try:
-        return options_model.model_validate(options)
-    except ValidationError as error:
-        first = error.errors()[0]
-        where = ".".join(str(part) for part in first["loc"]) or "options"
-        message = "unknown option" if first["type"] == "extra_forbidden" else first["msg"]
-        value = first.get("input")
-        shown = (
-            f" (got {value!r})"
-            if first["type"] != "extra_forbidden" and isinstance(value, (str, int, float))
-            else ""
-        )
-        allowed = ", ".join(options_model.model_fields)
-        raise ConfigError(f"reward {name!r}: {where}: {message}{shown}; options: {allowed}") from None
 
 
 def check_inputs(
@@ -155,18 +138,23 @@ class BaseReward(torch.nn.Module):
 
     Subclasses set `name`, `native_range`, `higher_is_better`, `Options` and implement
     `score_batch(images, prompts, metadata) -> (scores [n], details {key: [n]})` for one batch of at most
-    `batch_size` images already validated and on the reward's device. The base class checks inputs, splits
-    the call into batches, runs without gradients and concatenates. Models are loaded once in `__init__`;
-    `.to(device)` moves them (it is `torch.nn.Module.to`).
+    `batch_size` images already validated and on the reward's device (or return a `RewardOutput`, which
+    may carry per-sample `notes`). The base class checks inputs, splits the call into batches, runs
+    without gradients and concatenates. Models are loaded once in `__init__`; `.to(device)` moves them
+    (it is `torch.nn.Module.to`). `deterministic` (default True) and `aggregate` (default: the mean
+    score) are the other declarations the trainer and `nft eval` read.
     """
 
     name: ClassVar[str] = "reward"
     higher_is_better: ClassVar[bool] = True
+    deterministic: ClassVar[bool] = True
     needs_metadata: ClassVar[bool] = False
     Options: ClassVar[type[BaseModel]] = RewardOptions
 
-    def __init__(self, options: BaseModel) -> None:
+    def __init__(self, options: BaseModel, name: str | None = None) -> None:
         super().__init__()
+        if name is not None:  # a preset registered under its own name (e.g. `shapes-geneval`)
+            self.name = name  # type: ignore[misc]
         self.options = options
         self.batch_size = options.batch_size
         self.native_range: tuple[float, float] = (-float("inf"), float("inf"))
@@ -175,7 +163,7 @@ class BaseReward(torch.nn.Module):
     @classmethod
     def from_options(cls, **options: Any) -> BaseReward:
         """Build from keyword options validated by `Options` (bad ones raise a one-line ConfigError)."""
-        return cls(parse_options(cls.Options, cls.name, options))
+        return cls(validate_options(cls.Options, options, owner=f"reward {cls.name!r}"))
 
     @property
     def device(self) -> torch.device:
@@ -186,8 +174,18 @@ class BaseReward(torch.nn.Module):
 
     def score_batch(
         self, images: torch.Tensor, prompts: list[str], metadata: list[dict[str, Any]] | None
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]] | RewardOutput:
+        """Scores `[n]` and details of one validated batch on the reward's device."""
         raise NotImplementedError
+
+    def aggregate(
+        self,
+        output: RewardOutput,
+        prompts: Sequence[str],
+        metadata: Sequence[dict[str, Any]] | None = None,
+    ) -> Aggregate:
+        """The summary of an evaluation set: the mean score, unless a reward declares its own."""
+        return Aggregate.mean(output)
 
     @torch.no_grad()
     def forward(
@@ -201,19 +199,27 @@ class BaseReward(torch.nn.Module):
         )
         scores: list[torch.Tensor] = []
         details: dict[str, list[torch.Tensor]] = {}
+        notes: list[str] = []
         for part in batch_slices(len(prompts), self.batch_size):
-            batch_scores, batch_details = self.score_batch(
+            batch = self.score_batch(
                 images[part].to(self.device, non_blocking=True),
                 prompts[part],
                 None if metadata is None else metadata[part],
             )
+            if isinstance(batch, RewardOutput):
+                batch_scores, batch_details = batch.scores, batch.details
+                notes += batch.notes or []
+            else:
+                batch_scores, batch_details = batch
             scores.append(batch_scores.detach().float().cpu())
             for key, value in batch_details.items():
                 details.setdefault(key, []).append(torch.as_tensor(value).detach().float().cpu())
         if not scores:
             return RewardOutput(scores=torch.zeros(0), details={})
         return RewardOutput(
-            scores=torch.cat(scores), details={key: torch.cat(values) for key, values in details.items()}
+            scores=torch.cat(scores),
+            details={key: torch.cat(values) for key, values in details.items()},
+            notes=notes if len(notes) == len(prompts) else None,
         )
 
 

@@ -18,6 +18,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from nft_core.errors import ConfigError, UserError
+from nft_core.options import explain
 from nft_solvers.base import GridSolver, SolverOptions, VelocityCall
 from nft_solvers.diffusers_adapter import DiffusersSolver
 from nft_solvers.dpm2 import DPM2Solver
@@ -42,31 +43,23 @@ def available() -> list[str]:
 
 
 def options_model(name: str) -> type[BaseModel]:
-    """The pydantic model that validates a built-in solver's options (its `[sampler]` TOML table)."""
+    """The pydantic model that validates a built-in solver's options (its `[solver]` TOML table)."""
     return _solver_class(name).Options
 
 
 def load(name: str, **options: Any):
-    """Build a built-in solver from its options; bad names and options raise a `UserError`."""
+    """Build a built-in solver from its options; bad names and options raise a one-line `UserError`."""
     cls = _solver_class(name)
     try:
-        validated = cls.Options.model_validate(options)
+        return cls(**options)
     except ValidationError as error:
-        raise ConfigError(_first_error(error, f"sampler {name!r}")) from None
-    return cls(**validated.model_dump())
+        raise ConfigError(f"solver {name!r}: {explain(error, cls.Options)}") from None
 
 
 def _solver_class(name: str) -> type:
     if name not in BUILTIN_SOLVERS:
         raise UserError(f"unknown solver {name!r}; available: {', '.join(BUILTIN_SOLVERS)}")
     return BUILTIN_SOLVERS[name]
-
-
-def _first_error(error: ValidationError, prefix: str) -> str:
-    first = error.errors()[0]
-    location = ".".join(str(part) for part in first["loc"])
-    message = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
-    return f"{prefix}: {location}: {message}"
 
 
 __all__ = [

@@ -53,11 +53,15 @@ class GridSolver:
     """Base of the built-in solvers: validated options, `default_grid`, and `sample` over a grid.
 
     Subclasses set `name` and `Options` and implement `integrate(velocity, x, times, generator)`,
-    where `times` is the validated grid as Python floats and `x` the noise in the compute dtype.
+    where `times` is the validated grid as Python floats and `x` the noise in the compute dtype. They
+    declare `stochastic` (the result depends on the generator: an SDE) and `order` (the global
+    convergence order of the deterministic solve, errors shrinking like steps^-order; None: unknown).
     """
 
     name: ClassVar[str] = ""
     Options: ClassVar[type[SolverOptions]] = SolverOptions
+    stochastic: bool = False
+    order: float | None = None
 
     def __init__(self, **options: Any):
         self.options = self.Options(**options)

@@ -126,18 +126,24 @@ class DiffusersSolver(GridSolver):
             if self.takes_grid:
                 if float(user_config.get(shift_key, 1.0)) != 1.0:
                     raise UserError(
-                        f"sampler.config.{shift_key}: {self.options.scheduler} is fed our grid; "
-                        "set the sampler's `shift` option instead"
+                        f"solver.config.{shift_key}: {self.options.scheduler} is fed our grid; "
+                        "set the solver's `shift` option instead"
                     )
                 config[shift_key] = 1.0
             elif shift_key not in user_config:
                 config[shift_key] = self.options.shift
         elif self.options.shift != 1.0 and not self.takes_grid:
-            raise UserError(f"sampler.shift: {self.options.scheduler} has no shift and takes no custom grid")
+            raise UserError(f"solver.shift: {self.options.scheduler} has no shift and takes no custom grid")
         try:
             self.scheduler_config = dict(self.scheduler_class(**config).config)
         except (TypeError, ValueError) as error:
-            raise UserError(f"sampler.config: {self.options.scheduler}({config}) failed: {error}") from None
+            raise UserError(f"solver.config: {self.options.scheduler}({config}) failed: {error}") from None
+
+    @property
+    def stochastic(self) -> bool:  # type: ignore[override]
+        """Whether the scheduler draws noise: `stochastic_sampling`, or an SDE `algorithm_type`."""
+        config = self.scheduler_config
+        return bool(config.get("stochastic_sampling")) or "sde" in str(config.get("algorithm_type", ""))
 
     def new_scheduler(self):
         """A fresh scheduler (they are stateful: step index, multistep history)."""

@@ -58,6 +58,7 @@ class DPM2Solver(GridSolver):
     """Multistep DPM-Solver++(2M) for flow matching (2nd order, one velocity call per step)."""
 
     name = "dpm2"
+    order = 2
     Options = DPM2Options
 
     def integrate(self, velocity, x, times, generator):

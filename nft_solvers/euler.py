@@ -29,6 +29,7 @@ class EulerSolver(GridSolver):
     """Deterministic Euler ODE solver (1st order, one velocity call per step)."""
 
     name = "euler"
+    order = 1
     Options = EulerOptions
 
     def integrate(self, velocity, x, times, generator):

@@ -55,6 +55,12 @@ class FlowSDESolver(GridSolver):
 
     name = "flow-sde"
     Options = FlowSDEOptions
+    order = 1  # weak order 1 (strong 1/2); with noise_level 0 it is Euler
+
+    @property
+    def stochastic(self) -> bool:  # type: ignore[override]
+        """Stochastic unless `noise_level` is 0 (then it is deterministic Euler)."""
+        return self.options.noise_level > 0
 
     def integrate(self, velocity, x, times, generator):
         a = self.options.noise_level

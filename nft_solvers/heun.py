@@ -32,6 +32,7 @@ class HeunSolver(GridSolver):
     """Deterministic Heun (trapezoid) ODE solver, 2nd order, two velocity calls per step, Euler last step."""
 
     name = "heun"
+    order = 2
     Options = HeunOptions
 
     def integrate(self, velocity, x, times, generator):

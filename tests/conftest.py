@@ -19,8 +19,8 @@ SHARED_DATA = Path(os.environ.get("NFT_TEST_DATA", Path(__file__).resolve().pare
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
     """A randomly initialised shapes-tiny network with small channels, saved like the shipped one."""
-    from nft_core.shapes.model import TinyUNet, TinyUNetConfig
-    from nft_core.shapes.policy import MAX_TOKENS, TOKENS, save_network
+    from nft_shapes.model import TinyUNet, TinyUNetConfig
+    from nft_shapes.policy import MAX_TOKENS, TOKENS, save_network
 
     torch.manual_seed(0)
     model = TinyUNet(
@@ -38,7 +38,7 @@ name = "tiny"
 [policy]
 name = "shapes-tiny"
 checkpoint = "{checkpoint}"
-[sampler]
+[solver]
 name = "euler"
 steps = 3
 [data]
@@ -53,7 +53,7 @@ optimizer_steps_per_epoch = 2
 prompts = "shapes:eval-1"
 baseline_guidance = [2.0]
 every = 1
-[eval.sampler]
+[eval.solver]
 name = "euler"
 steps = 2
 [log]

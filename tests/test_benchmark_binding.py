@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from nft_core.shapes.grammar import all_prompts, metadata_for
-from nft_core.shapes.model import TinyUNet, TinyUNetConfig
-from nft_core.shapes.policy import MAX_TOKENS, TOKENS
+from nft_shapes.grammar import all_prompts, metadata_for
+from nft_shapes.model import TinyUNet, TinyUNetConfig
+from nft_shapes.policy import MAX_TOKENS, TOKENS
 
 _SPEC = importlib.util.spec_from_file_location(
     "shapes_binding", Path(__file__).resolve().parents[1] / "benchmarks" / "shapes_binding.py"

@@ -16,7 +16,7 @@ def write(tmp_path, text):
 
 def test_fast_config_loads(fast_config):
     config = load_config(fast_config)
-    assert config.sampler.options() == {"steps": 3}
+    assert config.solver.options() == {"steps": 3}
     assert config.reward[0].normalize == "group-zscore"
 
 
@@ -31,8 +31,8 @@ def test_fast_config_loads(fast_config):
             "reward[0].normalize: unknown normalization 'minmax'; allowed: none",
         ),
         ("reward[0].options.outcome='best'", "reward[0].options.outcome:"),
-        ("sampler.name='rk9'", "sampler.name: unknown solver 'rk9'; available: "),
-        ("sampler.stepz=3", "sampler.stepz: unknown key"),
+        ("solver.name='rk9'", "solver.name: unknown solver 'rk9'; available: "),
+        ("solver.stepz=3", "solver.stepz: unknown key"),
         ("objective.beta=-1", "objective.beta: Input should be greater than 0"),
         ("objective.old_decay='cosine'", "objective.old_decay:"),
         ("policy.checkpointt='x'", "policy.checkpointt: unknown key"),

@@ -375,7 +375,7 @@ def test_rft_objective_with_no_positive_sample_is_a_connected_zero():
 
 
 def test_rft_options():
-    assert RFTOptions().model_dump() == {"threshold": 0.5, "kl_weight": 0.0}
+    assert RFTOptions().model_dump() == {"threshold": 0.5, "kl_weight": 0.0, "adv_clip": 5.0}
     with pytest.raises(pydantic.ValidationError):
         RFTOptions(beta=1.0)
     assert RFTObjective.name == "rft"

@@ -15,9 +15,10 @@ import tomllib
 from typer.testing import CliRunner
 
 from nft_core import plugins, registry
-from nft_core.cli import TEMPLATE_DIR, TEMPLATE_TOKENS, build_app, scaffold_plugin
+from nft_core.cli import build_app
 from nft_core.errors import UserError
 from nft_core.hookspecs import hookimpl
+from nft_core.scaffold import TEMPLATE_DIR, TEMPLATE_TOKENS, scaffold_plugin
 
 runner = CliRunner()
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from nft_core.cli import scaffold_plugin
+from nft_core.scaffold import scaffold_plugin
 
 PLUGINS = Path(__file__).resolve().parents[1] / "plugins"
 EXAMPLES = ("nft-vlm-judge", "nft-solver-midpoint")
@@ -192,7 +192,7 @@ def test_nft_run_with_plugin_rewards_and_solver_despite_a_broken_plugin(
         "--set",
         "train.epochs=1",
         "--set",
-        'sampler.name="midpoint"',
+        'solver.name="midpoint"',
         "--out",
         str(tmp_path / "runs"),
         load=",".join(ALL),

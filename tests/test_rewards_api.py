@@ -42,7 +42,8 @@ def test_available_and_load():
     with pytest.raises(UserError, match="unknown reward 'pickscor'; available: pickscore"):
         nft_rewards.load("pickscor")
     with pytest.raises(
-        ConfigError, match=r"^reward 'jpeg-compressibility': qualty: unknown option; options: "
+        ConfigError,
+        match=r"^reward 'jpeg-compressibility': qualty: unknown key; allowed: batch_size, quality$",
     ) as error:
         nft_rewards.load("jpeg-compressibility", qualty=80)
     assert "\n" not in str(error.value)

@@ -189,13 +189,13 @@ def test_reward_wires_detections_to_the_scorer(tiny):
 
 
 def test_shapes_detector_backend_matches_the_shapes_reward():
-    from nft_core.shapes import grammar
-    from nft_core.shapes.render import render_batch
-    from nft_core.shapes.reward import ShapesGenEvalReward
+    from nft_shapes import grammar
+    from nft_shapes.render import render_batch
+    from nft_shapes.reward import shapes_geneval
 
     items = grammar.eval_items(2)
     images = render_batch([it.metadata for it in items], 0)
     prompts, metadata = [it.prompt for it in items], [it.metadata for it in items]
     ours = GenEvalReward(GenEvalOptions(detector="shapes"))(images, prompts, metadata)
-    theirs = ShapesGenEvalReward()(images, prompts, metadata)
+    theirs = shapes_geneval()(images, prompts, metadata)
     assert torch.equal(ours.scores, theirs.scores) and ours.details["correct"].mean() == 1.0

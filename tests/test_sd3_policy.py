@@ -29,7 +29,7 @@ model = "{model}"
 resolution = {resolution}
 max_sequence_length = {tokens}
 {policy_extra}
-[sampler]
+[solver]
 name = "euler"
 steps = 2
 shift = 3.0
@@ -51,7 +51,7 @@ sample_batch_size = 8
 [eval]
 prompts = "{prompts}"
 baseline_guidance = [2.0]
-[eval.sampler]
+[eval.solver]
 name = "euler"
 steps = 2
 [log]
@@ -69,9 +69,10 @@ def model_dir(tmp_path_factory) -> Path:
 
 
 def make_policy(model_dir: Path, **overrides):
-    from nft_core.policies.sd3.policy import SD3Policy
+    """The `sd3` policy built through the registry, as a run builds it."""
+    from nft_core import registry
 
-    return SD3Policy(**policy_options(model_dir, **overrides))
+    return registry.create("policies", "sd3", policy_options(model_dir, **overrides), "policy")
 
 
 def stock_pipeline(model_dir: Path):
@@ -276,8 +277,8 @@ def test_gradients_survive_view_switches_under_gradient_checkpointing(model_dir)
         torch.testing.assert_close(switched[name], plain[name], rtol=0, atol=0)
 
 
-def test_bf16_mixed_precision_keeps_lora_master_weights_in_fp32(model_dir):
-    policy = make_policy(model_dir, mixed_precision="bf16")
+def test_bf16_precision_keeps_lora_master_weights_in_fp32(model_dir):
+    policy = make_policy(model_dir, precision="bf16")
     assert policy.pipeline.text_encoder.dtype == torch.bfloat16
     assert policy.pipeline.vae.dtype == torch.float32
     assert all(p.dtype == torch.float32 for p in (*policy.lora.trained.values(), *policy.lora.old.values()))
@@ -384,7 +385,7 @@ def test_full_finetuning_run(model_dir, tmp_path):
 def sample_app():
     import typer
 
-    from nft_core.policies.sample import add_sample_command
+    from nft_core.sample import add_sample_command
 
     app = typer.Typer()
     app.command("noop")(lambda: None)
@@ -393,7 +394,7 @@ def sample_app():
 
 
 def test_sample_writes_flat_and_geneval_layouts(lora_run, tmp_path):
-    from nft_rewards.cli import geneval_folders, image_files
+    from nft_core.image_folders import image_files, metadata_layout
 
     trainer, summary, _, _ = lora_run
     prompts = tmp_path / "p.txt"
@@ -432,11 +433,10 @@ def test_sample_writes_flat_and_geneval_layouts(lora_run, tmp_path):
     args = ["sample", run_dir, "--prompts", str(metadata), "--out", str(layout), "-n", "3", "--steps", "1"]
     result = runner.invoke(sample_app(), args)
     assert result.exit_code == 0, result.output
-    folders = geneval_folders(layout)
-    assert [item for item, _ in folders] == rows
-    assert [[p.name for p in samples] for _, samples in folders] == [
-        ["00000.png", "00001.png", "00002.png"]
-    ] * 2
+    found = metadata_layout(layout)
+    assert found.metadata == [rows[0]] * 3 + [rows[1]] * 3
+    assert [p.name for p in found.files] == ["00000.png", "00001.png", "00002.png"] * 2
+    assert [p.parent.parent.name for p in found.files] == ["00000"] * 3 + ["00001"] * 3
 
     result = runner.invoke(sample_app(), args)
     assert result.exit_code == 2 and "not empty" in result.output
@@ -444,7 +444,7 @@ def test_sample_writes_flat_and_geneval_layouts(lora_run, tmp_path):
 
 # ---- errors and presets -----------------------------------------------------------------------------
 def test_missing_or_wrong_checkpoints_give_one_line_errors(model_dir, tmp_path, monkeypatch):
-    from nft_core.policies.sd3.loading import resolve_folder
+    from nft_policies.sd3.loading import resolve_folder
 
     with pytest.raises(UserError, match="does not exist"):
         make_policy(tmp_path / "nowhere")
@@ -462,8 +462,8 @@ def test_missing_or_wrong_checkpoints_give_one_line_errors(model_dir, tmp_path, 
         make_policy(model_dir, resolution=30)
     with pytest.raises(UserError, match="target_modules"):
         make_policy(model_dir, lora={"rank": 4, "target_modules": ["no_such_layer"]})
-    with pytest.raises(ConfigError, match="policy.mixed_precision"):
-        make_policy(model_dir, mixed_precision="fp8")
+    with pytest.raises(ConfigError, match="policy.precision: Input should be 'fp32', 'bf16' or 'fp16'"):
+        make_policy(model_dir, precision="fp8")
     policy = make_policy(model_dir)
     with pytest.raises(UserError, match="pytorch_lora_weights"):
         policy.load_trainable(str(tmp_path / "empty"))
@@ -480,7 +480,7 @@ def test_missing_or_wrong_checkpoints_give_one_line_errors(model_dir, tmp_path, 
 def test_weights_dir_layout_is_found_before_the_hub(model_dir, tmp_path, monkeypatch):
     import shutil
 
-    from nft_core.policies.sd3.loading import resolve_folder
+    from nft_policies.sd3.loading import resolve_folder
 
     shutil.copytree(model_dir, tmp_path / "org" / "tiny")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -491,7 +491,7 @@ def test_weights_dir_layout_is_found_before_the_hub(model_dir, tmp_path, monkeyp
 @pytest.mark.parametrize("preset", PRESETS, ids=[p.stem for p in PRESETS])
 def test_presets_validate_without_loading_weights(preset, monkeypatch):
     from nft_core.cli import build_app
-    from nft_core.policies.sd3 import loading
+    from nft_policies.sd3 import loading
 
     def forbidden(*args, **kwargs):
         raise AssertionError("validation must not load weights")
@@ -520,7 +520,7 @@ GENEVAL_TEST = SHARED_DATA / "geneval" / "evaluation_metadata.jsonl"
 
 @pytest.mark.skipif(not GENEVAL_TEST.is_file(), reason="public GenEval prompts not available")
 def test_geneval_templates_reproduce_the_official_prompts():
-    from nft_core.policies.geneval_prompts import prompt_for
+    from nft_rewards.geneval.prompts import prompt_for
 
     rows = [json.loads(line) for line in GENEVAL_TEST.read_text().splitlines() if line.strip()]
     assert len(rows) == 553

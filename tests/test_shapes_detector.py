@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from nft_core.shapes import grammar
-from nft_core.shapes.detector import (
+from nft_rewards.geneval.scoring import COUNTING_THRESHOLD, THRESHOLD, evaluate_image, filter_detections
+from nft_shapes import grammar
+from nft_shapes.detector import (
     MIN_AREA,
     ShapeDetection,
     as_image_batch,
@@ -17,9 +18,8 @@ from nft_core.shapes.detector import (
     detect_batch,
     to_geneval,
 )
-from nft_core.shapes.render import rasterize, render_scene
-from nft_core.shapes.world import COLORS, IMAGE_SIZE
-from nft_rewards.geneval.scoring import COUNTING_THRESHOLD, THRESHOLD, evaluate_image, filter_detections
+from nft_shapes.render import rasterize, render_scene
+from nft_shapes.world import COLORS, IMAGE_SIZE
 
 S = IMAGE_SIZE
 

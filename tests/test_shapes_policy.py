@@ -14,9 +14,9 @@ import torch
 
 from nft_core.errors import UserError
 from nft_core.sampling import policy_velocity
-from nft_core.shapes.grammar import TAGS, train_prompts
-from nft_core.shapes.model import TinyUNet, TinyUNetConfig, grid_embedding
-from nft_core.shapes.policy import (
+from nft_shapes.grammar import TAGS, train_prompts
+from nft_shapes.model import TinyUNet, TinyUNetConfig, grid_embedding
+from nft_shapes.policy import (
     MAX_TOKENS,
     SHIPPED_CHECKPOINT,
     TOKENS,
@@ -24,7 +24,7 @@ from nft_core.shapes.policy import (
     encode_tokens,
     load_network,
 )
-from nft_core.shapes.pretrain import (
+from nft_shapes.pretrain import (
     SECOND_STAGE,
     PretrainConfig,
     draw_tag,
@@ -36,8 +36,8 @@ from nft_core.shapes.pretrain import (
     scene_metadata,
     snapshot_path,
 )
-from nft_core.shapes.render import render_scene
-from nft_core.shapes.reward import ShapesGenEvalReward
+from nft_shapes.render import render_scene
+from nft_shapes.reward import shapes_geneval
 
 
 def test_tokens_keep_word_order_and_mark_unknown_words():
@@ -198,7 +198,7 @@ def test_views_refresh_and_cfg(tiny_checkpoint):
 def test_near_miss_renders_fail_the_original_prompt():
     # position near-misses use another relation, which a diagonal placement can still satisfy: excluded here
     rng = np.random.default_rng(0)
-    reward = ShapesGenEvalReward(outcome="strict")
+    reward = shapes_geneval(outcome="strict")
     items = [item for item in train_prompts() if item.metadata["tag"] != "position"]
     images, metas = [], []
     for item in items:
@@ -329,7 +329,7 @@ def test_pretrain_command_runs_the_shipped_two_stages(tmp_path, monkeypatch, arg
 
     calls = []
     monkeypatch.setattr(
-        "nft_core.shapes.pretrain.pretrain", lambda config, out, **kw: calls.append((config, out, kw))
+        "nft_shapes.pretrain.pretrain", lambda config, out, **kw: calls.append((config, out, kw))
     )
     out = tmp_path / "ck.safetensors"
     monkeypatch.setattr("sys.argv", ["nft", "shapes", "pretrain", "--out", str(out), *args])

@@ -9,11 +9,12 @@ import pydantic
 import pytest
 import torch
 
+from nft_core.errors import UserError
 from nft_core.protocols import Reward
-from nft_core.shapes import grammar
-from nft_core.shapes.render import render_batch
-from nft_core.shapes.reward import ShapesGenEvalOptions, ShapesGenEvalReward
-from nft_core.shapes.world import COLORS, IMAGE_SIZE
+from nft_shapes import grammar
+from nft_shapes.render import render_batch
+from nft_shapes.reward import ShapesGenEvalOptions, shapes_geneval
+from nft_shapes.world import COLORS, IMAGE_SIZE
 
 
 def batch(items, seed=0):
@@ -25,12 +26,12 @@ def batch(items, seed=0):
 
 
 def test_declarations():
-    reward = ShapesGenEvalReward()
+    reward = shapes_geneval()
     assert isinstance(reward, Reward)
     assert reward.name == "shapes-geneval" and reward.higher_is_better
     assert reward.native_range == (-14.0, 1.0)
-    assert ShapesGenEvalReward(outcome="strict").native_range == (0.0, 1.0)
-    assert ShapesGenEvalReward(outcome="official").native_range == (0.0, 1.0)
+    assert shapes_geneval(outcome="strict").native_range == (0.0, 1.0)
+    assert shapes_geneval(outcome="official").native_range == (0.0, 1.0)
     assert reward.to("cpu") is reward
 
 
@@ -39,15 +40,15 @@ def test_options_validation():
     with pytest.raises(pydantic.ValidationError):
         ShapesGenEvalOptions(outcom="strict")
     with pytest.raises(pydantic.ValidationError):
-        ShapesGenEvalReward(outcome="lenient")
+        shapes_geneval(outcome="lenient")
     with pytest.raises(pydantic.ValidationError):
-        ShapesGenEvalReward(batch_size=0)
+        shapes_geneval(batch_size=0)
 
 
 @pytest.mark.parametrize("outcome", ["partial", "strict", "official"])
 def test_ground_truth_scores_one(outcome):
     images, prompts, metadata = batch(grammar.all_prompts())
-    out = ShapesGenEvalReward(outcome=outcome, batch_size=50)(images, prompts, metadata)
+    out = shapes_geneval(outcome=outcome, batch_size=50)(images, prompts, metadata)
     assert out.scores.shape == (126,) and out.scores.dtype == torch.float32
     assert set(out.details) == {"partial", "strict", "correct"}
     for name, value in out.details.items():
@@ -58,7 +59,7 @@ def test_ground_truth_scores_one(outcome):
 
 def test_any_float_dtype_and_range_of_inputs():
     images, prompts, metadata = batch(grammar.eval_items(images_per_tag=6), seed=3)
-    reward = ShapesGenEvalReward()
+    reward = shapes_geneval()
     reference = reward(images, prompts, metadata).scores
     assert torch.all(reference == 1.0)
     for variant in (images.half(), images.double(), images.bfloat16()):
@@ -78,7 +79,7 @@ def recoloured(meta):
 def test_wrong_colour_renders_fail():
     items = [it for it in grammar.all_prompts() if it.metadata["tag"] in ("colors", "color_attr")]
     images = render_batch([recoloured(it.metadata) for it in items], seed=1)
-    out = ShapesGenEvalReward()(images, [it.prompt for it in items], [it.metadata for it in items])
+    out = shapes_geneval()(images, [it.prompt for it in items], [it.metadata for it in items])
     assert torch.all(out.details["strict"] == 0.0) and torch.all(out.details["correct"] == 0.0)
     assert torch.all(out.scores < 1.0)
     colors = torch.tensor([it.metadata["tag"] == "colors" for it in items])
@@ -91,7 +92,7 @@ def test_wrong_count_and_empty_images():
     meta = grammar.metadata_for("three squares")
     images = render_batch([grammar.metadata_for("four squares"), grammar.metadata_for("two squares")], seed=2)
     images = torch.cat([images, torch.zeros(1, 3, IMAGE_SIZE, IMAGE_SIZE)])
-    out = ShapesGenEvalReward()(images, ["three squares"] * 3, [meta] * 3)
+    out = shapes_geneval()(images, ["three squares"] * 3, [meta] * 3)
     assert out.details["partial"].tolist() == pytest.approx([2 / 3, 2 / 3, 0.0])
     assert out.details["strict"].tolist() == [0.0, 0.0, 0.0]
     assert out.details["correct"].tolist() == [0.0, 0.0, 0.0]
@@ -103,27 +104,30 @@ def test_partial_score_reaches_its_declared_minimum():
     for row in range(4):
         for col in range(5):  # 20 squares drawn, 16 kept by GenEval's cap
             image[0, 0, 1 + 7 * row : 6 + 7 * row, 1 + 6 * col : 6 + 6 * col] = 1.0  # 5x5, 1 px apart
-    reward = ShapesGenEvalReward()
+    reward = shapes_geneval()
     out = reward(image, ["a square"], [grammar.metadata_for("a square")])
     assert out.scores.item() == reward.native_range[0] == -14.0
 
 
 def test_metadata_errors():
+    """The errors of the one GenEval reward: one line each, naming the preset and what is wrong."""
     images, prompts, metadata = batch(grammar.all_prompts()[:4])
-    reward = ShapesGenEvalReward()
-    with pytest.raises(ValueError, match="needs GenEval metadata"):
+    reward = shapes_geneval()
+    with pytest.raises(UserError, match="shapes-geneval: needs one metadata dict per image; got none"):
         reward(images, prompts)
-    with pytest.raises(ValueError, match="3 metadata entries but 4 prompts"):
+    with pytest.raises(UserError, match="shapes-geneval: 4 images but 3 metadata entries"):
         reward(images, prompts, metadata[:3])
-    with pytest.raises(ValueError, match=r"expected images \[3,3,H,W\]"):
+    with pytest.raises(UserError, match="shapes-geneval: 4 images but 3 prompts"):
         reward(images, prompts[:3], metadata[:3])
     broken = copy.deepcopy(metadata)
     del broken[2]["include"]
-    with pytest.raises(ValueError, match=r"shapes-geneval: metadata\[2\]: include: missing"):
+    with pytest.raises(
+        UserError, match=r"shapes-geneval: metadata for prompt 'a triangle': include: missing"
+    ):
         reward(images, prompts, broken)
     broken = copy.deepcopy(metadata)
     del broken[1]["tag"]
-    with pytest.raises(ValueError, match=r"metadata\[1\]: tag: missing"):
+    with pytest.raises(UserError, match=r"metadata for prompt 'a square': tag: missing"):
         reward(images, prompts, broken)
 
 
@@ -131,7 +135,7 @@ def test_deterministic():
     rng = np.random.default_rng(0)
     images = torch.from_numpy(rng.random((16, 3, IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32))
     items = grammar.eval_items(images_per_tag=1)[:16]
-    reward = ShapesGenEvalReward()
+    reward = shapes_geneval()
     a = reward(images, [it.prompt for it in items], [it.metadata for it in items])
     b = reward(images, [it.prompt for it in items], [it.metadata for it in items])
     assert torch.equal(a.scores, b.scores)

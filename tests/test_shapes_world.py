@@ -11,9 +11,14 @@ import numpy as np
 import pytest
 import torch
 
-from nft_core.shapes import grammar
-from nft_core.shapes.render import render_batch, render_scene
-from nft_core.shapes.world import (
+from nft_core.types import PromptItem
+from nft_rewards.geneval.metadata import validate_metadata
+from nft_rewards.geneval.scoring import COLORS as GENEVAL_COLORS
+from nft_rewards.geneval.scoring import RELATIONS as GENEVAL_RELATIONS
+from nft_rewards.geneval.scoring import TAGS, relative_position
+from nft_shapes import grammar
+from nft_shapes.render import render_batch, render_scene
+from nft_shapes.world import (
     CLASSES,
     COLORS,
     IMAGE_SIZE,
@@ -24,11 +29,6 @@ from nft_core.shapes.world import (
     RADIUS_RANGE,
     RELATIONS,
 )
-from nft_core.types import PromptItem
-from nft_rewards.geneval.metadata import validate_metadata
-from nft_rewards.geneval.scoring import COLORS as GENEVAL_COLORS
-from nft_rewards.geneval.scoring import RELATIONS as GENEVAL_RELATIONS
-from nft_rewards.geneval.scoring import TAGS, relative_position
 
 # ---------------------------------------------------------------------------------------------------------
 # world

@@ -1,4 +1,4 @@
-"""nft_solvers: grids, the public API, options, the Sampler contract and the plugin hook."""
+"""nft_solvers: grids, the public API, options, the Solver contract and the plugin hook."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import torch
 
 import nft_solvers
 from nft_core.errors import ConfigError, UserError
-from nft_core.protocols import Sampler
+from nft_core.protocols import Solver
 from nft_solvers.grids import grid_times, shift_time, shifted_grid, uniform_grid
 
 NATIVE = ["euler", "heun", "dpm2", "flow-sde"]
@@ -85,7 +85,7 @@ def test_available_and_load():
     assert nft_solvers.available() == ["euler", "heun", "dpm2", "flow-sde", "diffusers"]
     for name in NATIVE:
         solver = nft_solvers.load(name, steps=3, shift=2.0)
-        assert isinstance(solver, Sampler)
+        assert isinstance(solver, Solver)
         assert solver.name == name
         grid = solver.default_grid()
         assert grid.shape == (4,) and grid[0] == 1.0 and grid[-1] == 0.0
@@ -139,7 +139,7 @@ def test_import_needs_neither_pluggy_nor_diffusers():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-# --- the Sampler contract -------------------------------------------------------------------
+# --- the Solver contract -------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("name", NATIVE)

@@ -1,4 +1,4 @@
-"""The `diffusers` adapter: diffusers' flow schedulers as black-box samplers, checked against ours."""
+"""The `diffusers` adapter: diffusers' flow schedulers as black-box solvers, checked against ours."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 
 import nft_solvers
 from nft_core.errors import UserError
-from nft_core.protocols import Sampler
+from nft_core.protocols import Solver
 from nft_solvers.grids import shifted_grid
 
 pytest.importorskip("diffusers")
@@ -35,7 +35,7 @@ def test_flow_match_euler_matches_native_euler(steps, shift):
     adapter = nft_solvers.load(
         "diffusers", scheduler="FlowMatchEulerDiscreteScheduler", steps=steps, shift=shift
     )
-    assert isinstance(adapter, Sampler)
+    assert isinstance(adapter, Solver)
     torch.testing.assert_close(adapter.default_grid(), shifted_grid(steps, shift))
     ours = nft_solvers.load("euler", steps=steps, shift=shift).sample(gaussian_velocity, eps)
     theirs = adapter.sample(gaussian_velocity, eps)
@@ -140,5 +140,5 @@ def test_config_reaches_the_scheduler():
     grid = adapter.default_grid()
     ours = nft_solvers.load("euler").sample(gaussian_velocity, eps, grid=grid)
     assert (adapter.sample(gaussian_velocity, eps) - ours).abs().max() < 1e-5
-    with pytest.raises(UserError, match="sampler.config"):
+    with pytest.raises(UserError, match="solver.config"):
         nft_solvers.load("diffusers", config={"no_such_argument": 1})

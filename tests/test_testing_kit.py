@@ -10,11 +10,11 @@ import torch
 
 import nft_rewards
 import nft_solvers
-from nft_core.shapes import grammar
-from nft_core.shapes.render import render_batch
-from nft_core.shapes.reward import ShapesGenEvalReward
 from nft_core.testing import ConformanceError, check_reward, check_solver, point_mass_velocity
 from nft_core.types import RewardOutput
+from nft_shapes import grammar
+from nft_shapes.render import render_batch
+from nft_shapes.reward import shapes_geneval
 from nft_solvers.base import GridSolver
 from nft_solvers.grids import grid_times
 
@@ -26,7 +26,7 @@ def test_shapes_geneval_keeps_the_reward_contract():
     metadata = [item.metadata for item in items]
     # half the images show their own prompt, half another prompt's scene: scores vary, pairing matters
     images = render_batch(metadata[:4] + metadata[5:] + metadata[4:5], seed=0)
-    output = check_reward(ShapesGenEvalReward(batch_size=3), images, [i.prompt for i in items], metadata)
+    output = check_reward(shapes_geneval(batch_size=3), images, [i.prompt for i in items], metadata)
     assert output.scores[:4].tolist() == [1.0] * 4 and output.scores[4:].min() < 1.0
 
 

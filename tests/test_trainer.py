@@ -9,8 +9,8 @@ from typer.testing import CliRunner
 
 from nft_core.cli import build_app
 from nft_core.config import load_config
-from nft_core.shapes.policy import ShapesTinyPolicy
 from nft_core.trainer import Trainer
+from nft_shapes.policy import ShapesTinyPolicy
 
 runner = CliRunner()
 
@@ -101,7 +101,7 @@ def test_plugins_lists_builtins_as_json():
     assert result.exit_code == 0, result.output
     listing = json.loads(result.output)
     by_name = {p["name"]: p for p in listing["plugins"]}
-    assert by_name["nft_core.shapes.plugin"]["registers"]["policies"] == ["shapes-tiny"]
+    assert by_name["nft_shapes.plugin"]["registers"]["policies"] == ["shapes-tiny"]
     assert "euler" in by_name["nft_solvers.plugin"]["registers"]["solvers"]
     assert by_name["nft_core.builtin_plugin"]["distribution"] == "diffusion-nft"
     assert "register_rewards" in by_name["nft_rewards.plugin"]["hooks"]
@@ -139,13 +139,13 @@ def test_tag_weights_set_each_tags_share_of_the_epoch(fast_config, tmp_path):
 
     overrides = ["data.prompts_per_epoch=16", "data.tag_weights={position=3, color_attr=2}"]
     trainer = Trainer(load_config(fast_config, overrides), tmp_path / "run", echo=lambda *_: None)
-    tags = [item.metadata["tag"] for epoch in range(3) for item in _drawn(trainer, epoch)]
+    tags = [item.metadata["tag"] for epoch in range(3) for item in trainer.prompts.draw(epoch)]
     shares = {tag: tags.count(tag) for tag in set(tags)}
     # one period is 3 + 2 + 4 x 1 = 9 draws; 48 draws are 5 periods and 3 draws
     assert shares["position"] in (15, 16, 17, 18) and shares["color_attr"] in (10, 11, 12)
     assert all(shares[tag] in (5, 6) for tag in ("single_object", "two_object", "counting", "colors"))
     unweighted = Trainer(load_config(fast_config), tmp_path / "plain", echo=lambda *_: None)
-    assert unweighted.tag_cycle == sorted(shares)
+    assert unweighted.prompts.tag_cycle == sorted(shares)
 
     with pytest.raises(ConfigError, match="data.tag_weights: unknown tag 'postion'; tags of shapes:train: "):
         Trainer(load_config(fast_config, ["data.tag_weights={postion=2}"]), tmp_path / "bad", echo=print)
@@ -154,11 +154,6 @@ def test_tag_weights_set_each_tags_share_of_the_epoch(fast_config, tmp_path):
         Trainer(load_config(fast_config, overrides), tmp_path / "bad2", echo=print)
     with pytest.raises(ConfigError, match=r"data.tag_weights.*whole numbers >= 1"):
         load_config(fast_config, ["data.tag_weights={position=0}"])
-
-
-def _drawn(trainer: Trainer, epoch: int):
-    trainer.state.epoch = epoch
-    return trainer.draw_prompts()
 
 
 def test_bf16_runs_collection_and_update_under_autocast_and_eval_in_fp32(fast_config, tmp_path):

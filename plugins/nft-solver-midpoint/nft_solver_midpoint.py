@@ -25,7 +25,7 @@ __all__ = ["MidpointOptions", "MidpointSolver"]
 
 
 class MidpointOptions(SolverOptions):
-    """`[sampler]` options of `midpoint` (besides `name`): steps and the SD3 shift of the default grid."""
+    """`[solver]` options of `midpoint` (besides `name`): steps and the SD3 shift of the default grid."""
 
     steps: int = Field(10, ge=1, description="number of midpoint steps (2 * steps velocity calls)")
 
@@ -47,5 +47,5 @@ class MidpointSolver(GridSolver):
 
 @hookimpl
 def register_solvers(register):
-    """Register `midpoint` with the model that validates its `[sampler]` options."""
+    """Register `midpoint` with the model that validates its `[solver]` options."""
     register("midpoint", MidpointSolver, options=MidpointOptions)

@@ -23,7 +23,7 @@ __all__ = ["PluginTemplateOptions", "PluginTemplateSolver"]
 
 
 class PluginTemplateOptions(SolverOptions):
-    """`[sampler]` options of `plugin-template` (besides `name`); unknown keys are errors."""
+    """`[solver]` options of `plugin-template` (besides `name`); unknown keys are errors."""
 
     steps: int = Field(20, ge=1, description="number of steps (= velocity calls)")
 
@@ -43,5 +43,5 @@ class PluginTemplateSolver(GridSolver):
 
 @hookimpl
 def register_solvers(register):
-    """Register `plugin-template` with the model that validates its `[sampler]` options."""
+    """Register `plugin-template` with the model that validates its `[solver]` options."""
     register("plugin-template", PluginTemplateSolver, options=PluginTemplateOptions)

@@ -104,14 +104,14 @@ def test_two_velocity_calls_per_step_never_at_t0():
     assert len(times) == 10 and min(times) > 0
 
 
-def test_sampler_table_is_validated_by_the_plugin_with_its_toml_path(registered):
+def test_solver_table_is_validated_by_the_plugin_with_its_toml_path(registered):
     from nft_core.config import validate
     from nft_core.registry import create
 
-    data = {"sampler": {"name": "midpoint", "steps": 0}, "reward": [{"name": "shapes-geneval"}]}
-    with pytest.raises(ConfigError, match=r"sampler\.steps: .*greater than or equal to 1"):
+    data = {"solver": {"name": "midpoint", "steps": 0}, "reward": [{"name": "shapes-geneval"}]}
+    with pytest.raises(ConfigError, match=r"solver\.steps: .*greater than or equal to 1"):
         validate(data)
-    data["sampler"] = {"name": "midpoint", "stepz": 4}
-    with pytest.raises(ConfigError, match=r"sampler\.stepz: unknown key"):
+    data["solver"] = {"name": "midpoint", "stepz": 4}
+    with pytest.raises(ConfigError, match=r"solver\.stepz: unknown key"):
         validate(data)
     assert isinstance(create("solvers", "midpoint", {"steps": 3}), MidpointSolver)

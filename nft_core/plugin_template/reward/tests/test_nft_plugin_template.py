@@ -46,5 +46,5 @@ def test_grey_scores_zero_and_colour_scores_more():
 
 
 def test_unknown_option_is_a_one_line_error():
-    with pytest.raises(UserError, match="bogus: unknown option"):
+    with pytest.raises(UserError, match="bogus: unknown key; allowed: batch_size, mean_weight"):
         PluginTemplateReward.from_options(bogus=1)

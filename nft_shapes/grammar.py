@@ -33,8 +33,8 @@ from collections.abc import Callable, Hashable
 from functools import lru_cache
 from typing import Any
 
-from nft_core.shapes.world import CLASSES, COLORS, NUMBER_WORDS, PLURALS, RELATIONS
 from nft_core.types import PromptItem
+from nft_shapes.world import CLASSES, COLORS, NUMBER_WORDS, PLURALS, RELATIONS
 
 __all__ = [
     "HELDOUT_TAGS",

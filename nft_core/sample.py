@@ -35,7 +35,7 @@ class SampleRequest:
     prompts: str
     out: Path
     images_per_prompt: int = 1
-    sampler: str | None = None
+    solver: str | None = None
     steps: int | None = None
     guidance: float = 1.0
     seed: int = 0
@@ -80,13 +80,13 @@ def is_geneval(items: list[PromptItem]) -> bool:
 def _solver(config: Any, name: str | None, steps: int | None):
     from nft_core import registry
 
-    base = config.eval.sampler
+    base = config.eval.solver
     options: dict[str, Any] = base.options() if name in (None, base.name) else {}
     if name not in (None, base.name) and "shift" in base.options():
         options["shift"] = base.options()["shift"]
     if steps is not None:
         options["steps"] = steps
-    return registry.create("solvers", name or base.name, options, "--sampler")
+    return registry.create("solvers", name or base.name, options, "--solver")
 
 
 def _save_png(image, path: Path) -> None:
@@ -110,14 +110,13 @@ def sample_images(request: SampleRequest, echo=print) -> dict[str, Any]:
         raise UserError(f"--out {request.out} is not empty (stale images would be scored with the new ones)")
     config = load_config(request.config, list(request.overrides))
     items = load_prompts(request.prompts, "--prompts")
-    solver = _solver(config, request.sampler, request.steps)
+    solver = _solver(config, request.solver, request.steps)
     device = torch.device(request.device or config.train.device)
     policy = registry.create("policies", config.policy.name, config.policy.options(), "policy")
     policy.to(device)
     if request.checkpoint is not None:
         policy.load_trainable(str(request.checkpoint))
-    if hasattr(policy, "train"):
-        policy.train(False)
+    policy.train(False)
     geneval = is_geneval(items)
     per = request.images_per_prompt
     width = max(1, len(str(per - 1)))
@@ -156,7 +155,7 @@ def sample_images(request: SampleRequest, echo=print) -> dict[str, Any]:
         "images": len(jobs),
         "images_per_prompt": per,
         "layout": "geneval" if geneval else "flat",
-        "sampler": repr(solver),
+        "solver": repr(solver),
         "guidance": request.guidance,
         "seed": request.seed,
     }
@@ -187,8 +186,8 @@ def add_sample_command(app) -> None:
             None, "--config", help="run config (default: the run's resolved one)"
         ),
         images_per_prompt: int = typer.Option(1, "--images-per-prompt", "-n", min=1),
-        sampler: str | None = typer.Option(
-            None, "--sampler", help="solver (default: the config's eval sampler)"
+        solver: str | None = typer.Option(
+            None, "--solver", help="solver (default: the config's eval solver)"
         ),
         steps: int | None = typer.Option(None, "--steps", min=1, help="solver steps"),
         guidance: float = typer.Option(1.0, "--guidance", help="classifier-free guidance scale (1 = off)"),
@@ -207,7 +206,7 @@ def add_sample_command(app) -> None:
                     prompts,
                     out,
                     images_per_prompt,
-                    sampler,
+                    solver,
                     steps,
                     guidance,
                     seed,

@@ -13,10 +13,11 @@ from safetensors.torch import load_file, save
 
 from nft_core.errors import UserError
 from nft_core.io import atomic_write_bytes
-from nft_core.shapes.grammar import VOCAB, tokenize
-from nft_core.shapes.model import TinyUNet, TinyUNetConfig
-from nft_core.shapes.world import IMAGE_SIZE
+from nft_core.protocols import VIEWS
 from nft_core.types import Cond
+from nft_shapes.grammar import VOCAB, tokenize
+from nft_shapes.model import TinyUNet, TinyUNetConfig
+from nft_shapes.world import IMAGE_SIZE
 
 SHIPPED_CHECKPOINT = Path(__file__).parent / "checkpoints" / "shapes-tiny.safetensors"
 SPECIAL_TOKENS = ("<pad>", "<null>", "<unk>")
@@ -90,8 +91,9 @@ class ShapesTinyPolicy:
     latent_shape = (3, IMAGE_SIZE, IMAGE_SIZE)
 
     def __init__(self, checkpoint: str | None = None, channels_last: bool = True) -> None:
+        self.options = ShapesTinyOptions(checkpoint=checkpoint, channels_last=channels_last)
         self.checkpoint = Path(checkpoint) if checkpoint else SHIPPED_CHECKPOINT
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.memory_format = torch.channels_last if self.options.channels_last else torch.contiguous_format
         self.model = load_network(self.checkpoint).to(memory_format=self.memory_format)
         self.old_model = self._frozen_copy()
         self.reference_model = self._frozen_copy()
@@ -104,10 +106,9 @@ class ShapesTinyPolicy:
         return clone
 
     def _network(self, view: str) -> TinyUNet:
-        networks = {"current": self.model, "old": self.old_model, "reference": self.reference_model}
-        if view not in networks:
-            raise ValueError(f"unknown policy view {view!r}; allowed: {', '.join(networks)}")
-        return networks[view]
+        if view not in VIEWS:
+            raise ValueError(f"unknown policy view {view!r}; allowed: {', '.join(VIEWS)}")
+        return {"current": self.model, "old": self.old_model, "reference": self.reference_model}[view]
 
     def encode_prompts(self, prompts: Sequence[str]) -> Cond:
         """Token ids and mask on the policy's device."""
@@ -125,10 +126,6 @@ class ShapesTinyPolicy:
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Pixel space in [-1, 1] -> images in [0, 1]."""
         return ((latents.float() + 1) / 2).clamp(0, 1)
-
-    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        """Images in [0, 1] -> latents (pixel space in [-1, 1]); used by pretraining."""
-        return images * 2 - 1
 
     def trainable_parameters(self) -> Iterable[tuple[str, torch.nn.Parameter]]:
         """All parameters of the current network."""

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nft_core.shapes.world import IMAGE_SIZE
+from nft_shapes.world import IMAGE_SIZE
 
 TEXT_ENCODERS = ("transformer", "gru")
 """`transformer`: learned positions + `text_layers` transformer layers. `gru`: a bidirectional GRU with

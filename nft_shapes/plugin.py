@@ -10,7 +10,7 @@ from nft_core.hookspecs import hookimpl
 
 def shapes_prompts(split: str):
     """`shapes:train`, `shapes:heldout`, `shapes:all`, `shapes:eval` (48 per tag), `shapes:eval-N`."""
-    from nft_core.shapes import grammar
+    from nft_shapes import grammar
 
     if split.startswith("eval"):
         per_tag = int(split.split("-", 1)[1]) if "-" in split else 48
@@ -22,29 +22,34 @@ def shapes_prompts(split: str):
 
 
 def _policy(**options):
-    from nft_core.shapes.policy import ShapesTinyPolicy
+    from nft_shapes.policy import ShapesTinyPolicy
 
     return ShapesTinyPolicy(**options)
 
 
 def _reward(**options):
-    from nft_core.shapes.reward import ShapesGenEvalReward
+    from nft_shapes.reward import shapes_geneval
 
-    return ShapesGenEvalReward(**options)
+    return shapes_geneval(**options)
 
 
 @hookimpl
 def register_policies(register):
-    from nft_core.shapes.policy import ShapesTinyOptions
+    from nft_shapes.policy import ShapesTinyOptions
 
     register("shapes-tiny", _policy, options=ShapesTinyOptions, description="tiny text-to-image UNet (32x32)")
 
 
 @hookimpl
 def register_rewards(register):
-    from nft_core.shapes.reward import ShapesGenEvalOptions
+    from nft_shapes.reward import ShapesGenEvalOptions
 
-    register("shapes-geneval", _reward, options=ShapesGenEvalOptions, description="GenEval on shapes images")
+    register(
+        "shapes-geneval",
+        _reward,
+        options=ShapesGenEvalOptions,
+        description="GenEval on shapes images: the geneval reward with the shapes detector",
+    )
 
 
 @hookimpl
@@ -121,7 +126,7 @@ def register_commands(app):
 
         import torch
 
-        from nft_core.shapes.pretrain import PretrainConfig, pretrain, recipe
+        from nft_shapes.pretrain import PretrainConfig, pretrain, recipe
 
         config = PretrainConfig()
         options = {

@@ -32,9 +32,9 @@ from tqdm import tqdm
 from nft_core.errors import UserError
 from nft_core.io import atomic_write_text
 from nft_core.objective import forward_noising
-from nft_core.shapes.grammar import TAGS, train_prompts
-from nft_core.shapes.model import TinyUNet, TinyUNetConfig, check_text_encoder
-from nft_core.shapes.policy import (
+from nft_shapes.grammar import TAGS, train_prompts
+from nft_shapes.model import TinyUNet, TinyUNetConfig, check_text_encoder
+from nft_shapes.policy import (
     MAX_TOKENS,
     TOKENS,
     encode_tokens,
@@ -42,8 +42,8 @@ from nft_core.shapes.policy import (
     null_tokens,
     save_network,
 )
-from nft_core.shapes.render import render_scene
-from nft_core.shapes.world import CLASSES, COLORS, RELATIONS
+from nft_shapes.render import render_scene
+from nft_shapes.world import CLASSES, COLORS, RELATIONS
 
 TIMESTEP_SAMPLINGS = ("uniform", "logit-normal")
 NEAR_MISS_STYLES = ("any", "keep-order")

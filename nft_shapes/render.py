@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from nft_core.shapes.world import CLASSES, COLORS, IMAGE_SIZE, MIN_GAP, RADIUS_RANGE
 from nft_rewards.geneval.scoring import relative_position
+from nft_shapes.world import CLASSES, COLORS, IMAGE_SIZE, MIN_GAP, RADIUS_RANGE
 
 __all__ = ["rasterize", "render_batch", "render_scene"]
 

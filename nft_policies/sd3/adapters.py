@@ -18,10 +18,10 @@ from typing import Any
 import torch
 
 from nft_core.errors import UserError
-from nft_core.policies.sd3.options import LoraOptions
+from nft_core.protocols import VIEWS
+from nft_policies.sd3.options import LoraOptions
 
 TRAINED, OLD = "default", "old"
-VIEWS = ("current", "old", "reference")
 _ADAPTER = re.compile(r"\.lora_[A-Za-z_]+\.([^.]+)(?:\.|$)")
 
 
@@ -151,4 +151,4 @@ class LoraViews:
         self.activate("current")
 
 
-__all__ = ["OLD", "TRAINED", "VIEWS", "LoraViews", "adapter_of", "lora_config"]
+__all__ = ["OLD", "TRAINED", "LoraViews", "adapter_of", "lora_config"]

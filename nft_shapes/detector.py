@@ -27,15 +27,18 @@ from typing import Any
 
 import numpy as np
 
-from nft_core.shapes.render import rasterize
-from nft_core.shapes.world import CLASSES, COLORS, PALETTE
+from nft_rewards.geneval.detectors import DetectorBackend
 from nft_rewards.geneval.scoring import ColorClassifier, Detection, Detections
+from nft_shapes.render import rasterize
+from nft_shapes.world import CLASSES, COLORS, PALETTE
 
 __all__ = [
     "FOREGROUND_THRESHOLD",
+    "GENEVAL_BACKEND",
     "MAX_COLOR_DISTANCE",
     "MIN_AREA",
     "ShapeDetection",
+    "ShapesGenEvalDetector",
     "as_image_batch",
     "detect",
     "detect_batch",
@@ -208,3 +211,19 @@ def to_geneval(detections: list[ShapeDetection]) -> tuple[Detections, ColorClass
         return [colours[id(item)][1] for item in found]
 
     return grouped, classify
+
+
+class ShapesGenEvalDetector:
+    """The shapes detector as a GenEval backend: per image its detections and their colours."""
+
+    def detect(self, images: Any) -> list[tuple[Detections, ColorClassifier]]:
+        """Images `[N,3,H,W]` float in [0, 1] -> per image (GenEval detections, colour classifier)."""
+        return [to_geneval(found) for found in detect_batch(images)]
+
+
+GENEVAL_BACKEND = DetectorBackend(
+    build=lambda options: ShapesGenEvalDetector(),
+    own_colors=True,
+    description="the shapes world's rule-based detector and palette colours",
+)
+"""The `shapes` detector of the `geneval` reward (entry point `nft_rewards.geneval_detectors`)."""

@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from nft_core.types import Precision
+
 ATTENTION_MODULES = (
     "attn.to_q",
     "attn.to_k",
@@ -60,8 +62,8 @@ class SD3Options(BaseModel):
     lora: bool | LoraOptions = Field(
         True, description="LoRA options (a table), true for the reference LoRA, false for full fine-tuning"
     )
-    mixed_precision: Literal["no", "bf16", "fp16"] = Field(
-        "no",
+    precision: Precision = Field(
+        "fp32",
         description="autocast dtype; frozen weights are stored in it, trained weights stay float32",
     )
     gradient_checkpointing: bool = Field(False, description="recompute transformer activations in backward")

@@ -15,15 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import ValidationError
 
-from nft_core.errors import ConfigError, UserError
-from nft_core.policies.sd3.adapters import VIEWS, LoraViews
-from nft_core.policies.sd3.loading import load_pipeline
-from nft_core.policies.sd3.options import SD3Options
-from nft_core.types import Cond
+from nft_core.errors import UserError
+from nft_core.protocols import VIEWS
+from nft_core.types import PRECISION_DTYPES, Cond
+from nft_policies.sd3.adapters import LoraViews
+from nft_policies.sd3.loading import load_pipeline
+from nft_policies.sd3.options import SD3Options
 
-DTYPES = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 LORA_FILE = "pytorch_lora_weights.safetensors"
 TRANSFORMER_FOLDER = "transformer"
 
@@ -43,14 +42,9 @@ class SD3Policy:
     name = "sd3"
 
     def __init__(self, **options: Any) -> None:
-        try:
-            self.options = SD3Options(**options)
-        except ValidationError as error:
-            from nft_core.config import explain
-
-            raise ConfigError(explain(error, SD3Options, "policy")) from None
+        self.options = SD3Options(**options)
         opts = self.options
-        self.compute_dtype = DTYPES[opts.mixed_precision]
+        self.compute_dtype = PRECISION_DTYPES[opts.precision]
         self.pipeline = load_pipeline(
             opts.model, opts.revision, opts.weights_dir, opts.t5, self.compute_dtype
         )

@@ -1,0 +1,173 @@
+"""Folders of generated images, as `nft sample` writes them and `nft score` / `nft eval` read them.
+
+Two layouts:
+
+* GenEval's (`<root>/<index>/metadata.jsonl` holding one metadata object with its `prompt`, and
+  `<root>/<index>/samples/*.png`), for prompts with metadata;
+* flat: image files in a folder, paired in file-name order with the lines of a prompt file
+  (`nft sample` writes `<root>/prompts.txt`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nft_core.errors import UserError
+from nft_core.types import RewardOutput
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "ImageSet",
+    "image_files",
+    "metadata_layout",
+    "read_images",
+    "read_jsonl",
+    "read_lines",
+    "score_files",
+]
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+@dataclass
+class ImageSet:
+    """Image files with the prompt (and metadata, when known) of each, in order."""
+
+    files: list[Path]
+    prompts: list[str]
+    metadata: list[dict[str, Any]] | None = None
+
+
+def image_files(sources: list[Path]) -> list[Path]:
+    """Image files from folders (sorted, non-recursive) and explicit files, in the order given."""
+    files: list[Path] = []
+    for source in sources:
+        if source.is_dir():
+            files += sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        elif source.is_file():
+            files.append(source)
+        else:
+            raise UserError(f"--images: {source} does not exist")
+    if not files:
+        raise UserError(
+            f"--images: no image files ({', '.join(IMAGE_SUFFIXES)}) in {', '.join(map(str, sources))}"
+        )
+    return files
+
+
+def read_lines(path: Path, option: str) -> list[str]:
+    """The non-empty lines of a text file (line endings stripped)."""
+    if not path.is_file():
+        raise UserError(f"{option}: {path} does not exist")
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return [line.rstrip("\r") for line in lines if line.strip()]
+
+
+def read_jsonl(path: Path, option: str) -> list[dict[str, Any]]:
+    """One JSON object per non-empty line; an invalid line is an error naming the file and line."""
+    if not path.is_file():
+        raise UserError(f"{option}: {path} does not exist")
+    items = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if line.strip():
+            try:
+                item = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise UserError(f"{path}:{number}: invalid JSON: {error.msg}") from None
+            if not isinstance(item, dict):
+                raise UserError(f"{path}:{number}: expected a JSON object")
+            items.append(item)
+    return items
+
+
+def metadata_layout(root: Path) -> ImageSet:
+    """The images of GenEval's layout under `root`, each with its folder's metadata and prompt.
+
+    Folders are taken in numeric order of their names; a folder without samples adds nothing.
+    """
+    if not root.is_dir():
+        raise UserError(f"--images: {root} is not a folder")
+    folders = sorted(
+        (p for p in root.iterdir() if p.is_dir() and (p / "metadata.jsonl").is_file()),
+        key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name),
+    )
+    if not folders:
+        raise UserError(f"--images: no <index>/metadata.jsonl folders in {root} (the GenEval output layout)")
+    found = ImageSet([], [], [])
+    for folder in folders:
+        items = read_jsonl(folder / "metadata.jsonl", "--images")
+        if not items:
+            raise UserError(f"{folder / 'metadata.jsonl'} is empty")
+        samples = sorted((folder / "samples").glob("*.png")) if (folder / "samples").is_dir() else []
+        found.files += samples
+        found.prompts += [str(items[0].get("prompt", ""))] * len(samples)
+        found.metadata += [items[0]] * len(samples)
+    if not found.files:
+        raise UserError(f"--images: no samples/*.png under {root}")
+    return found
+
+
+def read_images(files: list[Path]) -> list[torch.Tensor]:
+    """Each file as a float tensor `[3, H, W]` in [0, 1] (RGB)."""
+    import numpy as np
+    from PIL import Image
+
+    tensors = []
+    for path in files:
+        try:
+            with Image.open(path) as image:
+                array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+        except OSError as error:
+            raise UserError(f"cannot read image {path}: {error}") from None
+        tensors.append(torch.from_numpy(array).permute(2, 0, 1))
+    return tensors
+
+
+def _runs(tensors: list[torch.Tensor]) -> Iterator[slice]:
+    """Consecutive runs of images of one size."""
+    start = 0
+    while start < len(tensors):
+        end = start + 1
+        while end < len(tensors) and tensors[end].shape == tensors[start].shape:
+            end += 1
+        yield slice(start, end)
+        start = end
+
+
+def score_files(
+    reward: Callable[..., RewardOutput],
+    images: ImageSet,
+    chunk: int = 64,
+    progress: bool = False,
+) -> RewardOutput:
+    """Score the images of a set, read `chunk` files at a time; one reward call per run of one size.
+
+    Returns one output for the whole set (scores, details and, when the reward gives them, notes).
+    """
+    from tqdm import tqdm
+
+    outputs = []
+    bar = tqdm(total=len(images.files), desc="score", disable=not progress, leave=False)
+    for start in range(0, len(images.files), chunk):
+        tensors = read_images(images.files[start : start + chunk])
+        for part in _runs(tensors):
+            span = slice(start + part.start, start + part.stop)
+            metadata = None if images.metadata is None else images.metadata[span]
+            outputs.append(reward(torch.stack(tensors[part]), images.prompts[span], metadata))
+        bar.update(len(tensors))
+    bar.close()
+    notes = [note for out in outputs for note in (out.notes or [])]
+    return RewardOutput(
+        scores=torch.cat([out.scores.detach().float().cpu() for out in outputs]),
+        details={
+            key: torch.cat([torch.as_tensor(out.details[key]).float().cpu() for out in outputs])
+            for key in outputs[0].details
+        },
+        notes=notes if len(notes) == len(images.files) else None,
+    )

@@ -1,0 +1,100 @@
+"""The update's plan: which samples at which times go into which micro-batch and optimizer step.
+
+`training_plan` is pure (given the generator's state) and has the reference's shape: every sample
+visits `trained_times` of the training times, in a random order of its own; each visit (one column
+of those orders) is a fresh permutation of the samples cut into micro-batches; the micro-batches of
+the whole epoch are split into `optimizer_steps` consecutive chunks, one per optimizer step.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+__all__ = ["Geometry", "MicroBatch", "training_plan"]
+
+
+@dataclass(frozen=True)
+class MicroBatch:
+    """Sample indices, the training time of each, and how many (sample, time) visits its step has.
+
+    `weighted(loss)` is `loss * len(index) / step_samples`: the accumulated gradient of a step's
+    micro-batches equals the gradient of the mean loss over all of the step's visits at once.
+    """
+
+    index: torch.Tensor
+    times: torch.Tensor
+    step_samples: int
+
+    def weighted(self, loss: torch.Tensor) -> torch.Tensor:
+        """This micro-batch's mean `loss` weighted by its share of the step's visits."""
+        return loss * len(self.index) / self.step_samples
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """The batch geometry derived from the config, printed at start-up."""
+
+    prompts_per_epoch: int
+    images_per_prompt: int
+    grid_times: int
+    trained_times: int
+    micro_batch: int
+    inner_epochs: int
+    optimizer_steps: int
+
+    @property
+    def images(self) -> int:
+        return self.prompts_per_epoch * self.images_per_prompt
+
+    @property
+    def micro_batches(self) -> int:
+        return self.inner_epochs * self.trained_times * math.ceil(self.images / self.micro_batch)
+
+    def describe(self) -> str:
+        """One line: samples, times, passes, micro-batches and optimizer steps of an epoch."""
+        per_step = math.ceil(self.micro_batches / self.optimizer_steps)
+        return (
+            f"{self.prompts_per_epoch} prompts x {self.images_per_prompt} images = {self.images} samples; "
+            f"{self.trained_times} of {self.grid_times} grid times x {self.inner_epochs} pass(es); "
+            f"micro-batch {self.micro_batch} -> {self.micro_batches} micro-batches, "
+            f"{self.optimizer_steps} optimizer step(s)/epoch (~{per_step} micro-batches accumulated each)"
+        )
+
+
+def training_plan(
+    n: int,
+    times: torch.Tensor,
+    trained_times: int,
+    micro_batch: int,
+    optimizer_steps: int = 1,
+    inner_epochs: int = 1,
+    generator: torch.Generator | None = None,
+) -> list[list[MicroBatch]]:
+    """The micro-batches of each optimizer step for `n` samples and the training `times` `[T]`.
+
+    Per pass (`inner_epochs`): one random order of the T times per sample, then for each of its first
+    `trained_times` columns a random permutation of the samples cut into micro-batches of at most
+    `micro_batch`. The epoch's micro-batches are split as evenly as possible into `optimizer_steps`
+    consecutive chunks (`numpy.array_split`).
+    """
+    if not 1 <= trained_times <= len(times):
+        raise ValueError(f"trained_times must be in [1, {len(times)}], got {trained_times}")
+    visits: list[tuple[torch.Tensor, torch.Tensor]] = []
+    for _ in range(inner_epochs):
+        order = torch.stack([torch.randperm(len(times), generator=generator) for _ in range(n)])
+        for column in range(trained_times):
+            permutation = torch.randperm(n, generator=generator)
+            for start in range(0, n, micro_batch):
+                index = permutation[start : start + micro_batch]
+                visits.append((index, times[order[index, column].to(times.device)]))
+    if optimizer_steps > len(visits):
+        raise ValueError(f"{optimizer_steps} optimizer steps but only {len(visits)} micro-batches")
+    steps = []
+    for chunk in np.array_split(np.arange(len(visits)), optimizer_steps):
+        samples = sum(len(visits[i][0]) for i in chunk)
+        steps.append([MicroBatch(*visits[i], step_samples=samples) for i in chunk])
+    return steps

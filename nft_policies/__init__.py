@@ -1,0 +1,7 @@
+"""Policies on real model families (diffusers), registered by `nft_policies.plugin`.
+
+* `sd3`: Stable Diffusion 3 / 3.5 (`StableDiffusion3Pipeline` components) with LoRA adapters
+  `default` / `old` or full fine-tuning (docs/sd3.md).
+
+Nothing here imports diffusers until a policy is built.
+"""
