@@ -51,7 +51,7 @@ class ObjectiveConfig(_PluginTable):
     adv_mode: Literal["all", "positive", "negative", "binary", "one"] = "all"
     global_std: bool = Field(True, description="advantage std over the whole batch (reference) or per prompt")
     old_decay: str = Field("linear-0.001-0.5", description="old-policy refresh decay schedule")
-    times: Literal["collection"] | list[float] = Field(
+    times: str | list[float] = Field(
         "collection",
         description='the times the update trains at: "collection" (the [solver] grid without its final 0,'
         " as the reference) or a list of times in (0, 1]",
@@ -64,6 +64,8 @@ class ObjectiveConfig(_PluginTable):
     @field_validator("times")
     @classmethod
     def _times_in_range(cls, value: str | list[float]) -> str | list[float]:
+        if isinstance(value, str) and value != "collection":
+            raise ValueError('expected "collection" or a list of times in (0, 1]')
         if isinstance(value, list):
             if not value:
                 raise ValueError('give at least one time, or "collection"')

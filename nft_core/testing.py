@@ -1,12 +1,15 @@
-"""Conformance kit: checks that a reward or a solver keeps the `nft` contract, for plugin authors' tests::
+"""Conformance kit: checks that a reward, a solver or a policy keeps the `nft` contract, for plugin tests::
 
-    from nft_core.testing import check_reward, check_solver
+    from nft_core.testing import check_policy, check_reward, check_solver
 
     def test_my_reward_keeps_the_contract():
         check_reward(MyReward())
 
     def test_my_solver_keeps_the_contract():
         check_solver(MySolver(steps=8))
+
+    def test_my_policy_keeps_the_contract(tmp_path):
+        check_policy(MyPolicy(...), tmp_path)
 
 Every failed check raises `ConformanceError` (an `AssertionError`, so pytest shows it as a failed
 assertion) whose message names the object and says what is wrong. The contract is docs/plugins.md's.
@@ -16,11 +19,22 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["ConformanceError", "check_reward", "check_solver", "gaussian_velocity", "point_mass_velocity"]
+from nft_core.protocols import VIEWS
+from nft_core.types import Aggregate
+
+__all__ = [
+    "ConformanceError",
+    "check_policy",
+    "check_reward",
+    "check_solver",
+    "gaussian_velocity",
+    "point_mass_velocity",
+]
 
 DEFAULT_PROMPTS = (
     "a photo of a red circle",
@@ -83,6 +97,34 @@ def _check_reward_attributes(reward: Any, label: str) -> None:
         native_range[0] < native_range[1],
         label,
         f"native_range {tuple(native_range)} is empty: low must be below high (use +-inf if unbounded)",
+    )
+    _ensure(
+        isinstance(getattr(reward, "deterministic", None), bool),
+        label,
+        "needs a bool attribute `deterministic` (False if the same inputs may score differently)",
+    )
+    _ensure(
+        callable(getattr(reward, "aggregate", None)),
+        label,
+        "needs `aggregate(output, prompts, metadata) -> Aggregate` (return Aggregate.mean(output) "
+        "unless the reward summarises an evaluation set otherwise)",
+    )
+
+
+def _check_aggregate(reward: Any, output: Any, prompts: list[str], metadata: Any, label: str) -> None:
+    try:
+        summary = reward.aggregate(output, prompts, metadata)
+    except Exception as error:
+        _fail(label, f"aggregate() raised {type(error).__name__}: {error}")
+    _ensure(
+        isinstance(summary, Aggregate),
+        label,
+        f"aggregate() must return an nft_core.types.Aggregate, got {type(summary).__name__}",
+    )
+    _ensure(
+        isinstance(summary.score, float) and math.isfinite(summary.score),
+        label,
+        f"aggregate() must give a finite float score, got {summary.score!r}",
     )
 
 
@@ -163,7 +205,7 @@ def check_reward(
     label = f"reward {getattr(reward, 'name', type(reward).__name__)!r}"
     _check_reward_attributes(reward, label)
     if deterministic is None:
-        deterministic = bool(getattr(reward, "deterministic", True))
+        deterministic = reward.deterministic
     if images is None:
         images = _default_images()
     if images.ndim != 4 or images.shape[1] != 3 or images.shape[0] < 2 or not images.is_floating_point():
@@ -178,6 +220,7 @@ def check_reward(
 
     output, scores = _scores(reward, label, "a float32 batch", images, prompts, metadata)
     _ensure(torch.equal(images, pristine), label, "modified the input images in place")
+    _check_aggregate(reward, output, prompts, metadata, label)
     low, high = (float(v) for v in reward.native_range)
     tolerance = 1e-6 * max(
         1.0, abs(low) if math.isfinite(low) else 1.0, abs(high) if math.isfinite(high) else 1.0
@@ -438,14 +481,19 @@ def check_solver(
     shape and dtype, `t` of shape `[N]` in [0, 1] and the caller's `cond`; on the point-mass field
     (`point_mass_velocity`, the data is one known `x0`) the result is `x0` (to `atol`, float32); a
     seeded generator reproduces the sample and the global RNG is left alone; a grid that does not
-    decrease to 0 is refused. A solver whose result does not depend on the generator (`stochastic`
-    False, default: detected, or the solver's `stochastic` attribute) must also give each batch row
+    decrease to 0 is refused. The declared `stochastic` (or the argument) must match: another seed
+    changes the sample exactly when it is True. A deterministic solver must also give each batch row
     the result it gets alone, and the same result for `grid=default_grid()` as for `grid=None`. With
     `custom_grid` (default), a given grid must be used and the point-mass result stays exact.
     """
     label = f"solver {getattr(solver, 'name', type(solver).__name__)!r}"
     _ensure(
         isinstance(getattr(solver, "name", None), str) and bool(solver.name), label, "needs a string `name`"
+    )
+    _ensure(
+        isinstance(getattr(solver, "stochastic", None), bool),
+        label,
+        "needs a bool attribute `stochastic` (True if the sample depends on the generator)",
     )
     grid = _check_grid(solver, label)
     generator = torch.Generator().manual_seed(0)
@@ -489,7 +537,7 @@ def check_solver(
     )
     other, _ = _run(solver, field, noise, label, "Gaussian field", generator=torch.Generator().manual_seed(2))
     changes = not torch.equal(first, other)
-    declared = getattr(solver, "stochastic", None) if stochastic is None else stochastic
+    declared = solver.stochastic if stochastic is None else stochastic
     if declared is False:
         _ensure(not changes, label, "is declared deterministic but another generator seed changed the sample")
     if declared is True:
@@ -566,3 +614,200 @@ def _check_custom_grid(
             label,
             f"the grid {custom.tolist()} gave the default grid's sample: the grid argument is ignored",
         )
+
+
+# ---- policies --------------------------------------------------------------------------------------
+
+POLICY_PROMPTS = ("a red circle", "two squares")
+
+
+def _policy_inputs(policy: Any, label: str) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    shape = getattr(policy, "latent_shape", None)
+    _ensure(
+        isinstance(shape, tuple) and bool(shape) and all(isinstance(d, int) and d > 0 for d in shape),
+        label,
+        f"needs `latent_shape`, a tuple of positive ints (one latent without the batch), got {shape!r}",
+    )
+    try:
+        cond = policy.encode_prompts(list(POLICY_PROMPTS))
+    except Exception as error:
+        _fail(label, f"encode_prompts raised {type(error).__name__}: {error}")
+    _check_cond(cond, len(POLICY_PROMPTS), label, "encode_prompts")
+    null = policy.null_cond(len(POLICY_PROMPTS))
+    _check_cond(null, len(POLICY_PROMPTS), label, "null_cond")
+    _ensure(set(null) == set(cond), label, f"null_cond keys {sorted(null)} differ from {sorted(cond)}")
+    device = next(iter(cond.values())).device
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn((len(POLICY_PROMPTS), *shape), generator=generator).to(device)
+    t = torch.tensor([0.3, 0.8], device=device)
+    return x, t, cond
+
+
+def _check_cond(cond: Any, n: int, label: str, what: str) -> None:
+    _ensure(
+        isinstance(cond, dict) and bool(cond), label, f"{what} must return a dict of tensors, got {cond!r}"
+    )
+    for key, value in cond.items():
+        _ensure(
+            isinstance(value, torch.Tensor) and value.ndim >= 1 and value.shape[0] == n,
+            label,
+            f"{what}[{key!r}] must be a batch-first tensor with {n} rows, "
+            f"got {getattr(value, 'shape', value)}",
+        )
+
+
+def _velocities(
+    policy: Any, x: torch.Tensor, t: torch.Tensor, cond: Any, label: str
+) -> dict[str, torch.Tensor]:
+    out = {}
+    with torch.no_grad():
+        for view in VIEWS:
+            try:
+                v = policy.velocity(view, x, t, cond)
+            except Exception as error:
+                _fail(label, f"velocity({view!r}) raised {type(error).__name__}: {error}")
+            _ensure(
+                isinstance(v, torch.Tensor) and v.shape == x.shape and v.dtype == x.dtype,
+                label,
+                f"velocity({view!r}) must return x's shape {tuple(x.shape)} and dtype {x.dtype}, got "
+                f"{getattr(v, 'shape', v)} {getattr(v, 'dtype', '')}",
+            )
+            _ensure(bool(torch.isfinite(v).all()), label, f"velocity({view!r}) returned non-finite values")
+            out[view] = v.detach().clone()
+    return out
+
+
+def _perturb(policy: Any, scale: float, seed: int) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _, parameter in policy.trainable_parameters():
+            noise = torch.randn(parameter.shape, generator=generator).to(parameter.device, parameter.dtype)
+            parameter.add_(noise * scale * (1.0 + parameter.detach().abs().mean()))
+
+
+def check_policy(policy: Any, directory: str | Path, *, atol: float = 1e-5, scale: float = 0.05) -> None:
+    """Check a freshly built policy against the contract; it is trained a little and modified.
+
+    Checked: `name` and `latent_shape`; `encode_prompts` / `null_cond` give batch-first tensor dicts
+    with the same keys; `velocity(view, x, t, cond)` for every view of `VIEWS` returns x's shape and
+    dtype, finite, and the same on a repeated call; an unknown view raises; before training the three
+    views agree (within `atol`: `old` starts as `current`, and the reference is the base model);
+    `trainable_parameters()` is non-empty, requires grad, and a loss on `current` gives them gradients
+    while `old` and `reference` carry none; `train(True)` / `train(False)` return the policy; moving
+    the trainable parameters moves `current` only; `refresh_old(1.0)` keeps `old`, `refresh_old(0.0)`
+    makes it `current`; the reference never moves; `save_trainable` into `directory` then
+    `load_trainable` after further changes restores `current` and `old` to the saved weights;
+    `decode` gives images `[N,3,H,W]` in [0, 1]; `.to(device)` returns the policy.
+    """
+    label = f"policy {getattr(policy, 'name', type(policy).__name__)!r}"
+    _ensure(
+        isinstance(getattr(policy, "name", None), str) and bool(policy.name), label, "needs a string `name`"
+    )
+    _ensure(
+        policy.train(False) is policy, label, "train(False) must return the policy (like nn.Module.train)"
+    )
+    x, t, cond = _policy_inputs(policy, label)
+    start = _velocities(policy, x, t, cond, label)
+    again = _velocities(policy, x, t, cond, label)
+    for view in VIEWS:
+        difference = _max_difference(start[view], again[view])
+        _ensure(
+            difference <= atol, label, f"velocity({view!r}) changed on a repeated call by {difference:.3g}"
+        )
+    for view in ("old", "reference"):
+        difference = _max_difference(start[view], start["current"])
+        _ensure(
+            difference <= atol,
+            label,
+            f"before training, velocity({view!r}) differs from 'current' by {difference:.3g}; a new policy's "
+            "old view starts as its current one and the reference is the base model",
+        )
+    try:
+        policy.velocity("nonsense", x, t, cond)
+    except Exception:
+        pass
+    else:
+        _fail(label, "velocity('nonsense') did not raise; an unknown view must be an error")
+
+    parameters = [p for _, p in policy.trainable_parameters()]
+    _ensure(bool(parameters), label, "trainable_parameters() is empty")
+    _ensure(all(p.requires_grad for p in parameters), label, "a trainable parameter does not require grad")
+    _ensure(policy.train(True) is policy, label, "train(True) must return the policy")
+    v = policy.velocity("current", x, t, cond)
+    _ensure(v.requires_grad, label, "velocity('current') carries no graph to the trainable parameters")
+    (v.float() - x.float()).square().mean().backward()  # a target away from v: gradients even at v = 0
+    _ensure(
+        any(p.grad is not None and bool(p.grad.abs().sum() > 0) for p in parameters),
+        label,
+        "a loss on velocity('current') gave the trainable parameters no gradient",
+    )
+    for view in ("old", "reference"):
+        _ensure(
+            not policy.velocity(view, x, t, cond).requires_grad,
+            label,
+            f"velocity({view!r}) requires grad; only the current view is trained",
+        )
+    for parameter in parameters:
+        parameter.grad = None
+    policy.train(False)
+
+    _perturb(policy, scale, seed=1)
+    moved = _velocities(policy, x, t, cond, label)
+    _ensure(
+        _max_difference(moved["current"], start["current"]) > atol,
+        label,
+        "changing trainable_parameters() did not change velocity('current')",
+    )
+    for view in ("old", "reference"):
+        difference = _max_difference(moved[view], start[view])
+        _ensure(
+            difference <= atol,
+            label,
+            f"changing the trainable parameters moved velocity({view!r}) by {difference:.3g}",
+        )
+    policy.refresh_old(1.0)
+    kept = _velocities(policy, x, t, cond, label)
+    difference = _max_difference(kept["old"], start["old"])
+    _ensure(
+        difference <= atol,
+        label,
+        f"refresh_old(1.0) changed the old view by {difference:.3g} (decay 1 keeps it)",
+    )
+    policy.refresh_old(0.0)
+    synced = _velocities(policy, x, t, cond, label)
+    difference = _max_difference(synced["old"], synced["current"])
+    _ensure(difference <= atol, label, f"after refresh_old(0.0) old differs from current by {difference:.3g}")
+    difference = _max_difference(synced["reference"], start["reference"])
+    _ensure(difference <= atol, label, f"refresh_old moved the reference view by {difference:.3g}")
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    policy.save_trainable(str(directory))
+    _ensure(any(directory.iterdir()), label, f"save_trainable wrote nothing into {directory}")
+    _perturb(policy, scale, seed=2)
+    policy.refresh_old(0.5)
+    policy.load_trainable(str(directory))
+    loaded = _velocities(policy, x, t, cond, label)
+    for view in ("current", "old"):
+        difference = _max_difference(loaded[view], synced["current"])
+        _ensure(
+            difference <= atol,
+            label,
+            f"after load_trainable, velocity({view!r}) differs from the saved weights' by {difference:.3g}",
+        )
+    difference = _max_difference(loaded["reference"], start["reference"])
+    _ensure(difference <= atol, label, f"load_trainable moved the reference view by {difference:.3g}")
+
+    with torch.no_grad():
+        images = policy.decode(x)
+    _ensure(
+        isinstance(images, torch.Tensor) and images.ndim == 4 and images.shape[:2] == (x.shape[0], 3),
+        label,
+        f"decode must return images [N,3,H,W], got {getattr(images, 'shape', images)}",
+    )
+    _ensure(
+        images.is_floating_point() and float(images.min()) >= 0 and float(images.max()) <= 1,
+        label,
+        "decode must return float images in [0, 1]",
+    )
+    _ensure(policy.to(x.device) is policy, label, ".to(device) must return the policy")

@@ -10,6 +10,7 @@ import torch
 from nft_core.advantages import (
     ADVANTAGE_MODES,
     advantage_stats,
+    advantage_step,
     clip_advantages,
     compute_advantages,
     optimality_probability,
@@ -114,3 +115,17 @@ def test_advantage_stats():
     assert (stats["min"], stats["max"]) == (-5.0, 5.0)
     assert stats["clipped_fraction"] == pytest.approx(2 / 6)
     assert stats["zero_std_group_fraction"] == pytest.approx(2 / 3)  # groups 0 and 2 are constant
+
+
+@pytest.mark.parametrize("mode", ADVANTAGE_MODES)
+def test_advantage_step_is_steps_3_and_4_with_one_clip(mode):
+    """r from the per-prompt advantages clipped once to +-0.3, the mode, then A / 0.3 / 2 + 1/2; the
+    statistics are those of the clipped advantages before the mode."""
+    rewards, groups = torch.tensor(REWARDS), torch.tensor(GROUPS)
+    r, stats = advantage_step(rewards, groups, adv_clip=0.3, mode=mode, global_std=True)
+    advantages = compute_advantages(rewards, groups, global_std=True)  # +-0.215 and 0.43 (the 13)
+    clipped = advantages.clamp(-0.3, 0.3)
+    assert torch.equal(r, optimality_probability(clip_advantages(advantages, 0.3, mode), 0.3))
+    assert stats == advantage_stats(clipped, groups, rewards, adv_clip=0.3)
+    assert stats["clipped_fraction"] == pytest.approx(1 / 6)  # only the 13 reaches the clip
+    assert float(r.min()) >= 0 and float(r.max()) <= 1

@@ -99,3 +99,35 @@ def test_set_appends_or_replaces_an_array_element(fast_config):
     assert [r.weight for r in config.reward] == [2.0]
     with pytest.raises(ConfigError, match=r"reward\[3\]: index 3 is out of range \(allowed: 0 to 1\)"):
         load_config(fast_config, ["reward[3]={name='shapes-geneval'}"])
+
+
+def test_a_renamed_table_says_its_new_name(fast_config):
+    with pytest.raises(ConfigError, match=r"eval.sampler: renamed to eval.solver \(write \[eval.solver\]\)$"):
+        load_config(fast_config, ["eval.sampler.steps=4"])
+    fast_config.write_text(fast_config.read_text().replace("[solver]", "[sampler]"))
+    with pytest.raises(ConfigError, match=r"fast.toml: sampler: renamed to solver \(write \[solver\]\)$"):
+        load_config(fast_config)
+
+
+@pytest.mark.parametrize(
+    ("times", "message"),
+    [
+        ("[]", "give at least one time"),
+        ("[0.5, 1.5]", r"times must lie in \(0, 1\], got 1.5"),
+        ("'grid'", r'expected "collection" or a list of times in \(0, 1\] \(got .grid.\)'),
+    ],
+)
+def test_training_times_are_collection_or_a_list(fast_config, times, message):
+    assert load_config(fast_config).objective.times == "collection"
+    assert load_config(fast_config, ["objective.times=[0.9, 0.5]"]).objective.times == [0.9, 0.5]
+    with pytest.raises(ConfigError, match=f"objective.times: {message}"):
+        load_config(fast_config, [f"objective.times={times}"])
+
+
+def test_objective_options_are_the_objectives_own(fast_config):
+    config = load_config(fast_config, ["objective.adv_clip=3.0", "objective.beta=0.5"])
+    assert config.objective.options() == {"adv_clip": 3.0, "beta": 0.5}
+    with pytest.raises(ConfigError, match="objective.threshold: unknown key; allowed: adv_clip, beta"):
+        load_config(fast_config, ["objective.threshold=0.2"])
+    rft = load_config(fast_config, ['objective.name="rft"', "objective.threshold=0.2"])
+    assert rft.objective.options() == {"threshold": 0.2}

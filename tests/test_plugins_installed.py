@@ -210,3 +210,34 @@ def test_nft_run_with_plugin_rewards_and_solver_despite_a_broken_plugin(
     assert train["reward/vlm-judge/raw_mean"] == pytest.approx(0.8)
     assert train["reward/colorfulness/raw_mean"] > 0 and train["reward/shapes-geneval/raw_mean"] is not None
     assert FixedJudge.requests >= 4
+
+
+def test_standalone_scoring_sees_installed_rewards(installed, tmp_path):
+    """`nft score`, `nft eval` and `nft_core.api.load_reward` see a plugin's reward as the trainer does."""
+    import torch
+    from PIL import Image
+
+    images = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    for i, image in enumerate(images):
+        array = (image * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+        Image.fromarray(array).save(tmp_path / f"{i:05d}-0.png")
+    (tmp_path / "prompts.txt").write_text("a\nb\n")
+    out = tmp_path / "scores.jsonl"
+    args = ["score", "colorfulness", "--images", str(tmp_path), "--prompts", str(tmp_path / "prompts.txt")]
+    result = nft(installed, *args, "--out", str(out), "-o", "mean_weight=0.5", load="nft-colorfulness")
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 2 and {"score", "spread", "mean_chroma"} <= set(rows[0])
+    result = nft(installed, "eval", "colorfulness", "--images", str(tmp_path), load="nft-colorfulness")
+    assert result.returncode == 0 and "colorfulness: 2 images, score " in result.stdout, result.stderr
+    code = (
+        "import json; from nft_core.api import load_reward, available; "
+        "r = load_reward('colorfulness', mean_weight=0.5); "
+        "print(json.dumps([r.name, r.options.mean_weight, 'colorfulness' in available('rewards')]))"
+    )
+    env = installed.env("nft-colorfulness")
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == ["colorfulness", 0.5, True]
+    result = nft(installed, "score", "colorfulness", *args[2:], load="")
+    assert result.returncode == 2 and "unknown reward 'colorfulness'" in result.stderr

@@ -222,6 +222,14 @@ def test_prompt_embeddings_are_cached_per_prompt(model_dir):
 
 
 # ---- LoRA views -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("mode", ["lora", "full"])
+def test_sd3_keeps_the_policy_contract(model_dir, tmp_path, mode):
+    from nft_core.testing import check_policy
+
+    options = {} if mode == "lora" else {"lora": False}
+    check_policy(make_policy(model_dir, **options), tmp_path / "saved", atol=1e-4)
+
+
 def test_lora_views_reference_is_the_base_model_and_old_tracks_default(model_dir):
     policy = make_policy(model_dir)
     base = stock_pipeline(model_dir).transformer

@@ -10,8 +10,8 @@ import torch
 
 import nft_rewards
 import nft_solvers
-from nft_core.testing import ConformanceError, check_reward, check_solver, point_mass_velocity
-from nft_core.types import RewardOutput
+from nft_core.testing import ConformanceError, check_policy, check_reward, check_solver, point_mass_velocity
+from nft_core.types import Aggregate, RewardOutput
 from nft_shapes import grammar
 from nft_shapes.render import render_batch
 from nft_shapes.reward import shapes_geneval
@@ -61,9 +61,13 @@ class MeanReward:
     name = "mean"
     native_range = (0.0, 2.0)
     higher_is_better = True
+    deterministic = True
 
     def to(self, device):
         return self
+
+    def aggregate(self, output, prompts, metadata=None):
+        return Aggregate.mean(output)
 
     def scores(self, images, prompts):
         return images.float().mean(dim=(1, 2, 3)) + torch.tensor([len(p) % 7 / 7 for p in prompts])
@@ -152,6 +156,20 @@ class NaNScores(MeanReward):
         return super().scores(images, prompts) * float("nan")
 
 
+class NoDeterminism(MeanReward):
+    deterministic = None
+
+
+class AggregatesToText(MeanReward):
+    def aggregate(self, output, prompts, metadata=None):
+        return "fine"
+
+
+class AggregatesToNaN(MeanReward):
+    def aggregate(self, output, prompts, metadata=None):
+        return Aggregate(score=float("nan"))
+
+
 class WrongDetails(MeanReward):
     def __call__(self, images, prompts, metadata=None):
         scores = super().scores(images, prompts)
@@ -181,6 +199,9 @@ def test_the_well_behaved_reward_passes():
         (KeepsGraph(), "scores require grad"),
         (NaNScores(), "scores must be finite"),
         (WrongDetails(), r"details\['parts'\] must have shape \[4\], got \(4, 2\)"),
+        (NoDeterminism(), "needs a bool attribute `deterministic`"),
+        (AggregatesToText(), "aggregate\\(\\) must return an nft_core.types.Aggregate, got str"),
+        (AggregatesToNaN(), "aggregate\\(\\) must give a finite float score, got nan"),
     ],
     ids=lambda value: type(value).__name__ if not isinstance(value, str) else "",
 )
@@ -253,6 +274,7 @@ class IgnoresGrid(Euler):
 
 class ScalarTime:
     name = "scalar-time"
+    stochastic = False
 
     def default_grid(self):
         return torch.tensor([1.0, 0.5, 0.0], dtype=torch.float64)
@@ -327,3 +349,85 @@ def test_a_solver_refusing_a_valid_grid_is_told_about_custom_grid():
     solver = nft_solvers.load("diffusers", steps=4, scheduler="DPMSolverMultistepScheduler")
     with pytest.raises(ConformanceError, match="pass custom_grid=False if the solver takes no grid"):
         check_solver(solver)
+
+
+class NoStochasticDeclaration:
+    name = "undeclared"
+
+    def default_grid(self):
+        return torch.tensor([1.0, 0.0], dtype=torch.float64)
+
+    def sample(self, velocity, noise, grid=None, cond=None, generator=None):
+        return noise - velocity(noise, torch.ones(noise.shape[0]), cond)
+
+
+def test_a_solver_must_declare_whether_it_is_stochastic():
+    with pytest.raises(ConformanceError, match="needs a bool attribute `stochastic`"):
+        check_solver(NoStochasticDeclaration())
+
+
+# ---- policies --------------------------------------------------------------------------------------------
+
+
+def shapes_policy(tiny_checkpoint, cls=None):
+    from nft_shapes.policy import ShapesTinyPolicy
+
+    return (cls or ShapesTinyPolicy)(str(tiny_checkpoint))
+
+
+def test_shapes_tiny_keeps_the_policy_contract(tiny_checkpoint, tmp_path):
+    check_policy(shapes_policy(tiny_checkpoint), tmp_path / "saved")
+
+
+def test_the_shipped_shapes_tiny_keeps_the_policy_contract(tmp_path):
+    from nft_shapes.policy import ShapesTinyPolicy
+
+    check_policy(ShapesTinyPolicy(), tmp_path / "saved")
+
+
+def broken_policies():
+    from nft_shapes.policy import ShapesTinyPolicy
+
+    class TrainReturnsNone(ShapesTinyPolicy):
+        def train(self, mode=True):
+            super().train(mode)
+
+    class RefreshIgnoresDecay(ShapesTinyPolicy):
+        def refresh_old(self, decay):
+            super().refresh_old(0.0)
+
+    class LoadSkipsOld(ShapesTinyPolicy):
+        def load_trainable(self, directory):
+            state = {k: v.clone() for k, v in self.old_model.state_dict().items()}
+            super().load_trainable(directory)
+            self.old_model.load_state_dict(state)
+
+    class ReferenceIsCurrent(ShapesTinyPolicy):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.reference_model = self.model
+
+    class AnyViewIsCurrent(ShapesTinyPolicy):
+        def _network(self, view):
+            return super()._network(view if view in ("old", "reference") else "current")
+
+    class DecodesToMinusOneOne(ShapesTinyPolicy):
+        def decode(self, latents):
+            return latents.clamp(-1, 1)
+
+    return [
+        (TrainReturnsNone, r"train\(False\) must return the policy"),
+        (RefreshIgnoresDecay, r"refresh_old\(1.0\) changed the old view"),
+        (LoadSkipsOld, r"after load_trainable, velocity\('old'\) differs from the saved weights'"),
+        (ReferenceIsCurrent, r"velocity\('reference'\) requires grad; only the current view is trained"),
+        (AnyViewIsCurrent, r"velocity\('nonsense'\) did not raise"),
+        (DecodesToMinusOneOne, r"decode must return float images in \[0, 1\]"),
+    ]
+
+
+@pytest.mark.parametrize("index", range(6))
+def test_broken_policies_are_caught_with_a_message(tiny_checkpoint, tmp_path, index):
+    cls, message = broken_policies()[index]
+    with pytest.raises(ConformanceError, match=message) as error:
+        check_policy(shapes_policy(tiny_checkpoint, cls), tmp_path / "saved")
+    assert str(error.value).startswith("policy 'shapes-tiny': ")

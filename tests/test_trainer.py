@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from typer.testing import CliRunner
 
@@ -182,3 +183,23 @@ def test_bf16_runs_collection_and_update_under_autocast_and_eval_in_fp32(fast_co
     seen.clear()
     trainer.run_eval()
     assert seen and {d for _, d in seen} == {torch.float32}
+
+
+def test_training_times_come_from_the_collection_grid_or_the_config(fast_config, tmp_path):
+    default = Trainer(load_config(fast_config), tmp_path / "a", echo=lambda *_: None)
+    assert default.train_times.tolist() == default.solver.default_grid()[:-1].tolist()
+    assert default.train_times.tolist() == pytest.approx([1.0, 2 / 3, 1 / 3])
+    overrides = ["objective.times=[0.5, 0.9]", "objective.timestep_fraction=1.0"]
+    trainer = Trainer(load_config(fast_config, overrides), tmp_path / "b", echo=lambda *_: None)
+    assert trainer.train_times.tolist() == [0.9, 0.5] and trainer.geometry.trained_times == 2
+    seen = []
+    loss = trainer.objective.loss
+
+    def recording(policy, x0, cond, t, optimality, generator=None):
+        seen.extend(t.tolist())
+        return loss(policy, x0, cond, t, optimality, generator)
+
+    trainer.objective.loss = recording
+    samples = trainer.collect()
+    trainer.update(samples, torch.full((len(samples),), 0.5))
+    assert sorted(seen) == pytest.approx([0.5] * len(samples) + [0.9] * len(samples))
