@@ -153,16 +153,18 @@ def score(
     device: str = typer.Option("cpu", "--device", help="torch device for the reward model"),
 ) -> None:
     """Score images with one reward; prompts (and metadata) pair with the images in order."""
-    from nft_core.image_folders import ImageSet, image_files, read_jsonl, read_lines, score_files
+    from nft_core.image_folders import ImageSet, image_files, score_files
+    from nft_core.prompts import read_prompt_file
 
     warn_plugin_errors()
     try:
         files = image_files(images)
-        meta = read_jsonl(metadata, "--metadata") if metadata else None
+        items = read_prompt_file(metadata) if metadata else None
+        meta = None if items is None else [item.metadata for item in items]
         if prompts is not None:
-            texts = read_lines(prompts, "--prompts")
-        elif meta is not None:
-            texts = [str(item.get("prompt", "")) for item in meta]
+            texts = [item.prompt for item in read_prompt_file(prompts)]
+        elif items is not None:
+            texts = [item.prompt for item in items]
         else:
             raise UserError("give --prompts (one per image) or --metadata with a prompt field")
         if len(texts) != len(files):
@@ -190,13 +192,14 @@ def eval_(
     The folder is GenEval's layout (`<index>/metadata.jsonl`, `<index>/samples/*.png`) or, with a
     `prompts.txt` beside the images, the flat one.
     """
-    from nft_core.image_folders import ImageSet, image_files, metadata_layout, read_lines, score_files
+    from nft_core.image_folders import ImageSet, image_files, metadata_layout, score_files
+    from nft_core.prompts import read_prompt_file
 
     warn_plugin_errors()
     try:
         if (images / "prompts.txt").is_file():
             files = image_files([images])
-            found = ImageSet(files, read_lines(images / "prompts.txt", "--images"))
+            found = ImageSet(files, [item.prompt for item in read_prompt_file(images / "prompts.txt")])
             if len(found.prompts) != len(files):
                 raise UserError(
                     f"{images}: {len(files)} images but {len(found.prompts)} lines in prompts.txt"

@@ -13,7 +13,7 @@ def register_rewards(register):
 
 @hookspec
 def register_solvers(register):
-    """Register samplers (solvers): `register(name, factory, options=OptionsModel)`."""
+    """Register solvers: `register(name, factory, options=OptionsModel)`; `factory(**options)` -> Solver."""
 
 
 @hookspec

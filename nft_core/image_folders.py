@@ -10,7 +10,6 @@ Two layouts:
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 import torch
 
 from nft_core.errors import UserError
+from nft_core.prompts import read_prompt_file
 from nft_core.types import RewardOutput
 
 __all__ = [
@@ -27,8 +27,6 @@ __all__ = [
     "image_files",
     "metadata_layout",
     "read_images",
-    "read_jsonl",
-    "read_lines",
     "score_files",
 ]
 
@@ -61,31 +59,6 @@ def image_files(sources: list[Path]) -> list[Path]:
     return files
 
 
-def read_lines(path: Path, option: str) -> list[str]:
-    """The non-empty lines of a text file (line endings stripped)."""
-    if not path.is_file():
-        raise UserError(f"{option}: {path} does not exist")
-    lines = path.read_text(encoding="utf-8").splitlines()
-    return [line.rstrip("\r") for line in lines if line.strip()]
-
-
-def read_jsonl(path: Path, option: str) -> list[dict[str, Any]]:
-    """One JSON object per non-empty line; an invalid line is an error naming the file and line."""
-    if not path.is_file():
-        raise UserError(f"{option}: {path} does not exist")
-    items = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if line.strip():
-            try:
-                item = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise UserError(f"{path}:{number}: invalid JSON: {error.msg}") from None
-            if not isinstance(item, dict):
-                raise UserError(f"{path}:{number}: expected a JSON object")
-            items.append(item)
-    return items
-
-
 def metadata_layout(root: Path) -> ImageSet:
     """The images of GenEval's layout under `root`, each with its folder's metadata and prompt.
 
@@ -101,13 +74,13 @@ def metadata_layout(root: Path) -> ImageSet:
         raise UserError(f"--images: no <index>/metadata.jsonl folders in {root} (the GenEval output layout)")
     found = ImageSet([], [], [])
     for folder in folders:
-        items = read_jsonl(folder / "metadata.jsonl", "--images")
+        items = read_prompt_file(folder / "metadata.jsonl")
         if not items:
             raise UserError(f"{folder / 'metadata.jsonl'} is empty")
         samples = sorted((folder / "samples").glob("*.png")) if (folder / "samples").is_dir() else []
         found.files += samples
-        found.prompts += [str(items[0].get("prompt", ""))] * len(samples)
-        found.metadata += [items[0]] * len(samples)
+        found.prompts += [items[0].prompt] * len(samples)
+        found.metadata += [items[0].metadata] * len(samples)
     if not found.files:
         raise UserError(f"--images: no samples/*.png under {root}")
     return found

@@ -4,7 +4,7 @@ Works for any policy: the run's `config.resolved.toml` names the policy and its 
 folder holds what `save_trainable` wrote (EMA weights). Output layouts:
 
 * GenEval metadata (`.jsonl` with `tag` / `include`, or `geneval:...`): GenEval's own layout
-  `<out>/<index:05d>/metadata.jsonl` + `<out>/<index:05d>/samples/<k:05d>.png`, for `nft eval geneval`;
+  `<out>/<index:05d>/metadata.jsonl` + `<out>/<index:05d>/samples/<k:05d>.png`, for `nft eval REWARD`;
 * plain prompts: `<out>/<index:05d>-<k>.png` and `<out>/prompts.txt` (one line per image, in file-name
   order), for `nft score REWARD --images <out> --prompts <out>/prompts.txt`.
 
@@ -117,8 +117,7 @@ def sample_images(request: SampleRequest, echo=print) -> dict[str, Any]:
     if request.checkpoint is not None:
         policy.load_trainable(str(request.checkpoint))
     policy.train(False)
-    geneval = is_geneval(items)
-    per = request.images_per_prompt
+    geneval, per = is_geneval(items), request.images_per_prompt
     width = max(1, len(str(per - 1)))
     jobs = [(i, k) for i in range(len(items)) for k in range(per)]
     names: list[str] = []
@@ -161,11 +160,11 @@ def sample_images(request: SampleRequest, echo=print) -> dict[str, Any]:
     }
     (request.out / "sample.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     hint = (
-        f"nft eval geneval --images {request.out}"
+        f"`nft eval geneval --images {request.out}` (shapes world: `nft eval shapes-geneval`)"
         if geneval
-        else f"nft score REWARD --images {request.out} --prompts {request.out / 'prompts.txt'}"
+        else f"`nft score REWARD --images {request.out} --prompts {request.out / 'prompts.txt'}`"
     )
-    echo(f"wrote {len(jobs)} images to {request.out} ({summary['layout']} layout); score them with `{hint}`")
+    echo(f"wrote {len(jobs)} images to {request.out} ({summary['layout']} layout); score them with {hint}")
     return summary
 
 
@@ -196,26 +195,11 @@ def add_sample_command(app) -> None:
         device: str | None = typer.Option(None, "--device", help="default: the config's train.device"),
         set_: list[str] = typer.Option([], "--set", help="config override KEY=VALUE, repeatable"),
     ) -> None:
-        """Sample images from a checkpoint into a folder that `nft score` / `nft eval geneval` read."""
+        """Sample images from a checkpoint into a folder that `nft score` / `nft eval` read."""
+        knobs = (images_per_prompt, solver, steps, guidance, seed, batch_size, device, tuple(set_))
         try:
-            weights, run_config = resolve_source(checkpoint, config)
-            sample_images(
-                SampleRequest(
-                    weights,
-                    run_config,
-                    prompts,
-                    out,
-                    images_per_prompt,
-                    solver,
-                    steps,
-                    guidance,
-                    seed,
-                    batch_size,
-                    device,
-                    tuple(set_),
-                ),
-                echo=typer.echo,
-            )
+            request = SampleRequest(*resolve_source(checkpoint, config), prompts, out, *knobs)
+            sample_images(request, echo=typer.echo)
         except UserError as error:
             typer.echo(f"error: {error}", err=True)
             raise typer.Exit(2) from None

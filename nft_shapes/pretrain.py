@@ -7,7 +7,7 @@ detail: colour, class, count +-1, relation, colours), so the conditional distrib
 guidance (or RL) is what sharpens it. The shipped recipe has two stages (`recipe`). Stage 1 puts that
 noise on the four small tags only: on position and colour-attribution scenes, near misses that share the
 prompt's bag of words (the reversed relation, swapped colours) kept the model from learning that word
-order decides the layout and the colours, which the held-out prompts test (docs/core.md). Stage 2
+order decides the layout and the colours, which the held-out prompts test (docs/shapes-world.md). Stage 2
 (`SECOND_STAGE`) continues with "keep-order" near misses on every tag, which blur what the model shows
 without guidance and never contradict word order. Only training prompts are used; held-out prompts never
 are.
@@ -74,7 +74,7 @@ class PretrainConfig:
     # The shipped checkpoint's text encoder: a one-layer bidirectional GRU (order-aware, so "a red circle
     # and a blue square" and the two sides of "left of" differ) with a 2D position code before the
     # attention layers. The alternatives (the one-layer transformer of the first checkpoint, ...) are
-    # measured in docs/core.md.
+    # measured in docs/shapes-world.md.
     text_layers: int = 1
     token_init_std: float = 1.0
     position_embedding: bool = True

@@ -40,7 +40,7 @@ RADIUS_RANGE = (5.5, 7.0)
 """An object's "radius" (half its box side) is drawn uniformly from this range, in pixels. Large enough
 that a circle and a square differ at the coarse scale where a flow model lays out the scene: with radii
 4-5.5 no pretraining learned "left of" (not even the axis); with these, pretraining on position scenes
-learns the axis and starts on the order (docs/core.md; the order is still mostly unlearned). Four
+learns the axis and starts on the order (docs/shapes-world.md; the order is still mostly unlearned). Four
 objects still fit in 32 x 32."""
 
 MIN_GAP = 2

@@ -1,4 +1,4 @@
-"""Black-box samplers for flow-matching models: integrate from noise at t=1 to data at t=0.
+"""Black-box solvers for flow-matching models: integrate from noise at t=1 to data at t=0.
 
 Usable on its own, without the plugin system::
 

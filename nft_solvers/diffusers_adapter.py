@@ -1,4 +1,4 @@
-"""Any diffusers flow-matching scheduler, by class name, as a black-box sampler.
+"""Any diffusers flow-matching scheduler, by class name, as a black-box solver.
 
 diffusers' flow schedulers (`FlowMatchEulerDiscreteScheduler`, `FlowMatchHeunDiscreteScheduler`,
 and `UniPCMultistepScheduler`, `DPMSolverMultistepScheduler`, `DEISMultistepScheduler`, ... with
@@ -102,7 +102,7 @@ def scheduler_class(name: str) -> type:
 
 
 class DiffusersSolver(GridSolver):
-    """A diffusers scheduler (by class name) run as a black-box flow-matching sampler."""
+    """A diffusers scheduler (by class name) run as a black-box flow-matching solver."""
 
     name = "diffusers"
     Options = DiffusersOptions

@@ -4,7 +4,7 @@ Source: Lu et al. 2022, "DPM-Solver++: Fast Solver for Guided Sampling of Diffus
 Models" (arXiv 2211.01095), Algorithm 2 (multistep second order); the flow-matching instance is
 diffusers' `DPMSolverMultistepScheduler(algorithm_type="dpmsolver++", solver_order=2,
 use_flow_sigmas=True, prediction_type="flow_prediction", lower_order_final=True,
-final_sigmas_type="zero")`, the reference's training sampler ("dpm2", 10 steps).
+final_sigmas_type="zero")`, the reference's collection solver ("dpm2", 10 steps).
 
 Flow matching as a Gaussian path: `x_t = alpha_t x0 + sigma_t eps` with `alpha_t = 1 - t`,
 `sigma_t = t`, half log-SNR `lambda_t = log(alpha_t / sigma_t)`, data prediction

@@ -1,4 +1,4 @@
-"""Time grids for flow-matching samplers: decreasing from t=1 (noise) to t=0 (data).
+"""Time grids for flow-matching solvers: decreasing from t=1 (noise) to t=0 (data).
 
 The SD3 time shift (Esser et al. 2024, "Scaling Rectified Flow Transformers", section 5.3.2) maps a
 uniform time `t` to `t' = s t / (1 + (s - 1) t)`; `s > 1` spends more steps at high noise.
@@ -40,7 +40,7 @@ def grid_times(grid: torch.Tensor | list[float] | tuple[float, ...]) -> list[flo
     """Validate a time grid and return it as Python floats (solver coefficients are computed in float64).
 
     A grid is 1-D, has at least two points, is strictly decreasing, starts at or below 1 and ends
-    at exactly 0 (a sampler returns clean samples). A start below 1 is allowed: diffusers' DPM-Solver
+    at exactly 0 (a solver returns clean samples). A start below 1 is allowed: diffusers' DPM-Solver
     and UniPC schedules, for example, start at 1 - 1/1000.
     """
     if isinstance(grid, torch.Tensor):
