@@ -1,4 +1,4 @@
-"""Atomic file writes: a run directory never holds a half-written file."""
+"""Files: atomic writes (a run directory never holds a half-written file) and prompt files."""
 
 from __future__ import annotations
 
@@ -7,6 +7,9 @@ import os
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from nft_core.errors import UserError
+from nft_core.types import PromptItem
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -40,3 +43,25 @@ def append_jsonl(path: str | Path, record: dict[str, Any]) -> None:
     with open(path, "a", encoding="utf-8") as handle:
         handle.write(json.dumps(record) + "\n")
         handle.flush()
+
+
+def read_prompt_file(path: str | Path) -> list[PromptItem]:
+    """`.txt`: one prompt per non-empty line. `.jsonl`: GenEval metadata lines with `prompt`."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: prompt file not found")
+    lines = path.read_text(encoding="utf-8").splitlines()
+    if path.suffix == ".jsonl":
+        items = []
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise UserError(f"{path}:{number}: invalid JSON ({error.msg})") from None
+            if not isinstance(record, dict) or not isinstance(record.get("prompt"), str):
+                raise UserError(f"{path}:{number}: each line must be an object with a string `prompt`")
+            items.append(PromptItem(record["prompt"], record))
+        return items
+    return [PromptItem(line.strip()) for line in lines if line.strip()]

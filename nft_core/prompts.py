@@ -2,35 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 
 from nft_core import registry
-from nft_core.errors import ConfigError, UserError
+from nft_core.errors import ConfigError
+from nft_core.io import read_prompt_file
 from nft_core.types import PromptItem
 
-
-def read_prompt_file(path: str | Path) -> list[PromptItem]:
-    """`.txt`: one prompt per non-empty line. `.jsonl`: GenEval metadata lines with `prompt`."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: prompt file not found")
-    lines = path.read_text(encoding="utf-8").splitlines()
-    if path.suffix == ".jsonl":
-        items = []
-        for number, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise UserError(f"{path}:{number}: invalid JSON ({error.msg})") from None
-            if not isinstance(record, dict) or not isinstance(record.get("prompt"), str):
-                raise UserError(f"{path}:{number}: each line must be an object with a string `prompt`")
-            items.append(PromptItem(record["prompt"], record))
-        return items
-    return [PromptItem(line.strip()) for line in lines if line.strip()]
+__all__ = ["PromptDrawer", "load_prompts", "read_prompt_file", "weighted_tag_cycle"]
 
 
 def load_prompts(spec: str, field: str = "data.prompts") -> list[PromptItem]:

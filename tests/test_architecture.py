@@ -32,7 +32,7 @@ CONTRACT = {
     "nft_core.types",
 }
 """The core modules a plugin package may import: interfaces, value types, errors, option validation,
-hook markers, atomic writes and the objective's pure math (`forward_noising`)."""
+hook markers, file helpers (atomic writes, prompt files) and the objective's pure math (`forward_noising`)."""
 FORBIDDEN = {
     "nft_rewards": {"nft_solvers", "nft_policies", "nft_shapes"},
     "nft_solvers": {"nft_rewards", "nft_policies", "nft_shapes"},
@@ -91,39 +91,29 @@ def test_the_graph_sees_lazy_relative_and_from_imports():
     assert "nft_rewards.weights" in GRAPH["nft_policies.sd3.loading"]
 
 
-def test_the_core_imports_no_plugin_package():
-    bad = sorted(
+def imports_of(package: str, forbidden) -> list[tuple[str, str]]:
+    """The (module, imported module) pairs of `package` whose target `forbidden(target)` rejects."""
+    return sorted(
         (name, target)
         for name, targets in GRAPH.items()
-        if name.startswith(CORE)
+        if name.split(".")[0] == package
         for target in targets
-        if target.split(".")[0] != CORE
+        if forbidden(target)
     )
-    assert bad == []
+
+
+def test_the_core_imports_no_plugin_package():
+    assert imports_of(CORE, lambda target: target.split(".")[0] != CORE) == []
 
 
 @pytest.mark.parametrize("package", PLUGIN_PACKAGES)
 def test_plugin_packages_import_only_the_core_contract(package):
-    bad = sorted(
-        (name, target)
-        for name, targets in GRAPH.items()
-        if name.split(".")[0] == package
-        for target in targets
-        if target.split(".")[0] == CORE and target not in CONTRACT
-    )
-    assert bad == []
+    assert imports_of(package, lambda target: target.split(".")[0] == CORE and target not in CONTRACT) == []
 
 
 @pytest.mark.parametrize("package", sorted(FORBIDDEN))
 def test_dependencies_between_plugin_packages_run_one_way(package):
-    bad = sorted(
-        (name, target)
-        for name, targets in GRAPH.items()
-        if name.split(".")[0] == package
-        for target in targets
-        if target.split(".")[0] in FORBIDDEN[package]
-    )
-    assert bad == []
+    assert imports_of(package, lambda target: target.split(".")[0] in FORBIDDEN[package]) == []
 
 
 def cycle(graph: dict[str, set[str]]) -> list[str] | None:

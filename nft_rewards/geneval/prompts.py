@@ -15,13 +15,13 @@ The templates are GenEval's, quirks included ("a photo of two benchs", "an orang
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from nft_core.errors import UserError
+from nft_core.io import read_prompt_file
 from nft_core.types import PromptItem
 
 NUMBERS = ("zero", "one", "two", "three", "four")
@@ -148,26 +148,11 @@ def _normalize(prompt: str) -> str:
 
 def _excluded_prompts(path: str) -> set[str]:
     """The normalized prompts of a GenEval metadata `.jsonl` (its `prompt` fields) or a `.txt` file."""
-    file = Path(path)
-    if not file.is_file():
+    if not Path(path).is_file():
         raise UserError(
             f"geneval:...,exclude={path}: file not found (a .jsonl of GenEval metadata or a .txt)"
         )
-    lines = file.read_text(encoding="utf-8").splitlines()
-    if file.suffix != ".jsonl":
-        return {_normalize(line) for line in lines if line.strip()}
-    prompts = set()
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise UserError(f"{path}:{number}: invalid JSON ({error.msg})") from None
-        if not isinstance(record, dict) or not isinstance(record.get("prompt"), str):
-            raise UserError(f"{path}:{number}: each line must be an object with a string `prompt`")
-        prompts.add(_normalize(record["prompt"]))
-    return prompts
+    return {_normalize(item.prompt) for item in read_prompt_file(path)}
 
 
 def generate(
