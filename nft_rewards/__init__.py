@@ -49,7 +49,7 @@ def options_model(name: str) -> type:
 
 
 def available() -> dict[str, str]:
-    """The built-in rewards: name -> one-line description (plugins add more via `nft_core.registry`)."""
+    """The built-in rewards: name -> one-line description (`nft_core.api.available()` adds plugins')."""
     table = {}
     for name in BUILTIN_REWARDS:
         doc = (reward_class(name).__doc__ or "").strip()

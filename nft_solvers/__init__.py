@@ -38,7 +38,7 @@ BUILTIN_SOLVERS: dict[str, type] = {
 
 
 def available() -> list[str]:
-    """Names of the built-in solvers (plugins add more through `nft_core.registry`)."""
+    """Names of the built-in solvers (`nft_core.api.available("solvers")` adds plugins')."""
     return list(BUILTIN_SOLVERS)
 
 

@@ -88,13 +88,13 @@ def test_template_folders_are_the_documented_kinds():
 
 
 @pytest.mark.slow
-def test_the_built_wheel_ships_the_template(tmp_path):
-    # `nft plugin new` must work from a plain `pip install diffusion-nft`, not only in a checkout
+def test_the_built_wheel_ships_every_package_the_checkpoint_and_the_template(tmp_path):
+    # `nft plugin new` and the embedded default must work from a plain `pip install diffusion-nft`
     pytest.importorskip("setuptools")
     root, source = Path(__file__).resolve().parents[1], tmp_path / "source"
     # build from a copy: setuptools leaves build/ and egg-info in the tree it builds
     ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", "build")
-    for name in ("nft_core", "nft_solvers", "nft_rewards"):
+    for name in ("nft_core", "nft_solvers", "nft_rewards", "nft_policies", "nft_shapes"):
         shutil.copytree(root / name, source / name, ignore=ignore)
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(root / name, source / name)
@@ -116,7 +116,14 @@ def test_the_built_wheel_ships_the_template(tmp_path):
     )
     (wheel,) = tmp_path.glob("diffusion_nft-*.whl")
     with zipfile.ZipFile(wheel) as archive:
-        archive.extractall(tmp_path / "site", [n for n in archive.namelist() if "/plugin_template/" in n])
+        names = archive.namelist()
+        archive.extractall(tmp_path / "site", [n for n in names if "/plugin_template/" in n])
+        (entry_points,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
+        assert "shapes = nft_shapes.detector:GENEVAL_BACKEND" in archive.read(entry_points).decode()
+    for package in ("nft_core", "nft_solvers", "nft_rewards", "nft_policies/sd3", "nft_shapes"):
+        assert f"{package}/__init__.py" in names, package
+    for shipped_file in ("shapes-tiny.safetensors", "shapes-tiny.json"):
+        assert f"nft_shapes/checkpoints/{shipped_file}" in names
     shipped = tmp_path / "site" / "nft_core" / "plugin_template"
     for kind in ("reward", "solver"):
         from_wheel = scaffold_plugin("nft-shipped", kind, tmp_path / f"wheel-{kind}", template=shipped)
