@@ -12,6 +12,7 @@ from nft_core import registry
 from nft_core.errors import ConfigError
 from nft_core.normalization import NORMALIZERS
 from nft_core.options import explain, toml_path
+from nft_core.precision import resolve_precision
 from nft_core.schedules import parse_decay_schedule
 
 
@@ -119,10 +120,11 @@ class TrainConfig(_Strict):
     seed: int = 0
     device: str = "cpu"
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice)")
-    precision: Literal["fp32", "bf16"] = Field(
-        "fp32",
-        description="bf16: the policy's forward passes in collection and update run under bfloat16 autocast"
-        " (the loss stays fp32; evaluation stays fp32). No fp16: it needs a loss scaler",
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto",
+        description="dtype of the policy's forward passes in collection and update (autocast; fp32 master"
+        " weights, loss and evaluation). auto: bf16 where the device computes it natively, else fp32;"
+        " fp16 adds a loss scaler",
     )
 
 
@@ -291,8 +293,11 @@ def validate(data: dict[str, Any], source: str = "config") -> RunConfig:
 
 
 def resolved_config(config: RunConfig) -> dict[str, Any]:
-    """`config` as a run directory's `config.resolved.toml` holds it (TOML types, unset options left out)."""
-    return config.model_dump(mode="json", exclude_none=True)
+    """`config` as a run directory's `config.resolved.toml` holds it: TOML types, unset options left
+    out, `train.precision = "auto"` replaced by what it resolves to on this machine."""
+    data = config.model_dump(mode="json", exclude_none=True)
+    data["train"]["precision"] = resolve_precision(config.train.precision, config.train.device)
+    return data
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:

@@ -62,17 +62,21 @@ def evaluate(
     view: str = "current",
     batch_size: int = 64,
     device: torch.device | str = "cpu",
+    progress: str | None = None,
 ) -> EvalResult:
     """Sample every item once with noise fixed by (seed, index), score with each reward, aggregate.
 
     Each reward's entry holds `mean` (of its scores), `score` (its `aggregate`'s headline), the mean of
-    every detail (`<key>_mean`) and the aggregate's tables.
+    every detail (`<key>_mean`) and the aggregate's tables. `progress` names a progress bar of the
+    sampling (None: none).
     """
     prompts = [item.prompt for item in items]
     metadata = [item.metadata for item in items]
     noise = noise_for(range(len(items)), tuple(policy.latent_shape), seed).to(device)
     cond = policy.encode_prompts(prompts)
-    latents = sample_latents(policy, solver, cond, noise, view=view, guidance=guidance, batch_size=batch_size)
+    latents = sample_latents(
+        policy, solver, cond, noise, view=view, guidance=guidance, batch_size=batch_size, progress=progress
+    )
     images = policy.decode(latents).cpu()
     result = EvalResult(images=images)
     for name, reward in rewards.items():

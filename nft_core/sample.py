@@ -100,6 +100,7 @@ def _save_png(image, path: Path) -> None:
 def sample_images(request: SampleRequest, echo=print) -> dict[str, Any]:
     """Build the policy of the run, load the checkpoint, sample every prompt, write the images."""
     import torch
+    from tqdm import tqdm
 
     from nft_core import registry
     from nft_core.config import load_config
@@ -122,6 +123,7 @@ def sample_images(request: SampleRequest, echo=print) -> dict[str, Any]:
     jobs = [(i, k) for i in range(len(items)) for k in range(per)]
     names: list[str] = []
     request.out.mkdir(parents=True, exist_ok=True)
+    bar = tqdm(total=len(jobs), desc="sample", unit="img", leave=False)
     for start in range(0, len(jobs), request.batch_size):
         batch = jobs[start : start + request.batch_size]
         indices = list(range(start, start + len(batch)))
@@ -144,6 +146,8 @@ def sample_images(request: SampleRequest, echo=print) -> dict[str, Any]:
                 name = f"{i:05d}-{k:0{width}d}.png"
                 _save_png(image, request.out / name)
                 names.append(items[i].prompt)
+        bar.update(len(batch))
+    bar.close()
     if not geneval:
         (request.out / "prompts.txt").write_text("".join(p + "\n" for p in names), encoding="utf-8")
     summary = {

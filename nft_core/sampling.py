@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from tqdm import tqdm
 
 from nft_core.protocols import Policy, Solver, VelocityFn
 from nft_core.types import Cond, cat_conds, index_cond
@@ -41,11 +42,15 @@ def sample_latents(
     guidance: float = 1.0,
     generator: torch.Generator | None = None,
     batch_size: int = 64,
+    progress: str | None = None,
 ) -> torch.Tensor:
-    """Clean latents for each (cond row, noise row), in batches."""
+    """Clean latents for each (cond row, noise row), in batches (a progress bar named `progress`)."""
     velocity = policy_velocity(policy, view, guidance)
     outputs = []
+    bar = tqdm(total=noise.shape[0], desc=progress, leave=False, disable=progress is None, unit="img")
     for start in range(0, noise.shape[0], batch_size):
         part = slice(start, start + batch_size)
         outputs.append(solver.sample(velocity, noise[part], cond=index_cond(cond, part), generator=generator))
+        bar.update(outputs[-1].shape[0])
+    bar.close()
     return torch.cat(outputs)

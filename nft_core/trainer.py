@@ -30,6 +30,7 @@ from nft_core.io import append_jsonl, atomic_write_json, atomic_write_text
 from nft_core.metrics import eval_record, train_record
 from nft_core.normalization import make_normalizer
 from nft_core.plan import Geometry, training_plan
+from nft_core.precision import autocast, resolve_precision
 from nft_core.prompts import PromptDrawer, load_prompts
 from nft_core.protocols import Objective, Policy, Solver
 from nft_core.reward_set import RewardSet, RewardSetOutput, RewardTerm
@@ -51,6 +52,8 @@ class TrainState:
     epoch: int = 0
     global_step: int = 0
     train_seconds: float = 0.0
+    seconds: dict[str, float] = field(default_factory=dict)
+    """Wall seconds per phase over the run: sampling, reward, training, evaluation."""
     records: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -108,6 +111,9 @@ class Trainer:
             weight_decay=config.train.weight_decay,
         )
         self.ema = ParameterEMA(self.policy.trainable_parameters(), decay=config.objective.ema_decay)
+        self.precision = resolve_precision(config.train.precision, self.device)
+        # fp16 gradients underflow without a loss scale; disabled, the scaler passes everything through
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.train_times = self._train_times()
         self.geometry = Geometry(
             data.prompts_per_epoch,
@@ -124,6 +130,15 @@ class Trainer:
                 f"{self.geometry.micro_batches} micro-batches of an epoch ({self.geometry.describe()})"
             )
         self.state = TrainState()
+
+    def _precision_reason(self) -> str:
+        where = (
+            f"{self.device.type} ({torch.backends.cpu.get_cpu_capability()})"
+            if self.device.type == "cpu"
+            else str(self.device)
+        )
+        native = "computes bf16 natively" if self.precision == "bf16" else "has no native bf16"
+        return f" (train.precision = auto: {where} {native})"
 
     def _reward_term(self, index: int) -> RewardTerm:
         reward_config = self.config.reward[index]
@@ -146,10 +161,8 @@ class Trainer:
         return torch.tensor(sorted(times, reverse=True), dtype=torch.float64)
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        """bfloat16 autocast of the policy's forward passes when `train.precision = "bf16"` (else a no-op)."""
-        if self.config.train.precision == "bf16":
-            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        """Autocast of the policy's forward passes in collection and update to `self.precision`."""
+        return autocast(self.precision, self.device)
 
     # ---- the stages of one epoch -------------------------------------------------------------------
     @torch.no_grad()
@@ -203,14 +216,16 @@ class Trainer:
                         optimality[batch.index],
                         self.generator,
                     )
-                batch.weighted(loss).backward()
+                self.scaler.scale(batch.weighted(loss)).backward()
                 for key, value in stats.items():
                     totals[key] = totals.get(key, 0.0) + value / micro_batches
                 bar.update(1)
             parameters = [p for _, p in self.policy.trainable_parameters()]
+            self.scaler.unscale_(self.optimizer)
             grad_norm = torch.nn.utils.clip_grad_norm_(parameters, self.config.train.grad_clip)
             totals["grad_norm"] = totals.get("grad_norm", 0.0) + float(grad_norm) / len(steps)
-            self.optimizer.step()
+            self.scaler.step(self.optimizer)  # skipped (fp16 only) when the gradients overflowed
+            self.scaler.update()
             self.state.global_step += 1
             self.ema.update(self.policy.trainable_parameters())
         bar.close()
@@ -223,7 +238,9 @@ class Trainer:
         self.policy.refresh_old(decay)
         return decay
 
-    def run_eval(self, view: str = "current", guidance: float = 1.0, use_ema: bool = True) -> EvalResult:
+    def run_eval(
+        self, view: str = "current", guidance: float = 1.0, use_ema: bool = True, label: str = "eval"
+    ) -> EvalResult:
         """The fixed paired evaluation (EMA weights swapped in by default)."""
         rewards = {term.name: term.reward for term in self.rewards.terms}
         kwargs = dict(
@@ -232,6 +249,7 @@ class Trainer:
             view=view,
             device=self.device,
             batch_size=self.config.train.sample_batch_size,
+            progress=f"eval {label}" if self.config.log.progress else None,
         )
         swap = (
             self.ema.swapped_in(self.policy.trainable_parameters()) if use_ema else contextlib.nullcontext()
@@ -270,8 +288,10 @@ class Trainer:
         append_jsonl(self.run_dir / "metrics.jsonl", record)
 
     def evaluation(self, label: str, **kwargs: Any) -> EvalResult:
-        """Run, print and log one evaluation."""
-        result = self.run_eval(**kwargs)
+        """Run and print one evaluation; its wall time counts as the `evaluation` phase."""
+        started = time.time()
+        result = self.run_eval(label=label, **kwargs)
+        self.state.seconds["evaluation"] = self.state.seconds.get("evaluation", 0.0) + time.time() - started
         for name, entry in result.scores.items():
             table = "  ".join(f"{tag} {value:.2f}" for tag, value in result.per_tag[name].items())
             self.echo(f"[eval {label}] {name}: {entry['score']:.3f}  {table}")
@@ -292,6 +312,8 @@ class Trainer:
         atomic_write_text(self.run_dir / "config.resolved.toml", tomli_w.dumps(resolved_config(self.config)))
         self.echo(f"run dir: {self.run_dir}")
         self.echo(f"geometry: {self.geometry.describe()}")
+        chosen = "" if self.config.train.precision != "auto" else self._precision_reason()
+        self.echo(f"precision: {self.precision}{chosen}")
         before = self.evaluation("before", use_ema=False)
         summary: dict[str, Any] = {"run_dir": str(self.run_dir), "eval_before": before.scores}
         summary["eval_before_cfg"] = {
@@ -326,6 +348,7 @@ class Trainer:
             optimizer_steps=self.state.global_step,
             train_seconds=self.state.train_seconds,
             wall_seconds=time.time() - started,
+            seconds_per_phase=dict(self.state.seconds),
             checkpoint=str(checkpoint),
         )
         atomic_write_json(self.run_dir / "summary.json", summary)
@@ -356,6 +379,8 @@ class Trainer:
             ticks.append(time.time())
             state.train_seconds += ticks[-1] - ticks[0]
             phases = dict(zip(PHASES, (end - begin for begin, end in itertools.pairwise(ticks)), strict=True))
+            for phase, seconds in phases.items():
+                state.seconds[phase] = state.seconds.get(phase, 0.0) + seconds
             self.log(
                 train_record(
                     epoch, state.global_step, state.train_seconds, decay, phases, scored, advantages, losses

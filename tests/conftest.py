@@ -49,6 +49,7 @@ images_per_prompt = 2
 epochs = 2
 batch_size = 4
 optimizer_steps_per_epoch = 2
+precision = "fp32"  # the same numbers on every test machine (auto depends on the CPU)
 [eval]
 prompts = "shapes:eval-1"
 baseline_guidance = [2.0]

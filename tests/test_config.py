@@ -37,7 +37,7 @@ def test_fast_config_loads(fast_config):
         ("objective.old_decay='cosine'", "objective.old_decay:"),
         ("policy.checkpointt='x'", "policy.checkpointt: unknown key"),
         ("data.prompts_per_epoch=0", "data.prompts_per_epoch: Input should be greater than or equal to 1"),
-        ("train.precision='fp16'", "train.precision: Input should be 'fp32' or 'bf16'"),
+        ("train.precision='fp8'", "train.precision: Input should be 'auto', 'fp32', 'bf16' or 'fp16'"),
     ],
 )
 def test_errors_name_the_path(fast_config, override, expected):

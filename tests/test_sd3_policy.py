@@ -45,6 +45,7 @@ images_per_prompt = 2
 [train]
 lr = 0.01
 epochs = {epochs}
+precision = "fp32"
 batch_size = 2
 optimizer_steps_per_epoch = 2
 sample_batch_size = 8

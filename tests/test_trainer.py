@@ -34,6 +34,9 @@ def test_run_writes_the_run_directory(fast_config, tmp_path, tiny_checkpoint):
     assert saved["eval_before"]["shapes-geneval"]["official"]["counts"]["counting"] == 9
     assert set(saved["eval_before_cfg"]) == {"2"}
     assert "eval_after" in saved and saved["optimizer_steps"] == 4 and saved["wall_seconds"] > 0
+    phases = saved["seconds_per_phase"]
+    assert set(phases) == {"sampling", "reward", "training", "evaluation"} and min(phases.values()) > 0
+    assert sum(phases[p] for p in ("sampling", "reward", "training")) == pytest.approx(saved["train_seconds"])
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in records if r["kind"] == "train"]
     assert len(train) == 2
