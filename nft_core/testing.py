@@ -707,19 +707,21 @@ def check_policy(policy: Any, directory: str | Path, *, atol: float = 1e-5, scal
         policy.train(False) is policy, label, "train(False) must return the policy (like nn.Module.train)"
     )
     x, t, cond = _policy_inputs(policy, label)
+
+    def agree(a: torch.Tensor, b: torch.Tensor, problem: str) -> None:
+        """`a` and `b` within `atol`, else `problem` with its `{difference}` filled in."""
+        difference = _max_difference(a, b)
+        _ensure(difference <= atol, label, problem.format(difference=f"{difference:.3g}"))
+
     start = _velocities(policy, x, t, cond, label)
     again = _velocities(policy, x, t, cond, label)
     for view in VIEWS:
-        difference = _max_difference(start[view], again[view])
-        _ensure(
-            difference <= atol, label, f"velocity({view!r}) changed on a repeated call by {difference:.3g}"
-        )
+        agree(start[view], again[view], f"velocity({view!r}) changed on a repeated call by {{difference}}")
     for view in ("old", "reference"):
-        difference = _max_difference(start[view], start["current"])
-        _ensure(
-            difference <= atol,
-            label,
-            f"before training, velocity({view!r}) differs from 'current' by {difference:.3g}; a new policy's "
+        agree(
+            start[view],
+            start["current"],
+            f"before training, velocity({view!r}) differs from 'current' by {{difference}}; a new policy's "
             "old view starts as its current one and the reference is the base model",
         )
     try:
@@ -759,26 +761,20 @@ def check_policy(policy: Any, directory: str | Path, *, atol: float = 1e-5, scal
         "changing trainable_parameters() did not change velocity('current')",
     )
     for view in ("old", "reference"):
-        difference = _max_difference(moved[view], start[view])
-        _ensure(
-            difference <= atol,
-            label,
-            f"changing the trainable parameters moved velocity({view!r}) by {difference:.3g}",
+        agree(
+            moved[view],
+            start[view],
+            f"changing the trainable parameters moved velocity({view!r}) by {{difference}}",
         )
     policy.refresh_old(1.0)
     kept = _velocities(policy, x, t, cond, label)
-    difference = _max_difference(kept["old"], start["old"])
-    _ensure(
-        difference <= atol,
-        label,
-        f"refresh_old(1.0) changed the old view by {difference:.3g} (decay 1 keeps it)",
+    agree(
+        kept["old"], start["old"], "refresh_old(1.0) changed the old view by {difference} (decay 1 keeps it)"
     )
     policy.refresh_old(0.0)
     synced = _velocities(policy, x, t, cond, label)
-    difference = _max_difference(synced["old"], synced["current"])
-    _ensure(difference <= atol, label, f"after refresh_old(0.0) old differs from current by {difference:.3g}")
-    difference = _max_difference(synced["reference"], start["reference"])
-    _ensure(difference <= atol, label, f"refresh_old moved the reference view by {difference:.3g}")
+    agree(synced["old"], synced["current"], "after refresh_old(0.0) old differs from current by {difference}")
+    agree(synced["reference"], start["reference"], "refresh_old moved the reference view by {difference}")
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -789,14 +785,12 @@ def check_policy(policy: Any, directory: str | Path, *, atol: float = 1e-5, scal
     policy.load_trainable(str(directory))
     loaded = _velocities(policy, x, t, cond, label)
     for view in ("current", "old"):
-        difference = _max_difference(loaded[view], synced["current"])
-        _ensure(
-            difference <= atol,
-            label,
-            f"after load_trainable, velocity({view!r}) differs from the saved weights' by {difference:.3g}",
+        agree(
+            loaded[view],
+            synced["current"],
+            f"after load_trainable, velocity({view!r}) differs from the saved weights' by {{difference}}",
         )
-    difference = _max_difference(loaded["reference"], start["reference"])
-    _ensure(difference <= atol, label, f"load_trainable moved the reference view by {difference:.3g}")
+    agree(loaded["reference"], start["reference"], "load_trainable moved the reference view by {difference}")
 
     with torch.no_grad():
         images = policy.decode(x)

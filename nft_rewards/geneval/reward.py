@@ -140,9 +140,10 @@ class GenEvalReward(BaseReward):
         if metadata is None:
             raise UserError(f"{self.name}: aggregating needs the GenEval metadata of every image")
         tags = [item["tag"] for item in metadata]
-        official = official_score(tags, output.details["correct"].tolist())
+        correct = output.details["correct"].tolist()
+        official = official_score(tags, correct)
         strict = official_score(tags, output.details["strict"].tolist())
-        report = summary_report(tags, output.details["correct"].tolist(), prompts)
+        report = summary_report(official, tags, correct, prompts)
         return Aggregate(
             official["overall"], official["per_tag"], {"official": official, "strict": strict}, report
         )

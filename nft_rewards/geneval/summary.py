@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
-from nft_rewards.geneval.scoring import TAGS, official_score
+from nft_rewards.geneval.scoring import TAGS
 
 __all__ = ["summary_report"]
 
 
-def summary_report(tags: Sequence[str], correct: Sequence[bool | float], prompts: Sequence[str]) -> str:
-    """The official summary of one evaluation: a prompt counts as correct when any of its images is."""
-    summary = official_score(list(tags), list(correct))
+def summary_report(
+    summary: dict[str, Any], tags: Sequence[str], correct: Sequence[bool | float], prompts: Sequence[str]
+) -> str:
+    """The official summary of one evaluation from its `official_score` table and per-image values:
+    a prompt counts as correct when any of its images is."""
     by_prompt: dict[str, bool] = {}
     for prompt, value in zip(prompts, correct, strict=True):
         by_prompt[prompt] = by_prompt.get(prompt, False) or bool(value)
