@@ -2,9 +2,10 @@
 
 `bf16` is only worth it where the hardware computes it natively: there it is 1.1-1.3x faster than
 fp32 on a CPU (AVX512-BF16 / AMX; docs/core.md) and the usual choice on a GPU; where it is emulated
-(a CPU with AVX2 only) an epoch of the embedded default took ~9x longer than in fp32. `auto` therefore picks bf16
-on a CUDA device that supports it and on a CPU whose oneDNN reports native bf16 while ATen dispatches
-its AVX-512 kernels, and fp32 everywhere else. `fp16` needs a loss scaler, which the trainer adds.
+(a CPU with AVX2 only) an epoch of the embedded default took ~9x longer than in fp32. `auto` therefore
+picks bf16 on a CUDA device that supports it and on a CPU whose oneDNN reports native bf16 while ATen
+dispatches its AVX-512 kernels, and fp32 everywhere else. `fp16` needs a loss scaler, which the
+trainer adds.
 """
 
 from __future__ import annotations
