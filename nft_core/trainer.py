@@ -354,38 +354,42 @@ class Trainer:
         atomic_write_json(self.run_dir / "summary.json", summary)
         return summary
 
+    def train_epoch(self) -> tuple[Samples, RewardSetOutput, dict[str, float]]:
+        """One epoch of `state.epoch`: collect, score, advantages, update, refresh; logs its record.
+
+        Returns the samples, their scores and the wall seconds of each phase (`PHASES`).
+        """
+        state, objective = self.state, self.config.objective
+        ticks = [time.time()]
+        samples = self.collect()
+        ticks.append(time.time())
+        scored = self.rewards.score(samples.images, samples.prompts, samples.metadata, samples.group_ids)
+        ticks.append(time.time())
+        optimality, advantages = advantage_step(
+            scored.total, samples.group_ids, self.objective.adv_clip, objective.adv_mode, objective.global_std
+        )
+        losses = self.update(samples, optimality)
+        decay = self.refresh_old()
+        ticks.append(time.time())
+        state.train_seconds += ticks[-1] - ticks[0]
+        phases = dict(zip(PHASES, (end - begin for begin, end in itertools.pairwise(ticks)), strict=True))
+        for phase, seconds in phases.items():
+            state.seconds[phase] = state.seconds.get(phase, 0.0) + seconds
+        record = train_record(
+            state.epoch, state.global_step, state.train_seconds, decay, phases, scored, advantages, losses
+        )
+        self.log(record)
+        return samples, scored, phases
+
     def run(self) -> dict[str, Any]:
-        """Run to `train.epochs` or `train.max_minutes` of training; returns (and writes) the summary."""
+        """Run `train.epochs` epochs (or fewer: `train.max_minutes` of training); returns the summary."""
         config, state, started = self.config, self.state, time.time()
         summary = self.start()
         budget = config.train.max_minutes * 60 if config.train.max_minutes else math.inf
         epochs = tqdm(range(config.train.epochs), desc="epochs", disable=not config.log.progress)
         for epoch in epochs:
             state.epoch = epoch
-            ticks = [time.time()]
-            samples = self.collect()
-            ticks.append(time.time())
-            scored = self.rewards.score(samples.images, samples.prompts, samples.metadata, samples.group_ids)
-            ticks.append(time.time())
-            optimality, advantages = advantage_step(
-                scored.total,
-                samples.group_ids,
-                self.objective.adv_clip,
-                config.objective.adv_mode,
-                config.objective.global_std,
-            )
-            losses = self.update(samples, optimality)
-            decay = self.refresh_old()
-            ticks.append(time.time())
-            state.train_seconds += ticks[-1] - ticks[0]
-            phases = dict(zip(PHASES, (end - begin for begin, end in itertools.pairwise(ticks)), strict=True))
-            for phase, seconds in phases.items():
-                state.seconds[phase] = state.seconds.get(phase, 0.0) + seconds
-            self.log(
-                train_record(
-                    epoch, state.global_step, state.train_seconds, decay, phases, scored, advantages, losses
-                )
-            )
+            samples, scored, _ = self.train_epoch()
             epochs.set_postfix(reward=f"{scored.total.mean():.3f}", minutes=f"{state.train_seconds / 60:.1f}")
             last = epoch == config.train.epochs - 1 or state.train_seconds >= budget
             self.after_epoch(samples, scored, last)
