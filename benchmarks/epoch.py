@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import tempfile
@@ -39,32 +38,12 @@ sys.path.insert(0, str(ROOT))
 
 from nft_core.advantages import advantage_step  # noqa: E402
 from nft_core.config import load_config  # noqa: E402
+from nft_core.machine import machine_facts  # noqa: E402
 from nft_core.precision import autocast, native_bf16  # noqa: E402
 from nft_core.trainer import Trainer  # noqa: E402
 
 DEFAULT_CONFIG = ROOT / "examples" / "shapes-geneval.toml"
 NETWORKS = ("model", "old_model", "reference_model")
-
-
-def cpu_facts() -> dict[str, Any]:
-    """CPU model, torch's kernel set and whether the CPU has bf16 units (timings belong to one CPU)."""
-    model, flags = platform.processor(), ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and not model:
-                model = line.split(":", 1)[1].strip()
-            if line.startswith("flags"):
-                flags = line
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": model or platform.machine(),
-        "capability": torch.backends.cpu.get_cpu_capability(),
-        "bf16_units": any(flag in flags for flag in ("avx512_bf16", "amx_bf16")),
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-    }
 
 
 class CallRecorder:
@@ -239,7 +218,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     precisions = args.precision or (["fp32", "bf16"] if native_bf16(torch.device("cpu")) else ["fp32"])
     result = {
-        "machine": cpu_facts(),
+        "machine": machine_facts(),
         "config": str(DEFAULT_CONFIG.relative_to(ROOT)),
         "overrides": args.overrides,
         "repeats": args.repeats,

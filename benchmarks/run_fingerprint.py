@@ -16,12 +16,16 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import platform
 import sys
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from nft_core.machine import machine_facts  # noqa: E402
 
 TIMING = ("seconds/", "images_per_second", "train_minutes")
 
@@ -43,16 +47,6 @@ def metrics_sha256(path: Path) -> str:
     return hashlib.sha256(json.dumps(records, sort_keys=True).encode()).hexdigest()
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def fingerprint(run: Path) -> dict:
     """The fingerprint of one finished run folder."""
     summary = json.loads((run / "summary.json").read_text())
@@ -66,12 +60,7 @@ def fingerprint(run: Path) -> dict:
         "scores_after": {name: entry["score"] for name, entry in summary["eval_after"].items()},
         "weights_sha256": weights,
         "metrics_sha256": metrics_sha256(run / "metrics.jsonl"),
-        "machine": {
-            "cpu": cpu_model(),
-            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "default_threads": torch.get_num_threads(),  # what a run without train.threads used
-            "torch": torch.__version__,
-        },
+        "machine": machine_facts(),  # its threads: what a run without train.threads uses
     }
 
 

@@ -9,8 +9,8 @@ Part 2 (`--train`): the embedded default run (`examples/shapes-geneval.toml`) on
 within +-0.03 (solver freedom: NFT only needs clean final samples).
 
     python benchmarks/solvers.py                         # part 1 (~20 min on 2 cores)
-    python benchmarks/solvers.py --train --minutes 14.5 --runs runs/bench
-        # parts 1 and 2 at the embedded default's budget (~3 x 17 min more; the shipped results)
+    python benchmarks/solvers.py --train --runs runs/bench
+        # parts 1 and 2 at the embedded default's epochs (3 NFT runs more; --epochs N for another budget)
 
 `--runs DIR` keeps the NFT runs in DIR/solver-LABEL and reuses a finished one found there whose resolved
 config is exactly the one the benchmark runs (so `nft run examples/shapes-geneval.toml`, moved to
@@ -113,7 +113,7 @@ def sampling_table(
     return rows
 
 
-def train_table(minutes: float, solver_steps: int, runs: Path | None) -> list[dict[str, Any]]:
+def train_table(epochs: int | None, solver_steps: int, runs: Path | None) -> list[dict[str, Any]]:
     """The embedded default NFT run once per collection solver; final held-out score of each.
 
     `runs`: keep each run in `runs/solver-LABEL` and reuse one found there whose `summary.json` exists and
@@ -130,11 +130,8 @@ def train_table(minutes: float, solver_steps: int, runs: Path | None) -> list[di
         folder = runs or Path(scratch)
         for label in TRAIN_SOLVERS:
             spec = SOLVERS[label]
-            overrides = [
-                f"train.max_minutes={minutes}",
-                f'solver.name="{spec["name"]}"',
-                f"solver.steps={solver_steps}",
-            ]
+            overrides = [f'solver.name="{spec["name"]}"', f"solver.steps={solver_steps}"]
+            overrides += [f"train.epochs={epochs}"] if epochs else []
             overrides += [f"solver.{k}={json.dumps(v)}" for k, v in spec.items() if k != "name"]
             config = load_config(ROOT / "examples" / "shapes-geneval.toml", overrides)
             run_dir = folder / f"solver-{label}"
@@ -206,7 +203,9 @@ def main() -> None:
     parser.add_argument("--steps", default=",".join(map(str, STEPS)), help="comma-separated step counts")
     parser.add_argument("--split", default="eval", help="shapes prompt split (eval-N: N images per tag)")
     parser.add_argument("--train", action="store_true", help="also run NFT once per collection solver")
-    parser.add_argument("--minutes", type=float, default=12.0, help="training budget per NFT run")
+    parser.add_argument(
+        "--epochs", type=int, default=None, help="epochs per NFT run (default: the embedded default's)"
+    )
     parser.add_argument("--solver-steps", type=int, default=6, help="collection solver steps")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "solvers.json")
     parser.add_argument(
@@ -239,7 +238,7 @@ def main() -> None:
                 "met": abs(gap) <= 0.02,
             }
     if args.train:
-        trained = train_table(args.minutes, args.solver_steps, args.runs)
+        trained = train_table(args.epochs, args.solver_steps, args.runs)
         finals = [r["score_after"] for r in trained]
         report["training"] = trained
         centre = sum(finals) / len(finals)

@@ -27,6 +27,7 @@ from nft_core.ema import ParameterEMA
 from nft_core.errors import ConfigError
 from nft_core.evaluation import EvalResult, evaluate
 from nft_core.io import append_jsonl, atomic_write_json, atomic_write_text
+from nft_core.machine import machine_facts
 from nft_core.metrics import eval_record, train_record
 from nft_core.normalization import make_normalizer
 from nft_core.plan import Geometry, training_plan
@@ -349,6 +350,9 @@ class Trainer:
             train_seconds=self.state.train_seconds,
             wall_seconds=time.time() - started,
             seconds_per_phase=dict(self.state.seconds),
+            seconds_per_epoch={phase: self.state.seconds[phase] / (self.state.epoch + 1) for phase in PHASES},
+            precision=self.precision,
+            machine=machine_facts(self.device),
             checkpoint=str(checkpoint),
         )
         atomic_write_json(self.run_dir / "summary.json", summary)

@@ -24,10 +24,10 @@ def test_finished_run_needs_a_summary_and_the_same_resolved_config(tmp_path):
     run.mkdir()
     # what the trainer writes for `nft run examples/shapes-geneval.toml`
     (run / "config.resolved.toml").write_text(tomli_w.dumps(_resolved([])))
-    benchmark = _resolved(["train.max_minutes=14.5", 'solver.name="dpm2"', "solver.steps=6"])
+    benchmark = _resolved(['solver.name="dpm2"', "solver.steps=6"])
     assert not solvers.is_finished_run(run, benchmark)  # no summary.json: it never finished
     (run / "summary.json").write_text("{}")
     assert solvers.is_finished_run(run, benchmark)
     assert not solvers.is_finished_run(run, _resolved(['solver.name="euler"']))
-    assert not solvers.is_finished_run(run, _resolved(["train.max_minutes=12.0"]))
+    assert not solvers.is_finished_run(run, _resolved(["train.epochs=7"]))
     assert not solvers.is_finished_run(tmp_path / "solver-euler", benchmark)

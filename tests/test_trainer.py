@@ -37,6 +37,10 @@ def test_run_writes_the_run_directory(fast_config, tmp_path, tiny_checkpoint):
     phases = saved["seconds_per_phase"]
     assert set(phases) == {"sampling", "reward", "training", "evaluation"} and min(phases.values()) > 0
     assert sum(phases[p] for p in ("sampling", "reward", "training")) == pytest.approx(saved["train_seconds"])
+    per_epoch = saved["seconds_per_epoch"]
+    assert per_epoch == pytest.approx({p: phases[p] / 2 for p in ("sampling", "reward", "training")})
+    assert saved["precision"] == "fp32"
+    assert saved["machine"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in records if r["kind"] == "train"]
     assert len(train) == 2
