@@ -60,6 +60,11 @@ class ObjectiveConfig(_PluginTable):
     timestep_fraction: float = Field(
         0.99, gt=0, le=1, description="fraction of those times trained per sample (each in a random order)"
     )
+    trained_times: int | None = Field(
+        None,
+        ge=1,
+        description="how many of those times each sample is trained at (instead of timestep_fraction)",
+    )
     ema_decay: float = Field(0.9, ge=0, lt=1, description="EMA of the trained weights for eval/checkpoints")
 
     @field_validator("times")
@@ -74,6 +79,12 @@ class ObjectiveConfig(_PluginTable):
             if bad:
                 raise ValueError(f"times must lie in (0, 1], got {bad[0]}")
         return value
+
+    @model_validator(mode="after")
+    def _one_way_to_count_times(self) -> ObjectiveConfig:
+        if self.trained_times is not None and "timestep_fraction" in self.model_fields_set:
+            raise ValueError("give trained_times or timestep_fraction, not both")
+        return self
 
     @field_validator("old_decay")
     @classmethod

@@ -120,7 +120,7 @@ class Trainer:
             data.prompts_per_epoch,
             data.images_per_prompt,
             len(self.train_times),
-            max(1, math.floor(len(self.train_times) * config.objective.timestep_fraction)),
+            self._trained_times(),
             config.train.batch_size,
             config.train.inner_epochs,
             config.train.optimizer_steps_per_epoch,
@@ -160,6 +160,18 @@ class Trainer:
         if times == "collection":
             return self.solver.default_grid()[:-1]
         return torch.tensor(sorted(times, reverse=True), dtype=torch.float64)
+
+    def _trained_times(self) -> int:
+        """`[objective] trained_times`, else `floor(timestep_fraction * T)` (at least 1) of the T times."""
+        count, available = self.config.objective.trained_times, len(self.train_times)
+        if count is None:
+            return max(1, math.floor(available * self.config.objective.timestep_fraction))
+        if count > available:
+            raise ConfigError(
+                f"objective.trained_times: {count} exceeds the {available} training times (allowed: 1 to "
+                f"{available})"
+            )
+        return count
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """Autocast of the policy's forward passes in collection and update to `self.precision`."""

@@ -210,3 +210,18 @@ def test_training_times_come_from_the_collection_grid_or_the_config(fast_config,
     samples = trainer.collect()
     trainer.update(samples, torch.full((len(samples),), 0.5))
     assert sorted(seen) == pytest.approx([0.5] * len(samples) + [0.9] * len(samples))
+
+
+def test_trained_times_counts_the_times_per_sample_directly(fast_config, tmp_path):
+    from nft_core.errors import ConfigError
+
+    trainer = Trainer(
+        load_config(fast_config, ["objective.trained_times=1", "train.optimizer_steps_per_epoch=1"]),
+        tmp_path,
+        echo=lambda *_: None,
+    )
+    assert trainer.geometry.trained_times == 1 and trainer.geometry.grid_times == 3
+    with pytest.raises(ConfigError, match=r"objective.trained_times: 4 exceeds the 3 training times"):
+        Trainer(load_config(fast_config, ["objective.trained_times=4"]), tmp_path / "b", echo=print)
+    with pytest.raises(ConfigError, match="trained_times or timestep_fraction, not both"):
+        load_config(fast_config, ["objective.trained_times=1", "objective.timestep_fraction=0.5"])
