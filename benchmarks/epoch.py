@@ -2,7 +2,8 @@
 
     python benchmarks/epoch.py                       # fp32, and bf16 where the CPU computes it natively
     python benchmarks/epoch.py --precision fp32 --repeats 7 --label avx2 \\
-        --set objective.timestep_fraction=0.5        # any `nft run --set` override of the config
+        --set objective.trained_times=5              # any `nft run --set` override of the config
+    python benchmarks/epoch.py --levers --precision fp32   # each lever of LEVERS on its own (one table)
 
 The trainer's own `train_epoch` (what `nft run examples/shapes-geneval.toml` runs) is timed per phase:
 sampling (collection), reward, training (update and old-policy refresh). Against it, with the same
@@ -44,6 +45,17 @@ from nft_core.trainer import Trainer  # noqa: E402
 
 DEFAULT_CONFIG = ROOT / "examples" / "shapes-geneval.toml"
 NETWORKS = ("model", "old_model", "reference_model")
+LEVERS: dict[str, tuple[list[str], bool]] = {
+    "default": ([], False),
+    "contiguous memory (channels_last off)": (["policy.channels_last=false"], False),
+    "1 thread": (["train.threads=1"], False),
+    "sampling batch 96 (one batch)": (["train.sample_batch_size=96"], False),
+    "update micro-batch 96": (["train.batch_size=96"], False),
+    "no reference pass (kl_weight 0)": (["objective.kl_weight=0"], False),
+    "5 of 6 times per sample": (["objective.trained_times=5"], False),
+    "torch.compile (inductor)": ([], True),
+}
+"""`--levers`: label -> (overrides of the default, compile the networks); timed without the minimal loop."""
 
 
 class CallRecorder:
@@ -120,8 +132,9 @@ def measure(
     repeats: int,
     compile_networks: bool = False,
     config_path: Path = DEFAULT_CONFIG,
+    minimal_loop: bool = True,
 ) -> dict[str, Any]:
-    """Paired medians of the trainer's phases and the minimal loop's, at one precision."""
+    """Paired medians of the trainer's phases and (`minimal_loop`) the minimal loop's, at one precision."""
     with tempfile.TemporaryDirectory() as folder:
         config = load_config(
             config_path, [f'train.precision="{precision}"', "log.progress=false", *overrides]
@@ -136,16 +149,18 @@ def measure(
         start_weights = {k: v.clone() for k, v in trainer.policy.model.state_dict().items()}
         timings: dict[str, list[float]] = {key: [] for key in ("sampling", "reward", "training")}
         minimal: dict[str, list[float]] = {"sampling": [], "training": []}
+        calls: list = []
         for _ in range(repeats):
             trainer.policy.model.load_state_dict(start_weights)
             recorder = CallRecorder(trainer.policy)
-            samples = trainer.collect()
+            samples, scored, phases = trainer.train_epoch()
             recorder.close()
-            calls = recorder.calls
-            trainer.policy.model.load_state_dict(start_weights)
-            _, scored, phases = trainer.train_epoch()
             for phase, seconds in phases.items():
                 timings[phase].append(seconds)
+            if not minimal_loop:
+                continue
+            # the sampling calls (the update's calls follow them in the recording)
+            calls = recorder.calls[: len(recorder.calls) - update_calls(trainer)]
             began = time.perf_counter()
             minimal_sampling(calls, trainer.precision, trainer.device)
             minimal["sampling"].append(time.perf_counter() - began)
@@ -165,8 +180,7 @@ def measure(
         geometry = trainer.geometry
         visits = geometry.images * geometry.trained_times * geometry.inner_epochs
         median = {phase: statistics.median(values) for phase, values in timings.items()}
-        bare = {phase: statistics.median(values) for phase, values in minimal.items()}
-        return {
+        result = {
             "precision": trainer.precision,
             "geometry": geometry.describe(),
             "network_calls_sampling": len(calls),
@@ -174,16 +188,25 @@ def measure(
             "warm_up_epoch_seconds": warm_up,
             "seconds": median,
             "seconds_epoch": sum(median.values()),
-            "minimal_seconds": bare,
-            "ratio_to_minimal": {phase: median[phase] / bare[phase] for phase in bare},
             "images_per_second": {
                 "sampling": geometry.images / median["sampling"],
                 "reward": geometry.images / median["reward"],
                 "training_visits": visits / median["training"],
             },
             "all_seconds": timings,
-            "all_minimal_seconds": minimal,
         }
+        if minimal_loop:
+            bare = {phase: statistics.median(values) for phase, values in minimal.items()}
+            result["minimal_seconds"] = bare
+            result["ratio_to_minimal"] = {phase: median[phase] / bare[phase] for phase in bare}
+            result["all_minimal_seconds"] = minimal
+        return result
+
+
+def update_calls(trainer: Trainer) -> int:
+    """Network calls of one update: old, current and (with a KL term) reference, per micro-batch."""
+    per_visit = 3 if getattr(trainer.objective, "kl_weight", 0.0) > 0 else 2
+    return per_visit * trainer.geometry.micro_batches
 
 
 def trainer_plan(trainer: Trainer, samples):
@@ -214,27 +237,41 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="config override")
     parser.add_argument("--label", default="", help="results file suffix: epoch-LABEL.json")
     parser.add_argument("--compile", action="store_true", help="torch.compile the networks (inductor)")
+    parser.add_argument("--levers", action="store_true", help="time each variant of LEVERS (one precision)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     precisions = args.precision or (["fp32", "bf16"] if native_bf16(torch.device("cpu")) else ["fp32"])
-    result = {
+    result: dict[str, Any] = {
         "machine": machine_facts(),
         "config": str(DEFAULT_CONFIG.relative_to(ROOT)),
         "overrides": args.overrides,
         "repeats": args.repeats,
-        "runs": {
+    }
+    if args.levers:
+        result["levers"] = {}
+        for label, (overrides, compile_networks) in LEVERS.items():
+            torch.set_num_threads(args.threads)  # a variant's train.threads must not leak into the next
+            run = measure(
+                precisions[0], args.overrides + overrides, args.repeats, compile_networks, minimal_loop=False
+            )
+            result["levers"][label] = run
+            cells = [run["seconds_epoch"], *run["seconds"].values(), run["warm_up_epoch_seconds"]]
+            print(f"| {label} | " + " | ".join(f"{value:.2f}" for value in cells) + " |", flush=True)
+        torch.set_num_threads(args.threads)
+    else:
+        result["runs"] = {
             precision: measure(precision, args.overrides, args.repeats, args.compile)
             for precision in precisions
-        },
-    }
-    for precision, run in result["runs"].items():
-        seconds, ratio = run["seconds"], run["ratio_to_minimal"]
-        print(
-            f"{precision}: epoch {run['seconds_epoch']:.2f} s = sampling {seconds['sampling']:.2f} "
-            f"(x{ratio['sampling']:.3f} minimal) + reward {seconds['reward']:.2f} + training "
-            f"{seconds['training']:.2f} (x{ratio['training']:.3f} minimal)"
-        )
-    name = f"epoch-{args.label}.json" if args.label else "epoch.json"
+        }
+        for precision, run in result["runs"].items():
+            seconds, ratio = run["seconds"], run["ratio_to_minimal"]
+            print(
+                f"{precision}: epoch {run['seconds_epoch']:.2f} s = sampling {seconds['sampling']:.2f} "
+                f"(x{ratio['sampling']:.3f} minimal) + reward {seconds['reward']:.2f} + training "
+                f"{seconds['training']:.2f} (x{ratio['training']:.3f} minimal)"
+            )
+    stem = "epoch-levers" if args.levers else "epoch"
+    name = f"{stem}-{args.label}.json" if args.label else f"{stem}.json"
     out = ROOT / "benchmarks" / "results" / name
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out.relative_to(ROOT)}")

@@ -83,7 +83,7 @@ class ObjectiveConfig(_PluginTable):
     @model_validator(mode="after")
     def _one_way_to_count_times(self) -> ObjectiveConfig:
         if self.trained_times is not None and "timestep_fraction" in self.model_fields_set:
-            raise ValueError("give trained_times or timestep_fraction, not both")
+            raise ValueError("give trained_times (a count) or timestep_fraction (a share), not both")
         return self
 
     @field_validator("old_decay")

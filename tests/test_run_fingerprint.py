@@ -24,3 +24,12 @@ def test_the_same_config_gives_the_same_run_bitwise(fast_config, tmp_path):
     first = fingerprint(fast_config, tmp_path / "a")
     assert fingerprint(fast_config, tmp_path / "b") == first
     assert fingerprint(fast_config, tmp_path / "c", "train.seed=1")[:2] != first[:2]
+
+
+def test_the_embedded_default_is_bitwise_reproducible_at_a_fixed_thread_count(tmp_path):
+    # the shipped model, solver, objective and rewards of examples/shapes-geneval.toml; one epoch and a
+    # small evaluation keep it short (the budget is epochs, so nothing here depends on the clock)
+    default = ROOT / "examples" / "shapes-geneval.toml"
+    short = ["train.threads=1", 'eval.prompts="shapes:eval-1"', "eval.solver.steps=2", "log.progress=false"]
+    first = fingerprint(default, tmp_path / "a", *short)
+    assert fingerprint(default, tmp_path / "b", *short) == first

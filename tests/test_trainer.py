@@ -223,5 +223,5 @@ def test_trained_times_counts_the_times_per_sample_directly(fast_config, tmp_pat
     assert trainer.geometry.trained_times == 1 and trainer.geometry.grid_times == 3
     with pytest.raises(ConfigError, match=r"objective.trained_times: 4 exceeds the 3 training times"):
         Trainer(load_config(fast_config, ["objective.trained_times=4"]), tmp_path / "b", echo=print)
-    with pytest.raises(ConfigError, match="trained_times or timestep_fraction, not both"):
+    with pytest.raises(ConfigError, match=r"timestep_fraction \(a share\), not both"):
         load_config(fast_config, ["objective.trained_times=1", "objective.timestep_fraction=0.5"])
