@@ -118,6 +118,10 @@ class TrainConfig(_Strict):
     """`[train]`: optimisation and run limits."""
 
     lr: float = Field(3e-4, gt=0)
+    lr_schedule: Literal["constant", "cosine", "linear"] = Field(
+        "constant", description="learning rate over the run's optimizer steps (train.epochs of them)"
+    )
+    lr_final: float = Field(0.0, ge=0, le=1, description="cosine / linear: the last step's share of lr")
     weight_decay: float = Field(1e-4, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)
     adam_eps: float = Field(1e-8, gt=0)

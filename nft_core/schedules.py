@@ -1,11 +1,15 @@
-"""The old-policy refresh decay `d(step)` (algorithm.md step 6): `old <- d old + (1 - d) theta`."""
+"""Schedules by optimizer step: the old-policy refresh decay `d(step)` (algorithm.md step 6:
+`old <- d old + (1 - d) theta`) and the learning-rate factor `lr_factor`."""
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
-__all__ = ["DECAY_FORMS", "DecaySchedule", "parse_decay_schedule"]
+__all__ = ["DECAY_FORMS", "LR_SCHEDULES", "DecaySchedule", "lr_factor", "parse_decay_schedule"]
+
+LR_SCHEDULES = ("constant", "cosine", "linear")
 
 DECAY_FORMS = (
     "none | type0  (d = 0: old = current)",
@@ -86,3 +90,20 @@ def parse_decay_schedule(spec: str) -> DecaySchedule:
             raise _error(spec, f"start must be a whole step, got {start}")
         return DecaySchedule(spec, start=int(start), rate=rate, maximum=_fraction(spec, "max", maximum))
     raise _error(spec)
+
+
+def lr_factor(schedule: str, step: int, total_steps: int, final: float = 0.0) -> float:
+    """The learning rate of optimizer step `step` (0-based) as a fraction of `train.lr`.
+
+    `constant`: 1 (the reference). `cosine`: `final + (1 - final) (1 + cos(pi s / S)) / 2` and `linear`:
+    `1 - (1 - final) s / S`, with `S = total_steps - 1`, so the first step uses the full rate and the last
+    `final` of it; past the end the factor stays `final`.
+    """
+    if schedule not in LR_SCHEDULES:
+        raise ValueError(f"unknown lr schedule {schedule!r}; allowed: {', '.join(LR_SCHEDULES)}")
+    if schedule == "constant" or total_steps <= 1:
+        return 1.0
+    progress = min(step / (total_steps - 1), 1.0)
+    if schedule == "linear":
+        return 1.0 - (1.0 - final) * progress
+    return final + (1.0 - final) * (1.0 + math.cos(math.pi * progress)) / 2.0

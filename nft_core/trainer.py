@@ -36,7 +36,7 @@ from nft_core.prompts import PromptDrawer, load_prompts
 from nft_core.protocols import Objective, Policy, Solver
 from nft_core.reward_set import RewardSet, RewardSetOutput, RewardTerm
 from nft_core.sampling import sample_latents
-from nft_core.schedules import parse_decay_schedule
+from nft_core.schedules import lr_factor, parse_decay_schedule
 from nft_core.types import Samples, index_cond
 from nft_core.visuals import plot_curves, sample_grid
 
@@ -130,6 +130,11 @@ class Trainer:
                 f"train.optimizer_steps_per_epoch: {self.geometry.optimizer_steps} exceeds the "
                 f"{self.geometry.micro_batches} micro-batches of an epoch ({self.geometry.describe()})"
             )
+        total_steps = config.train.epochs * self.geometry.optimizer_steps
+        train = config.train
+        self.lr_schedule = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: lr_factor(train.lr_schedule, step, total_steps, train.lr_final)
+        )
         self.state = TrainState()
 
     def _precision_reason(self) -> str:
@@ -239,6 +244,7 @@ class Trainer:
             totals["grad_norm"] = totals.get("grad_norm", 0.0) + float(grad_norm) / len(steps)
             self.scaler.step(self.optimizer)  # skipped (fp16 only) when the gradients overflowed
             self.scaler.update()
+            self.lr_schedule.step()
             self.state.global_step += 1
             self.ema.update(self.policy.trainable_parameters())
         bar.close()
@@ -394,6 +400,7 @@ class Trainer:
         record = train_record(
             state.epoch, state.global_step, state.train_seconds, decay, phases, scored, advantages, losses
         )
+        record["lr"] = self.optimizer.param_groups[0]["lr"]  # what the next step will use
         self.log(record)
         return samples, scored, phases
 

@@ -73,3 +73,20 @@ def test_bad_specs_list_the_allowed_forms(spec):
 def test_negative_step_is_an_error():
     with pytest.raises(ValueError):
         parse_decay_schedule("type1")(-1)
+
+
+def test_lr_factor_closed_forms():
+    import math
+
+    from nft_core.schedules import lr_factor
+
+    assert [lr_factor("constant", s, 10) for s in (0, 5, 9, 20)] == [1.0] * 4
+    assert lr_factor("cosine", 0, 11) == 1.0 and lr_factor("cosine", 10, 11, final=0.1) == pytest.approx(0.1)
+    assert lr_factor("cosine", 5, 11) == pytest.approx(0.5)
+    expected = 0.2 + 0.8 * (1 + math.cos(math.pi * 0.2)) / 2
+    assert lr_factor("cosine", 2, 11, final=0.2) == pytest.approx(expected)
+    assert lr_factor("linear", 3, 5, final=0.5) == pytest.approx(1 - 0.5 * 0.75)
+    assert lr_factor("linear", 99, 5) == 0.0  # past the end: stays at final
+    assert lr_factor("cosine", 0, 1) == 1.0  # a one-step run uses the full rate
+    with pytest.raises(ValueError, match="unknown lr schedule 'step'; allowed: constant, cosine, linear"):
+        lr_factor("step", 0, 10)

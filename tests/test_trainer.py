@@ -225,3 +225,13 @@ def test_trained_times_counts_the_times_per_sample_directly(fast_config, tmp_pat
         Trainer(load_config(fast_config, ["objective.trained_times=4"]), tmp_path / "b", echo=print)
     with pytest.raises(ConfigError, match=r"timestep_fraction \(a share\), not both"):
         load_config(fast_config, ["objective.trained_times=1", "objective.timestep_fraction=0.5"])
+
+
+def test_the_lr_schedule_runs_over_the_epochs_optimizer_steps(fast_config, tmp_path):
+    import json
+
+    overrides = ['train.lr_schedule="linear"', "train.lr_final=0.5", "train.lr=1e-3"]
+    Trainer(load_config(fast_config, overrides), tmp_path, echo=lambda *_: None).run()
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    # 2 epochs x 2 steps: the steps use 1, 5/6, 4/6, 3/6 of lr; each record holds the next step's rate
+    assert [r["lr"] for r in records if r["kind"] == "train"] == pytest.approx([1e-3 * 4 / 6, 1e-3 * 0.5])
