@@ -16,9 +16,9 @@ networks, batch sizes and precision, a minimal PyTorch loop does exactly the sam
   clipping, one AdamW step, the EMA and the old-policy lerp.
 
 Trainer and minimal loop alternate, `--repeats` times each, from the same weights and the same
-samples; medians are reported with the median of the paired ratios (goal: training <= 1.05x), and images per second per
-phase. Writes `benchmarks/results/epoch[-LABEL].json` with the CPU (model, torch capability, bf16 units)
-and the thread count: timings belong to one machine.
+samples; medians are reported with the median of the paired ratios (goal: training <= 1.05x), and
+images per second per phase. Writes `benchmarks/results/epoch[-LABEL].json` with the CPU (model,
+torch capability, bf16 units) and the thread count: timings belong to one machine.
 """
 
 from __future__ import annotations

@@ -45,7 +45,10 @@ def flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def config_changes(run: Path, against: dict[str, Any]) -> dict[str, Any]:
-    """The run's resolved config keys whose values differ from `against` (missing keys count as None)."""
+    """The run's resolved config keys whose values differ from `against`.
+
+    A key the run's config lacks is None: the run used the built-in default (a plugin option left out,
+    or a field that an older version did not write)."""
     mine = flatten(tomllib.loads((run / "config.resolved.toml").read_text()))
     keys = sorted(set(mine) | set(against))
     skip = ("name", "train.max_minutes", "log.")  # the run's name and bookkeeping, not its training
@@ -135,7 +138,10 @@ def main(argv: list[str] | None = None) -> None:
     plot(rows, args.out.with_suffix(".png"), args.threshold)
     for row in rows:
         scores = " / ".join(f"{p['score']:.3f}@{p['epochs']}" for p in row["curve"])
-        changes = ", ".join(f"{k}={v}" for k, v in row["changes"].items()) or "(the default)"
+        changes = ", ".join(
+            f"{k}={'(built-in default)' if v is None else v}" for k, v in row["changes"].items()
+        )
+        changes = changes or "(the default)"
         print(f"| {row['run']} | {changes} | {scores} |")
 
 
