@@ -151,7 +151,9 @@ class EvalConfig(_Strict):
     every: int = Field(0, ge=0, description="evaluate every N epochs (0: only before and after)")
     seed: int = 1234
     baseline_guidance: list[float] = Field(
-        default_factory=lambda: [3.0], description="CFG scales at which the base model is also evaluated"
+        default_factory=list,
+        description="CFG scales at which the base model is also evaluated (none unless asked: each costs"
+        " one more evaluation at twice the price)",
     )
     solver: SolverConfig = Field(default_factory=lambda: SolverConfig(name="euler", steps=40))
 
