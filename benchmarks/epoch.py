@@ -152,13 +152,16 @@ def measure(
         calls: list = []
         for _ in range(repeats):
             trainer.policy.model.load_state_dict(start_weights)
-            recorder = CallRecorder(trainer.policy)
+            # no hooks in a lever's timing: a compiled network would trace (and recompile for) them
+            recorder = CallRecorder(trainer.policy) if minimal_loop else None
             samples, scored, phases = trainer.train_epoch()
+            if recorder is None:
+                for phase, seconds in phases.items():
+                    timings[phase].append(seconds)
+                continue
             recorder.close()
             for phase, seconds in phases.items():
                 timings[phase].append(seconds)
-            if not minimal_loop:
-                continue
             # the sampling calls (the update's calls follow them in the recording)
             calls = recorder.calls[: len(recorder.calls) - update_calls(trainer)]
             began = time.perf_counter()
@@ -242,6 +245,7 @@ def main() -> None:
     parser.add_argument("--label", default="", help="results file suffix: epoch-LABEL.json")
     parser.add_argument("--compile", action="store_true", help="torch.compile the networks (inductor)")
     parser.add_argument("--levers", action="store_true", help="time each variant of LEVERS (one precision)")
+    parser.add_argument("--lever", action="append", default=[], help="with --levers: only these labels")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     precisions = args.precision or (["fp32", "bf16"] if native_bf16(torch.device("cpu")) else ["fp32"])
@@ -253,7 +257,12 @@ def main() -> None:
     }
     if args.levers:
         result["levers"] = {}
+        unknown = [label for label in args.lever if label not in LEVERS]
+        if unknown:
+            parser.error(f"--lever: unknown {unknown}; allowed: {list(LEVERS)}")
         for label, (overrides, compile_networks) in LEVERS.items():
+            if args.lever and label not in args.lever:
+                continue
             torch.set_num_threads(args.threads)  # a variant's train.threads must not leak into the next
             run = measure(
                 precisions[0], args.overrides + overrides, args.repeats, compile_networks, minimal_loop=False

@@ -110,9 +110,11 @@ def plot(rows: list[dict[str, Any]], path: Path, threshold: float) -> None:
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(8, 5))
-    for row in rows:
+    for index, row in enumerate(rows):
         xs = [p["epochs"] for p in row["curve"]]
-        axis.plot(xs, [p["score"] for p in row["curve"]], marker="o", markersize=3, label=row["run"])
+        style = ("-", "--", ":")[index // 10 % 3]  # the colour cycle repeats after ten runs
+        ys = [p["score"] for p in row["curve"]]
+        axis.plot(xs, ys, marker="o", markersize=3, linestyle=style, label=row["run"])
     axis.axhline(threshold, color="grey", linestyle="--", linewidth=1)
     axis.set_xlabel("epochs trained")
     axis.set_ylabel("held-out score")
@@ -133,7 +135,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     against = flatten(resolved_config(load_config(args.against)))
     rows = [summarize(run, args.reward, against, args.threshold) for run in args.runs]
-    report = {"against": str(args.against), "reward": args.reward, "threshold": args.threshold, "runs": rows}
+    shown = args.against.resolve()
+    shown = shown.relative_to(ROOT) if shown.is_relative_to(ROOT) else Path(shown.name)  # no machine paths
+    report = {"against": str(shown), "reward": args.reward, "threshold": args.threshold, "runs": rows}
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     plot(rows, args.out.with_suffix(".png"), args.threshold)
     for row in rows:
