@@ -35,6 +35,7 @@ def test_minimal_training_updates_the_weights_as_the_trainer_does(fast_config, t
     # SGD: its step is linear in the gradient; Adam's first step is about lr * sign(g), so float noise in
     # a near-zero gradient would flip whole steps and hide what is compared
     trainer.optimizer = torch.optim.SGD(policy.model.parameters(), lr=0.1)
+    trainer.lr_schedule = torch.optim.lr_scheduler.LambdaLR(trainer.optimizer, lambda step: 1.0)
     start = {
         "model": copy.deepcopy(policy.model.state_dict()),
         "old": copy.deepcopy(policy.old_model.state_dict()),
