@@ -127,7 +127,7 @@ def _reward(name: str, options: list[str] | None, device: str):
 
 def _write_rows(path: Path, images: Any, output: Any) -> None:
     """One JSON line per image: file, prompt, tag (if any), score, details and note."""
-    from nft_core.io import atomic_write_text
+    from nft_core.io import atomic_write_text, strict_json
 
     lines = []
     for i, file in enumerate(images.files):
@@ -138,7 +138,7 @@ def _write_rows(path: Path, images: Any, output: Any) -> None:
         row.update({key: float(values[i]) for key, values in output.details.items()})
         if output.notes is not None:
             row["note"] = output.notes[i]
-        lines.append(json.dumps(row) + "\n")
+        lines.append(strict_json(row) + "\n")  # a NaN score: null, with `non_finite`
     atomic_write_text(path, "".join(lines))
 
 

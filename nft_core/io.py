@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -12,12 +13,51 @@ from nft_core.errors import UserError
 from nft_core.types import PromptItem
 
 
+def _file_mode() -> int:
+    """The mode `open()` gives a new file under the process umask (0644 under the usual 022)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def finite_json(data: Any, path: str = "") -> tuple[Any, list[str]]:
+    """`data` with every NaN / inf float replaced by None, and the paths (`a.b`, `a[2]`) where that happened.
+
+    JSON has no NaN: `json.dumps` would write a bare `NaN` that strict readers reject.
+    """
+    if isinstance(data, float) and not math.isfinite(data):
+        return None, [path or "."]
+    if isinstance(data, dict):
+        out, where = {}, []
+        for key, value in data.items():
+            out[key], found = finite_json(value, f"{path}.{key}" if path else str(key))
+            where += found
+        return out, where
+    if isinstance(data, list | tuple):
+        out_list, where = [], []
+        for index, value in enumerate(data):
+            clean, found = finite_json(value, f"{path}[{index}]")
+            out_list.append(clean)
+            where += found
+        return out_list, where
+    return data, []
+
+
+def strict_json(data: Any, **kwargs: Any) -> str:
+    """JSON text with non-finite numbers as null; a dict gets `non_finite`: the keys that were."""
+    clean, where = finite_json(data)
+    if where and isinstance(clean, dict):
+        clean["non_finite"] = where
+    return json.dumps(clean, allow_nan=False, **kwargs)
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write to a temporary file in the same folder, fsync, then rename over `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, _file_mode())  # mkstemp makes 0600: teammates could not read a run's files
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
@@ -34,14 +74,14 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 
 def atomic_write_json(path: str | Path, data: Any) -> None:
-    """Atomic pretty JSON write."""
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+    """Atomic pretty JSON write (strict JSON: non-finite numbers as null, see `strict_json`)."""
+    atomic_write_text(path, strict_json(data, indent=2) + "\n")
 
 
 def append_jsonl(path: str | Path, record: dict[str, Any]) -> None:
     """Append one JSON line (a crash can at worst lose the line being written, never corrupt earlier ones)."""
     with open(path, "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(record) + "\n")
+        handle.write(strict_json(record) + "\n")
         handle.flush()
 
 

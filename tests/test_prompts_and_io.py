@@ -83,3 +83,40 @@ def test_weighted_tag_cycle_spreads_heavy_tags_and_keeps_order_for_equal_weights
     assert sorted(cycle) == ["a", "b", "b", "b", "c"]
     assert cycle == ["b", "a", "b", "c", "b"]  # never two heavy draws bunched at one end
     assert weighted_tag_cycle(["x"], {"x": 4}) == ["x"] * 4
+
+
+def test_atomic_writes_get_the_umask_mode_not_mkstemps_0600(tmp_path):
+    import os
+    import stat
+
+    from nft_core.io import atomic_write_text
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "a.txt", "x")
+        os.umask(0o077)
+        atomic_write_text(tmp_path / "b.txt", "x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "b.txt").stat().st_mode) == 0o600
+
+
+def test_json_files_stay_strict_json_with_non_finite_numbers_flagged(tmp_path):
+    import json
+    import math
+
+    from nft_core.io import append_jsonl, atomic_write_json
+
+    record = {"loss": math.nan, "ok": 1.5, "scores": {"a": [1.0, math.inf]}}
+    append_jsonl(tmp_path / "m.jsonl", record)
+    atomic_write_json(tmp_path / "s.json", record)
+    for text in ((tmp_path / "m.jsonl").read_text(), (tmp_path / "s.json").read_text()):
+        parsed = json.loads(text, parse_constant=lambda name: pytest.fail(f"bare {name} in JSON"))
+        assert parsed == {
+            "loss": None,
+            "ok": 1.5,
+            "scores": {"a": [1.0, None]},
+            "non_finite": ["loss", "scores.a[1]"],
+        }
+    assert record["loss"] != record["loss"]  # the caller's record is not modified
