@@ -227,6 +227,8 @@ def parse_override(text: str) -> tuple[list[str | int], Any]:
     for piece in key.strip().replace("]", "").replace("[", ".").split("."):
         if piece:
             parts.append(int(piece) if piece.isdigit() else piece)
+    if not parts or isinstance(parts[0], int):
+        raise ConfigError(f"--set {text!r}: the key must start with a table or key name, e.g. train.lr=1e-4")
     try:
         value = tomllib.loads(f"v = {raw.strip()}")["v"]
     except tomllib.TOMLDecodeError:
@@ -237,14 +239,16 @@ def parse_override(text: str) -> tuple[list[str | int], Any]:
 def apply_override(data: dict[str, Any], parts: list[str | int], value: Any) -> None:
     """Set a nested key in the raw TOML dict (creating tables as needed)."""
     node: Any = data
-    for part, following in zip(parts[:-1], parts[1:], strict=True):
+    for depth, (part, following) in enumerate(zip(parts[:-1], parts[1:], strict=True)):
+        _check_container(node, part, parts, depth)
         if isinstance(part, int):
-            if not isinstance(node, list) or part >= len(node):
+            if part >= len(node):
                 raise ConfigError(f"--set {toml_path(tuple(parts))}: index {part} is out of range")
             node = node[part]
         else:
             node = node.setdefault(part, [] if isinstance(following, int) else {})
     last = parts[-1]
+    _check_container(node, last, parts, len(parts) - 1)
     if isinstance(last, int):  # replace an element, or append one right after the last
         if not isinstance(node, list):
             raise ConfigError(f"--set {toml_path(tuple(parts))}: not an array")
@@ -255,6 +259,21 @@ def apply_override(data: dict[str, Any], parts: list[str | int], value: Any) -> 
         node[last : last + 1] = [value]
         return
     node[last] = value
+
+
+def _check_container(node: Any, part: str | int, parts: list[str | int], depth: int) -> None:
+    """A ConfigError unless `node` (the value at `parts[:depth]`) can hold `part`: a table for a name,
+    an array for an index."""
+    where = toml_path(tuple(parts[:depth])) if depth else "the top level"
+    if isinstance(part, int) and not isinstance(node, list):
+        raise ConfigError(f"--set {toml_path(tuple(parts))}: {where} is not an array, so it has no [{part}]")
+    if isinstance(part, str) and isinstance(node, list):
+        raise ConfigError(
+            f"--set {toml_path(tuple(parts))}: {where} is an array of tables; give an index, e.g. "
+            f"{where}[0].{part}"
+        )
+    if isinstance(part, str) and not isinstance(node, dict):
+        raise ConfigError(f"--set {toml_path(tuple(parts))}: {where} is a value, not a table with keys")
 
 
 def load_raw(path: str | Path) -> dict[str, Any]:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from nft_core.config import apply_override, load_config, parse_override
 from nft_core.errors import ConfigError
+
+DEFAULT = Path(__file__).resolve().parents[1] / "examples" / "shapes-geneval.toml"
 
 
 def write(tmp_path, text):
@@ -131,3 +135,18 @@ def test_objective_options_are_the_objectives_own(fast_config):
         load_config(fast_config, ["objective.threshold=0.2"])
     rft = load_config(fast_config, ['objective.name="rft"', "objective.threshold=0.2"])
     assert rft.objective.options() == {"threshold": 0.2}
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("=1", r"--set '=1': the key must start with a table or key name"),
+        ("[0]=1", r"--set '\[0\]=1': the key must start with a table or key name"),
+        ("reward.weight=1", r"reward.weight: reward is an array of tables; give an index, e.g. reward\[0\]"),
+        ("train.lr.x=1", r"--set train.lr.x: train.lr is a value, not a table with keys"),
+        ("train.lr[0]=1", r"--set train.lr\[0\]: train.lr is not an array, so it has no \[0\]"),
+    ],
+)
+def test_malformed_overrides_are_one_line_config_errors(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(DEFAULT, [override])
