@@ -286,7 +286,9 @@ class Trainer:
         """EMA weights (what inference uses) + a small JSON state, written to a temp dir then renamed."""
         final = self.run_dir / "checkpoints" / f"step_{self.state.global_step:05d}"
         staging = final.with_name(final.name + ".tmp")
-        staging.mkdir(parents=True, exist_ok=True)
+        if staging.exists():  # left by a write that was killed: its files are not to be trusted
+            shutil.rmtree(staging)
+        staging.mkdir(parents=True)
         with self.ema.swapped_in(self.policy.trainable_parameters()):
             self.policy.save_trainable(str(staging))
         state = {

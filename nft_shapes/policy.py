@@ -56,8 +56,14 @@ def save_network(model: TinyUNet, path: Path, half: bool = True) -> None:
 def load_network(path: Path) -> TinyUNet:
     """Build the network from a safetensors file written by `save_network`."""
     if not path.is_file():
+        if path == SHIPPED_CHECKPOINT:  # the package lost its data file: it can be rebuilt
+            raise UserError(
+                f"shapes-tiny checkpoint not found: {path}; reinstall the package or reproduce it with "
+                f"`nft shapes pretrain --out {path}` (about an hour on 2 cores)"
+            )
         raise UserError(
-            f"shapes-tiny checkpoint not found: {path}; reproduce it with `nft shapes pretrain --out {path}`"
+            f"shapes-tiny checkpoint not found: {path}; check the path (an unset policy.checkpoint is "
+            "the shipped model)"
         )
     from safetensors import safe_open
 

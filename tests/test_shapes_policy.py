@@ -170,9 +170,12 @@ def test_shipped_checkpoint_is_small_and_loads():
     assert 1_000_000 < sum(p.numel() for p in model.parameters()) < 3_000_000
 
 
-def test_missing_checkpoint_names_the_reproducing_command(tmp_path):
+def test_a_missing_shipped_checkpoint_names_the_reproducing_command(tmp_path, monkeypatch):
+    import nft_shapes.policy as shapes_policy
+
+    monkeypatch.setattr(shapes_policy, "SHIPPED_CHECKPOINT", tmp_path / "shipped.safetensors")
     with pytest.raises(UserError, match="nft shapes pretrain"):
-        ShapesTinyPolicy(str(tmp_path / "none.safetensors"))
+        shapes_policy.load_network(tmp_path / "shipped.safetensors")
 
 
 def test_views_refresh_and_cfg(tiny_checkpoint):
@@ -373,3 +376,12 @@ def test_pretrain_command_refuses_bad_options_with_one_line(tmp_path, monkeypatc
     assert len(lines) == 1 and lines[0].startswith("error: "), lines
     assert re.search(message, lines[0]), lines[0]
     assert not any(tmp_path.iterdir())
+
+
+def test_a_mistyped_checkpoint_path_says_check_the_path_not_pretrain(tmp_path):
+    from nft_core.errors import UserError
+    from nft_shapes.policy import load_network
+
+    with pytest.raises(UserError, match="check the path") as error:
+        load_network(tmp_path / "typo.safetensors")
+    assert "pretrain" not in str(error.value)

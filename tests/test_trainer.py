@@ -235,3 +235,13 @@ def test_the_lr_schedule_runs_over_the_epochs_optimizer_steps(fast_config, tmp_p
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     # 2 epochs x 2 steps: the steps use 1, 5/6, 4/6, 3/6 of lr; each record holds the next step's rate
     assert [r["lr"] for r in records if r["kind"] == "train"] == pytest.approx([1e-3 * 4 / 6, 1e-3 * 0.5])
+
+
+def test_a_checkpoint_replaces_the_staging_folder_a_killed_write_left(fast_config, tmp_path):
+    trainer = Trainer(load_config(fast_config), tmp_path, echo=lambda *_: None)
+    stale = tmp_path / "checkpoints" / "step_00000.tmp"
+    stale.mkdir(parents=True)
+    (stale / "half-written.bin").write_bytes(b"\0" * 10)
+    final = trainer.checkpoint()
+    assert final.name == "step_00000" and not stale.exists()
+    assert sorted(p.name for p in final.iterdir()) == ["model.safetensors", "state.json"]
