@@ -48,11 +48,13 @@ def run(
 ) -> None:
     """Train: collect -> score -> NFT update -> eval, writing runs/<name>/."""
     from nft_core.config import load_config
+    from nft_core.io import check_output_folder
     from nft_core.trainer import Trainer, unique_run_dir
 
     warn_plugin_errors()
     try:
         loaded = load_config(config, set_)
+        check_output_folder(out)  # before any model loads
         trainer = Trainer(loaded, unique_run_dir(out, loaded.name), echo=typer.echo)
         summary = trainer.run()
     except UserError as error:

@@ -279,10 +279,14 @@ def _check_container(node: Any, part: str | int, parts: list[str | int], depth: 
 def load_raw(path: str | Path) -> dict[str, Any]:
     """Read a TOML file; a syntax error names the file and line."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path}: a folder, not a TOML config file")
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
         return tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file (a TOML config is UTF-8 text)") from None
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{path}: invalid TOML: {error}") from None
 

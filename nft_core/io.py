@@ -78,6 +78,22 @@ def atomic_write_json(path: str | Path, data: Any) -> None:
     atomic_write_text(path, strict_json(data, indent=2) + "\n")
 
 
+def check_output_folder(folder: str | Path, option: str = "--out") -> None:
+    """A UserError, before any work starts, unless `folder` exists as a writable folder or can be made.
+
+    Walks up to the nearest existing ancestor: a file there means the folder can never be made, and an
+    ancestor without write permission means nothing can be written under it.
+    """
+    folder = Path(folder)
+    ancestor = folder
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise UserError(f"{option} {folder}: {ancestor} is a file, not a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise UserError(f"{option} {folder}: {ancestor} is not writable")
+
+
 def append_jsonl(path: str | Path, record: dict[str, Any]) -> None:
     """Append one JSON line (a crash can at worst lose the line being written, never corrupt earlier ones)."""
     with open(path, "a", encoding="utf-8") as handle:

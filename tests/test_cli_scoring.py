@@ -130,3 +130,10 @@ def test_weights_list(monkeypatch, tmp_path):
     )
     assert "ocr: no download needed" in result.output
     assert np.all([line for line in result.output.splitlines()])
+
+
+def test_nft_run_refuses_an_output_folder_under_a_file_before_loading_anything(tmp_path, fast_config):
+    (tmp_path / "afile").write_text("x")
+    result = runner.invoke(build_app(), ["run", str(fast_config), "--out", str(tmp_path / "afile" / "runs")])
+    assert result.exit_code == 2 and "afile is a file, not a folder" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "afile" / "runs").exists()

@@ -150,3 +150,12 @@ def test_objective_options_are_the_objectives_own(fast_config):
 def test_malformed_overrides_are_one_line_config_errors(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config(DEFAULT, [override])
+
+
+def test_a_folder_or_a_binary_file_as_the_config_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="a folder, not a TOML config file"):
+        load_config(tmp_path)
+    binary = tmp_path / "binary.toml"
+    binary.write_bytes(b"\xff\xfe\x00\x81")
+    with pytest.raises(ConfigError, match=r"binary.toml: not a text file \(a TOML config is UTF-8 text\)"):
+        load_config(binary)

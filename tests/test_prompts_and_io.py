@@ -120,3 +120,25 @@ def test_json_files_stay_strict_json_with_non_finite_numbers_flagged(tmp_path):
             "non_finite": ["loss", "scores.a[1]"],
         }
     assert record["loss"] != record["loss"]  # the caller's record is not modified
+
+
+def test_an_output_folder_under_a_file_or_without_write_permission_is_refused(tmp_path):
+    import os
+
+    from nft_core.errors import UserError
+    from nft_core.io import check_output_folder
+
+    check_output_folder(tmp_path / "new" / "runs")  # can be made: fine
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(UserError, match=r"--out .*afile/runs: .*afile is a file, not a folder"):
+        check_output_folder(tmp_path / "afile" / "runs")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if os.access(locked, os.W_OK):  # root ignores permissions: nothing to check there
+            pytest.skip("running as a user that may write anywhere")
+        with pytest.raises(UserError, match="is not writable"):
+            check_output_folder(locked / "runs")
+    finally:
+        locked.chmod(0o700)
