@@ -37,7 +37,6 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from nft_core.advantages import advantage_step  # noqa: E402
 from nft_core.config import load_config  # noqa: E402
 from nft_core.machine import machine_facts  # noqa: E402
 from nft_core.precision import autocast, native_bf16  # noqa: E402
@@ -58,21 +57,31 @@ LEVERS: dict[str, tuple[list[str], bool]] = {
 """`--levers`: label -> (overrides of the default, compile the networks); timed without the minimal loop."""
 
 
-class CallRecorder:
-    """Records every forward call of the policy's networks during a phase (network, args), in order."""
+class SamplingRecorder:
+    """Records the forward calls of the policy's networks (network, args), in order, made inside the
+    trainer's `collect` and nowhere else: the hooks live only while `collect` runs."""
 
-    def __init__(self, policy) -> None:
+    def __init__(self, trainer: Trainer) -> None:
         self.calls: list[tuple[torch.nn.Module, tuple]] = []
-        self.handles = [
-            getattr(policy, name).register_forward_hook(self._hook, with_kwargs=False) for name in NETWORKS
-        ]
+        self.trainer, self.collect = trainer, trainer.collect
+        trainer.collect = self._recorded_collect
 
     def _hook(self, module, args, _output) -> None:
         self.calls.append((module, tuple(a.detach() if torch.is_tensor(a) else a for a in args)))
 
+    def _recorded_collect(self):
+        self.calls = []
+        policy = self.trainer.policy
+        handles = [getattr(policy, name).register_forward_hook(self._hook) for name in NETWORKS]
+        try:
+            return self.collect()
+        finally:
+            for handle in handles:
+                handle.remove()
+
     def close(self) -> None:
-        for handle in self.handles:
-            handle.remove()
+        """Give the trainer back its own `collect`."""
+        self.trainer.collect = self.collect
 
 
 @torch.no_grad()
@@ -153,29 +162,19 @@ def measure(
         for _ in range(repeats):
             trainer.policy.model.load_state_dict(start_weights)
             # no hooks in a lever's timing: a compiled network would trace (and recompile for) them
-            recorder = CallRecorder(trainer.policy) if minimal_loop else None
+            recorder = SamplingRecorder(trainer) if minimal_loop else None
             samples, scored, phases = trainer.train_epoch()
-            if recorder is None:
-                for phase, seconds in phases.items():
-                    timings[phase].append(seconds)
-                continue
-            recorder.close()
             for phase, seconds in phases.items():
                 timings[phase].append(seconds)
-            # the sampling calls (the update's calls follow them in the recording)
-            calls = recorder.calls[: len(recorder.calls) - update_calls(trainer)]
+            if recorder is None:
+                continue
+            recorder.close()
+            calls = recorder.calls
             began = time.perf_counter()
             minimal_sampling(calls, trainer.precision, trainer.device)
             minimal["sampling"].append(time.perf_counter() - began)
-            objective = trainer.config.objective
-            optimality, _ = advantage_step(
-                scored.total,
-                samples.group_ids,
-                trainer.objective.adv_clip,
-                objective.adv_mode,
-                objective.global_std,
-            )
-            plan = trainer_plan(trainer, samples)
+            optimality, _ = trainer.advantages(samples, scored)
+            plan = trainer.plan(samples)  # a fresh draw of the same geometry
             trainer.policy.model.load_state_dict(start_weights)
             began = time.perf_counter()
             minimal_training(trainer, samples, optimality, plan)
@@ -208,28 +207,6 @@ def measure(
             }
             result["all_minimal_seconds"] = minimal
         return result
-
-
-def update_calls(trainer: Trainer) -> int:
-    """Network calls of one update: old, current and (with a KL term) reference, per micro-batch."""
-    per_visit = 3 if getattr(trainer.objective, "kl_weight", 0.0) > 0 else 2
-    return per_visit * trainer.geometry.micro_batches
-
-
-def trainer_plan(trainer: Trainer, samples):
-    """The same kind of plan the trainer draws (its generator advances as the trainer's would)."""
-    from nft_core.plan import training_plan
-
-    geometry = trainer.geometry
-    return training_plan(
-        len(samples),
-        trainer.train_times.to(samples.latents.dtype),
-        geometry.trained_times,
-        geometry.micro_batch,
-        geometry.optimizer_steps,
-        geometry.inner_epochs,
-        trainer.generator,
-    )
 
 
 def main() -> None:

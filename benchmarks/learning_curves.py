@@ -28,6 +28,9 @@ sys.path.insert(0, str(ROOT))
 from nft_core.config import load_config, resolved_config  # noqa: E402
 from nft_core.trainer import PHASES  # noqa: E402
 
+IGNORED_KEYS = {"name", "train.max_minutes"}
+"""Keys (besides `log.*`) that name or bound a run rather than change its training."""
+
 
 def flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """`{"a": {"b": 1}}` -> `{"a.b": 1}`; arrays of tables are indexed (`reward[0].weight`)."""
@@ -51,11 +54,10 @@ def config_changes(run: Path, against: dict[str, Any]) -> dict[str, Any]:
     or a field that an older version did not write)."""
     mine = flatten(tomllib.loads((run / "config.resolved.toml").read_text()))
     keys = sorted(set(mine) | set(against))
-    skip = ("name", "train.max_minutes", "log.")  # the run's name and bookkeeping, not its training
     return {
         key: mine.get(key)
         for key in keys
-        if mine.get(key) != against.get(key) and not key.startswith(skip[2]) and key not in skip[:2]
+        if mine.get(key) != against.get(key) and key not in IGNORED_KEYS and not key.startswith("log.")
     }
 
 

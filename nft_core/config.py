@@ -12,8 +12,8 @@ from nft_core import registry
 from nft_core.errors import ConfigError
 from nft_core.normalization import NORMALIZERS
 from nft_core.options import explain, toml_path
-from nft_core.precision import resolve_precision
-from nft_core.schedules import parse_decay_schedule
+from nft_core.precision import REQUESTS, resolve_precision
+from nft_core.schedules import LR_SCHEDULES, parse_decay_schedule
 
 
 class _Strict(BaseModel):
@@ -118,7 +118,7 @@ class TrainConfig(_Strict):
     """`[train]`: optimisation and run limits."""
 
     lr: float = Field(3e-4, gt=0)
-    lr_schedule: Literal["constant", "cosine", "linear"] = Field(
+    lr_schedule: Literal[LR_SCHEDULES] = Field(
         "constant", description="learning rate over the run's optimizer steps (train.epochs of them)"
     )
     lr_final: float = Field(0.0, ge=0, le=1, description="cosine / linear: the last step's share of lr")
@@ -135,7 +135,7 @@ class TrainConfig(_Strict):
     seed: int = 0
     device: str = "cpu"
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice)")
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+    precision: Literal[REQUESTS] = Field(
         "auto",
         description="dtype of the policy's forward passes in collection and update (autocast; fp32 master"
         " weights, loss and evaluation). auto: bf16 where the device computes it natively, else fp32;"
@@ -250,8 +250,6 @@ def apply_override(data: dict[str, Any], parts: list[str | int], value: Any) -> 
     last = parts[-1]
     _check_container(node, last, parts, len(parts) - 1)
     if isinstance(last, int):  # replace an element, or append one right after the last
-        if not isinstance(node, list):
-            raise ConfigError(f"--set {toml_path(tuple(parts))}: not an array")
         if last > len(node):
             raise ConfigError(
                 f"--set {toml_path(tuple(parts))}: index {last} is out of range (allowed: 0 to {len(node)})"

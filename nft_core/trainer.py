@@ -30,7 +30,7 @@ from nft_core.io import append_jsonl, atomic_write_json, atomic_write_text
 from nft_core.machine import machine_facts
 from nft_core.metrics import eval_record, train_record
 from nft_core.normalization import make_normalizer
-from nft_core.plan import Geometry, training_plan
+from nft_core.plan import Geometry, MicroBatch, training_plan
 from nft_core.precision import autocast, resolve_precision
 from nft_core.prompts import PromptDrawer, load_prompts
 from nft_core.protocols import Objective, Policy, Solver
@@ -205,9 +205,16 @@ class Trainer:
         images = self.policy.decode(latents).cpu()
         return Samples(latents, images, prompts, [item.metadata for item in items], cond, group_ids)
 
-    def update(self, samples: Samples, optimality: torch.Tensor) -> dict[str, float]:
-        """The objective over `training_plan`'s micro-batches, one optimizer step per chunk of them."""
-        steps = training_plan(
+    def advantages(self, samples: Samples, scored: RewardSetOutput) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(optimality, advantages)` of the scored samples (`advantage_step` with `[objective]`'s mode)."""
+        objective = self.config.objective
+        return advantage_step(
+            scored.total, samples.group_ids, self.objective.adv_clip, objective.adv_mode, objective.global_std
+        )
+
+    def plan(self, samples: Samples) -> list[list[MicroBatch]]:
+        """This epoch's micro-batches per optimizer step (`training_plan`, drawn from the generator)."""
+        return training_plan(
             len(samples),
             self.train_times.to(self.device, samples.latents.dtype),
             self.geometry.trained_times,
@@ -216,6 +223,10 @@ class Trainer:
             self.geometry.inner_epochs,
             self.generator,
         )
+
+    def update(self, samples: Samples, optimality: torch.Tensor) -> dict[str, float]:
+        """The objective over `plan`'s micro-batches, one optimizer step per chunk of them."""
+        steps = self.plan(samples)
         micro_batches = sum(len(step) for step in steps)
         optimality = optimality.to(self.device)
         totals: dict[str, float] = {}
@@ -383,15 +394,13 @@ class Trainer:
 
         Returns the samples, their scores and the wall seconds of each phase (`PHASES`).
         """
-        state, objective = self.state, self.config.objective
+        state = self.state
         ticks = [time.time()]
         samples = self.collect()
         ticks.append(time.time())
         scored = self.rewards.score(samples.images, samples.prompts, samples.metadata, samples.group_ids)
         ticks.append(time.time())
-        optimality, advantages = advantage_step(
-            scored.total, samples.group_ids, self.objective.adv_clip, objective.adv_mode, objective.global_std
-        )
+        optimality, advantages = self.advantages(samples, scored)
         losses = self.update(samples, optimality)
         decay = self.refresh_old()
         ticks.append(time.time())

@@ -56,7 +56,7 @@ def test_minimal_training_updates_the_weights_as_the_trainer_does(fast_config, t
     trainer.ema.shadow = start["ema"]
     trainer.generator.set_state(start["generator"])
     trainer.state.global_step -= trainer.geometry.optimizer_steps
-    plan = epoch.trainer_plan(trainer, samples)
+    plan = trainer.plan(samples)
     epoch.minimal_training(trainer, samples, optimality, plan)
     found = [policy.model.state_dict(), policy.old_model.state_dict(), trainer.ema.shadow]
 
