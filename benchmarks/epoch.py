@@ -173,7 +173,7 @@ def measure(
             began = time.perf_counter()
             minimal_sampling(calls, trainer.precision, trainer.device)
             minimal["sampling"].append(time.perf_counter() - began)
-            optimality, _ = trainer.advantages(samples, scored)
+            optimality, _ = trainer.advantages(samples, scored.total)
             plan = trainer.plan(samples)  # a fresh draw of the same geometry
             trainer.policy.model.load_state_dict(start_weights)
             began = time.perf_counter()

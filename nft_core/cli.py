@@ -45,39 +45,70 @@ def run(
     config: Path = typer.Argument(..., help="TOML run config"),
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
     out: Path = typer.Option(Path("runs"), help="folder that holds run directories"),
+    resume: str | None = typer.Option(
+        None,
+        "--resume",
+        help="go on with a stopped run: its run directory, one of its checkpoint folders, or `auto` (the "
+        "newest run of this config's name under --out, if it has a checkpoint; else a new run)",
+    ),
 ) -> None:
     """Train: collect -> score -> NFT update -> eval, writing runs/<name>/."""
     from nft_core.config import load_config
     from nft_core.io import check_output_folder
+    from nft_core.preflight import preflight
+    from nft_core.resume import check_same_run, resolve_resume
     from nft_core.trainer import Trainer, unique_run_dir
 
     warn_plugin_errors()
     try:
         loaded = load_config(config, set_)
         check_output_folder(out)  # before any model loads
-        trainer = Trainer(loaded, unique_run_dir(out, loaded.name), echo=typer.echo)
-        summary = trainer.run()
+        preflight(loaded)
+        found = resolve_resume(resume, out, loaded.name) if resume else None
+        if found is not None:
+            run_dir, checkpoint = found
+            check_same_run(run_dir, loaded)
+            check_output_folder(run_dir, "--resume")
+        else:
+            run_dir, checkpoint = unique_run_dir(out, loaded.name), None
+            if resume == "auto":
+                typer.echo(f"--resume auto: no checkpoint of a run named {loaded.name!r} in {out}; a new run")
+        trainer = Trainer(loaded, run_dir, echo=typer.echo)
+        summary = trainer.run(resume=checkpoint)
     except UserError as error:
         fail(error)
-    typer.echo(json.dumps({k: summary[k] for k in ("run_dir", "train_seconds", "wall_seconds")}))
+    if summary.get("status") == "interrupted":
+        again = " ".join([f"nft run {config}", *(f"--set '{s}'" for s in set_), f"--resume {run_dir}"])
+        typer.echo(f"resume with: {again}")
+        return
+    typer.echo(
+        json.dumps({k: summary.get(k) for k in ("run_dir", "status", "train_seconds", "wall_seconds")})
+    )
 
 
 @app.command()
 def validate(
     config: Path = typer.Argument(..., help="TOML run config"),
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+    portable: bool = typer.Option(
+        False, "--portable", help="skip what depends on this machine: the device, prompt files, the warm-start folder"
+    ),
 ) -> None:
-    """Check a config (keys, types, plugin names and their options) without running it."""
+    """Check a config without running it: keys, types, plugin names and options, prompt sources, the
+    batch geometry against the solver's grid and, unless --portable, the device, prompt sources and the
+    warm-start folder."""
     from nft_core.config import load_config
+    from nft_core.preflight import preflight
 
     warn_plugin_errors()
     try:
         loaded = load_config(config, set_)
+        geometry = preflight(loaded, portable=portable)
     except UserError as error:
         fail(error)
     typer.echo(
         f"{config}: ok (policy {loaded.policy.name}, solver {loaded.solver.name}, "
-        f"rewards {', '.join(r.name for r in loaded.reward)})"
+        f"rewards {', '.join(r.name for r in loaded.reward)}; {geometry.describe()})"
     )
 
 

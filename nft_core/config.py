@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,21 +22,26 @@ class _Strict(BaseModel):
 
 
 class _PluginTable(BaseModel):
-    """A table whose `name` picks a plugin; every other key is that plugin's option, validated by it."""
+    """A table whose `name` picks a plugin; every other undeclared key is that plugin's option."""
 
     model_config = ConfigDict(extra="allow")
 
     name: str
 
     def options(self) -> dict[str, Any]:
-        """The plugin's options (every key but `name`)."""
+        """The plugin's options (every key the table does not declare itself, e.g. not `name`)."""
         return dict(self.model_extra or {})
 
 
 class PolicyConfig(_PluginTable):
-    """`[policy]`: `name` plus the policy's own options (e.g. `checkpoint`)."""
+    """`[policy]`: `name`, `init_from`, plus the policy's own options (e.g. `checkpoint`)."""
 
     name: str = "shapes-tiny"
+    init_from: str | None = Field(
+        None,
+        description="warm start: a run directory (its newest checkpoint) or a checkpoint folder whose "
+        "weights the run starts from, with a new optimizer and counters (resuming is `nft run --resume`)",
+    )
 
 
 class SolverConfig(_PluginTable):
@@ -175,6 +181,13 @@ class RewardConfig(_Strict):
         """The name this reward goes by in metrics and the weighted sum."""
         return self.alias or self.name
 
+    @field_validator("weight", "scale", "shift")
+    @classmethod
+    def _finite(cls, value: float) -> float:
+        if not math.isfinite(value):
+            raise ValueError(f"must be a finite number, got {value}")
+        return value
+
     @field_validator("normalize")
     @classmethod
     def _known_normalizer(cls, value: str) -> str:
@@ -189,6 +202,12 @@ class LogConfig(_Strict):
     grid_every: int = Field(5, ge=0, description="sample grid every N epochs (0: never)")
     grid_images: int = Field(32, ge=1)
     checkpoint_every: int = Field(0, ge=0, description="checkpoint every N epochs (0: only at the end)")
+    keep_checkpoints: int = Field(
+        0, ge=0, description="keep the newest N checkpoints (0: all); older ones are deleted"
+    )
+    keep_best: bool = Field(
+        True, description="with keep_checkpoints: also keep the checkpoint of the best evaluation score"
+    )
     progress: bool = True
 
 
@@ -215,6 +234,8 @@ class RunConfig(_Strict):
                     "(e.g. two outcomes of one reward)"
                 )
             seen.add(reward.label)
+        if all(reward.weight == 0 for reward in self.reward):
+            raise ValueError("reward: every weight is 0, so nothing would be trained; give one a weight")
         return self
 
 

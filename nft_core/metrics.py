@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from nft_core.evaluation import EvalResult
 from nft_core.reward_set import RewardSetOutput
 
@@ -25,7 +27,9 @@ def train_record(
     losses: dict[str, float],
 ) -> dict[str, Any]:
     """One epoch: position, old-policy decay, phase seconds and throughput, every reward raw and
-    normalized (and its details' means), advantage statistics (`advantage/*`) and the update's losses."""
+    normalized (and its details' means) over the valid samples, how many samples each reward left
+    without a finite score (`reward/<name>/invalid`, `samples/excluded` in all), advantage statistics
+    (`advantage/*`) and the update's losses."""
     images = len(scored.total)
     record: dict[str, Any] = {
         "kind": "train",
@@ -34,13 +38,25 @@ def train_record(
     }
     record.update({f"seconds/{phase}": seconds for phase, seconds in phases.items()})
     record["images_per_second"] = images / sum(phases.values())
-    record["reward/total_mean"] = float(scored.total.mean())
+    valid = scored.valid
+    assert valid is not None
+    every = bool(valid.all())
+
+    def kept(values: torch.Tensor) -> torch.Tensor:
+        """The values of the valid samples (all of them, untouched, in the usual case)."""
+        return values if every else values[valid]
+
+    record["samples/excluded"] = int((~valid).sum())
+    record["reward/total_mean"] = float(kept(scored.total).mean())
     for name in scored.raw:
-        record[f"reward/{name}/raw_mean"] = float(scored.raw[name].mean())
-        record[f"reward/{name}/raw_std"] = float(scored.raw[name].std(unbiased=False))
-        record[f"reward/{name}/normalized_mean"] = float(scored.normalized[name].mean())
+        record[f"reward/{name}/raw_mean"] = float(kept(scored.raw[name]).mean())
+        record[f"reward/{name}/raw_std"] = float(kept(scored.raw[name]).std(unbiased=False))
+        record[f"reward/{name}/normalized_mean"] = float(kept(scored.normalized[name]).mean())
+        record[f"reward/{name}/invalid"] = scored.invalid.get(name, 0)
+        if name in scored.failed_calls:
+            record[f"reward/{name}/failed_calls"] = scored.failed_calls[name]
         for key, value in scored.details.get(name, {}).items():
-            record[f"reward/{name}/{key}_mean"] = float(value.float().mean())
+            record[f"reward/{name}/{key}_mean"] = float(kept(value.float()).mean())
     record.update({f"advantage/{key}": value for key, value in advantages.items()})
     record.update(losses)
     return record

@@ -98,6 +98,11 @@ class Policy(Protocol):
         """The named parameters of the `current` view that the optimizer updates."""
         ...
 
+    def old_parameters(self) -> Iterable[tuple[str, torch.Tensor]]:
+        """The `old` view's tensors that `refresh_old` moves, under the names of `trainable_parameters()`
+        (same shapes; the live storage, so a resumed run can write them back)."""
+        ...
+
     def refresh_old(self, decay: float) -> None:
         """`theta_old <- decay * theta_old + (1 - decay) * theta`."""
         ...

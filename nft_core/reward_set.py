@@ -33,13 +33,26 @@ class RewardTerm:
 
 @dataclass
 class RewardSetOutput:
-    """Per-reward raw and normalized scores `[N]` (CPU float32), their weighted sum and timings."""
+    """Per-reward raw and normalized scores `[N]` (CPU float32), their weighted sum, timings, and which
+    samples are valid (NaN in `normalized` and `total` where not)."""
 
     raw: dict[str, torch.Tensor]
     normalized: dict[str, torch.Tensor]
     total: torch.Tensor
     details: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    valid: torch.Tensor | None = None
+    """`[N]` bool: the samples every reward scored with a finite number (the others leave training)."""
+    invalid: dict[str, int] = field(default_factory=dict)
+    """Per reward: how many samples it gave no finite score (NaN, inf, or a failed call)."""
+    failed_calls: dict[str, int] = field(default_factory=dict)
+    """Per reward whose call raised: how many times it raised (2: the retry failed too)."""
+    errors: dict[str, str] = field(default_factory=dict)
+    """Per reward whose call raised: the last error, one line."""
+
+    def __post_init__(self) -> None:
+        if self.valid is None:
+            self.valid = torch.isfinite(self.total) if self.total.numel() else torch.ones(0, dtype=torch.bool)
 
 
 def combine(normalized: dict[str, torch.Tensor], weights: dict[str, float]) -> torch.Tensor:
@@ -110,8 +123,11 @@ class RewardSet:
     ) -> RewardSetOutput:
         """Score a batch with every reward, normalize each (after orienting it), and sum with the weights.
 
-        `group_ids` default to the prompt groups of `prompts`. Non-finite scores or a wrong shape raise a
-        ValueError naming the reward.
+        `group_ids` default to the prompt groups of `prompts`. A sample is valid when every reward gave
+        it a finite score; a reward call that raises is retried once, and if it raises again none of the
+        batch is valid for it. Normalizers see only the valid samples (their statistics stay clean);
+        `normalized` and `total` are NaN elsewhere. A reward that returns a wrong shape raises a
+        ValueError naming it (that is a bug in the reward, not bad luck with a sample).
         """
         n = len(prompts)
         if images.shape[0] != n:
@@ -119,34 +135,62 @@ class RewardSet:
         if metadata is not None and len(metadata) != n:
             raise ValueError(f"{len(metadata)} metadata entries but {n} prompts")
         groups = prompt_group_ids(prompts) if group_ids is None else _cpu_long(group_ids)
-        raw: dict[str, torch.Tensor] = {}
-        normalized: dict[str, torch.Tensor] = {}
-        details: dict[str, dict[str, torch.Tensor]] = {}
-        seconds: dict[str, float] = {}
+        out = RewardSetOutput(
+            raw={}, normalized={}, total=torch.empty(0), valid=torch.ones(n, dtype=torch.bool)
+        )
         for term in self.terms:
             start = time.perf_counter()
-            output = term.reward(images, prompts, metadata)
-            scores = _cpu_float(output.scores)  # the copy to CPU waits for the device, so timing is honest
-            term_details = {key: _cpu_float(value) for key, value in (output.details or {}).items()}
-            seconds[term.name] = time.perf_counter() - start
+            output = self._call(term, images, prompts, metadata, out)
+            if output is None:
+                scores, term_details = torch.full((n,), math.nan), {}
+            else:
+                scores = _cpu_float(output.scores)  # the copy to CPU waits for the device: honest timing
+                term_details = {key: _cpu_float(value) for key, value in (output.details or {}).items()}
+            out.seconds[term.name] = time.perf_counter() - start
             if scores.shape != (n,):
                 raise ValueError(
                     f"reward {term.name!r} returned scores of shape {tuple(scores.shape)}, want [{n}]"
                 )
-            if not torch.isfinite(scores).all():
-                bad = int((~torch.isfinite(scores)).sum())
-                raise ValueError(f"reward {term.name!r} returned {bad} non-finite score(s)")
+            finite = torch.isfinite(scores)
+            out.invalid[term.name] = int((~finite).sum())
+            out.valid &= finite
+            out.raw[term.name] = scores
+            out.details[term.name] = term_details
+        keep = out.valid.nonzero(as_tuple=True)[0]
+        everything = len(keep) == n
+        for term in self.terms:
+            scores = out.raw[term.name]
             oriented = scores if term.reward.higher_is_better else -scores
-            norm = _cpu_float(term.normalizer(oriented, groups))
-            if norm.shape != (n,):
-                raise ValueError(
-                    f"normalizer of {term.name!r} returned shape {tuple(norm.shape)}, want [{n}]"
+            norm = torch.full((n,), math.nan)
+            if len(keep):
+                part = _cpu_float(
+                    term.normalizer(*((oriented, groups) if everything else (oriented[keep], groups[keep])))
                 )
-            raw[term.name] = scores
-            normalized[term.name] = norm
-            details[term.name] = term_details
-        total = combine(normalized, self.weights)
-        return RewardSetOutput(raw=raw, normalized=normalized, total=total, details=details, seconds=seconds)
+                if part.shape != (len(keep),):
+                    raise ValueError(
+                        f"normalizer of {term.name!r} returned shape {tuple(part.shape)}, want [{len(keep)}]"
+                    )
+                norm = part if everything else norm.index_put((keep,), part)
+            out.normalized[term.name] = norm
+        out.total = combine(out.normalized, self.weights)
+        return out
+
+    @staticmethod
+    def _call(
+        term: RewardTerm,
+        images: torch.Tensor,
+        prompts: Sequence[str],
+        metadata: Sequence[dict[str, Any]] | None,
+        out: RewardSetOutput,
+    ) -> Any:
+        """The reward's output, retried once after an exception; None (and the error kept) after two."""
+        for attempt in range(2):
+            try:
+                return term.reward(images, prompts, metadata)
+            except Exception as error:  # a reward that fails must not end a run that may be days long
+                out.failed_calls[term.name] = attempt + 1
+                out.errors[term.name] = f"{type(error).__name__}: {error}"
+        return None
 
     def normalizer_state(self) -> dict[str, Any]:
         """States of the stateful normalizers (running z-score), by reward name, for checkpoints."""

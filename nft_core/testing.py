@@ -685,6 +685,44 @@ def _perturb(policy: Any, scale: float, seed: int) -> None:
             parameter.add_(noise * scale * (1.0 + parameter.detach().abs().mean()))
 
 
+def _check_old_parameters(
+    policy: Any, x: torch.Tensor, t: torch.Tensor, cond: Any, label: str, old_view: torch.Tensor, atol: float
+) -> None:
+    """After `refresh_old(0.0)`: `old_parameters()` mirrors `trainable_parameters()` name for name and
+    value for value, and is the old view's live storage (writing it moves `velocity('old')`)."""
+    trained = dict(policy.trainable_parameters())
+    try:
+        old = dict(policy.old_parameters())
+    except Exception as error:
+        _fail(label, f"old_parameters() raised {type(error).__name__}: {error}")
+    _ensure(
+        old.keys() == trained.keys(),
+        label,
+        "old_parameters() names differ from trainable_parameters(): "
+        f"{sorted(old.keys() ^ trained.keys())[:3]}",
+    )
+    for name, tensor in old.items():
+        _ensure(
+            tuple(tensor.shape) == tuple(trained[name].shape)
+            and _max_difference(tensor, trained[name]) <= atol,
+            label,
+            f"after refresh_old(0.0), old_parameters()[{name!r}] is not the trained tensor's value",
+        )
+    saved = {name: tensor.detach().clone() for name, tensor in old.items()}
+    with torch.no_grad():
+        for tensor in old.values():
+            tensor.add_(0.05 * (1.0 + tensor.abs().mean()))
+    moved = _velocities(policy, x, t, cond, label)["old"]
+    _ensure(
+        _max_difference(moved, old_view) > atol,
+        label,
+        "writing old_parameters() did not change velocity('old'): they must be the old view's own tensors",
+    )
+    with torch.no_grad():
+        for name, tensor in old.items():
+            tensor.copy_(saved[name])
+
+
 def check_policy(policy: Any, directory: str | Path, *, atol: float = 1e-5, scale: float = 0.05) -> None:
     """Check a freshly built policy against the contract; it is trained a little and modified.
 
@@ -695,7 +733,8 @@ def check_policy(policy: Any, directory: str | Path, *, atol: float = 1e-5, scal
     `trainable_parameters()` is non-empty, requires grad, and a loss on `current` gives them gradients
     while `old` and `reference` carry none; `train(True)` / `train(False)` return the policy; moving
     the trainable parameters moves `current` only; `refresh_old(1.0)` keeps `old`, `refresh_old(0.0)`
-    makes it `current`; the reference never moves; `save_trainable` into `directory` then
+    makes it `current`; `old_parameters()` then mirrors the trainable ones and is the old view's
+    storage; the reference never moves; `save_trainable` into `directory` then
     `load_trainable` after further changes restores `current` and `old` to the saved weights;
     `decode` gives images `[N,3,H,W]` in [0, 1]; `.to(device)` returns the policy.
     """
@@ -775,6 +814,7 @@ def check_policy(policy: Any, directory: str | Path, *, atol: float = 1e-5, scal
     synced = _velocities(policy, x, t, cond, label)
     agree(synced["old"], synced["current"], "after refresh_old(0.0) old differs from current by {difference}")
     agree(synced["reference"], start["reference"], "refresh_old moved the reference view by {difference}")
+    _check_old_parameters(policy, x, t, cond, label, synced["old"], atol)
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)

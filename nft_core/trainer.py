@@ -9,31 +9,52 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import math
-import shutil
+import signal
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import tomli_w
 import torch
+from safetensors.torch import load_file, save
 from tqdm import tqdm
 
 from nft_core import registry
 from nft_core.advantages import advantage_step
+from nft_core.checkpoints import (
+    RESUME_FILE,
+    STATE_FILE,
+    latest_checkpoint,
+    prune_checkpoints,
+    read_state,
+    write_checkpoint,
+)
 from nft_core.config import RunConfig, resolved_config
 from nft_core.ema import ParameterEMA
-from nft_core.errors import ConfigError
+from nft_core.errors import ConfigError, UserError
 from nft_core.evaluation import EvalResult, evaluate
-from nft_core.io import append_jsonl, atomic_write_json, atomic_write_text
+from nft_core.io import append_jsonl, atomic_write_bytes, atomic_write_json, atomic_write_text
 from nft_core.machine import machine_facts
 from nft_core.metrics import eval_record, train_record
 from nft_core.normalization import make_normalizer
 from nft_core.plan import Geometry, MicroBatch, training_plan
 from nft_core.precision import autocast, resolve_precision
+from nft_core.preflight import train_geometry
 from nft_core.prompts import PromptDrawer, load_prompts
 from nft_core.protocols import Objective, Policy, Solver
+from nft_core.resume import (
+    global_rng_state,
+    seed_everything,
+    load_optimizer_state,
+    optimizer_state,
+    python_rng_from_json,
+    restore_global_rng,
+)
 from nft_core.reward_set import RewardSet, RewardSetOutput, RewardTerm
 from nft_core.sampling import sample_latents
 from nft_core.schedules import lr_factor, parse_decay_schedule
@@ -76,12 +97,14 @@ class Trainer:
         self.device = torch.device(config.train.device)
         if config.train.threads:
             torch.set_num_threads(config.train.threads)
-        torch.manual_seed(config.train.seed)
+        seed_everything(config.train.seed)
         self.generator = torch.Generator().manual_seed(config.train.seed)
         self.policy: Policy = registry.create(
             "policies", config.policy.name, config.policy.options(), "policy"
         )
         self.policy.to(self.device)
+        if config.policy.init_from:
+            self.warm_start(Path(config.policy.init_from))
         self.solver: Solver = registry.create(
             "solvers", config.solver.name, config.solver.options(), "solver"
         )
@@ -115,27 +138,28 @@ class Trainer:
         self.precision = resolve_precision(config.train.precision, self.device)
         # fp16 gradients underflow without a loss scale; disabled, the scaler passes everything through
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
-        self.train_times = self._train_times()
-        self.geometry = Geometry(
-            data.prompts_per_epoch,
-            data.images_per_prompt,
-            len(self.train_times),
-            self._trained_times(),
-            config.train.batch_size,
-            config.train.inner_epochs,
-            config.train.optimizer_steps_per_epoch,
-        )
-        if self.geometry.optimizer_steps > self.geometry.micro_batches:
-            raise ConfigError(
-                f"train.optimizer_steps_per_epoch: {self.geometry.optimizer_steps} exceeds the "
-                f"{self.geometry.micro_batches} micro-batches of an epoch ({self.geometry.describe()})"
-            )
+        self.train_times, self.geometry = train_geometry(config, self.solver)
         total_steps = config.train.epochs * self.geometry.optimizer_steps
         train = config.train
         self.lr_schedule = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: lr_factor(train.lr_schedule, step, total_steps, train.lr_final)
         )
         self.state = TrainState()
+        self.summary: dict[str, Any] = {"run_dir": str(run_dir)}
+        self.stop_signal: str | None = None
+        """The name of the signal (SIGINT, SIGTERM) that asked the run to stop at the next epoch's end."""
+
+    def warm_start(self, source: Path) -> Path:
+        """Load the weights of a run directory's newest checkpoint, or of one checkpoint folder, into the
+        policy's current and old views (`policy.init_from`); the optimizer and counters start fresh."""
+        if not source.is_dir():
+            raise ConfigError(f"policy.init_from: {source} is not a folder (a run directory or a checkpoint)")
+        folder = latest_checkpoint(source) if (source / "checkpoints").is_dir() else source
+        if folder is None:
+            raise ConfigError(f"policy.init_from: {source} holds no complete checkpoint")
+        self.policy.load_trainable(str(folder))
+        self.echo(f"warm start: weights from {folder}")
+        return folder
 
     def _precision_reason(self) -> str:
         where = (
@@ -158,25 +182,6 @@ class Trainer:
             momentum=reward_config.momentum,
         )
         return RewardTerm(reward_config.label, reward.to(self.device), reward_config.weight, normalizer)
-
-    def _train_times(self) -> torch.Tensor:
-        """`[objective] times`: the collection solver's grid without its final 0, or the listed times."""
-        times = self.config.objective.times
-        if times == "collection":
-            return self.solver.default_grid()[:-1]
-        return torch.tensor(sorted(times, reverse=True), dtype=torch.float64)
-
-    def _trained_times(self) -> int:
-        """`[objective] trained_times`, else `floor(timestep_fraction * T)` (at least 1) of the T times."""
-        count, available = self.config.objective.trained_times, len(self.train_times)
-        if count is None:
-            return max(1, math.floor(available * self.config.objective.timestep_fraction))
-        if count > available:
-            raise ConfigError(
-                f"objective.trained_times: {count} exceeds the {available} training times (allowed: 1 to "
-                f"{available})"
-            )
-        return count
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """Autocast of the policy's forward passes in collection and update to `self.precision`."""
@@ -205,11 +210,12 @@ class Trainer:
         images = self.policy.decode(latents).cpu()
         return Samples(latents, images, prompts, [item.metadata for item in items], cond, group_ids)
 
-    def advantages(self, samples: Samples, scored: RewardSetOutput) -> tuple[torch.Tensor, torch.Tensor]:
-        """`(optimality, advantages)` of the scored samples (`advantage_step` with `[objective]`'s mode)."""
+    def advantages(self, samples: Samples, rewards: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """`(optimality, advantage statistics)` of the samples' total rewards `[N]` (`advantage_step` with
+        `[objective]`'s mode)."""
         objective = self.config.objective
         return advantage_step(
-            scored.total, samples.group_ids, self.objective.adv_clip, objective.adv_mode, objective.global_std
+            rewards, samples.group_ids, self.objective.adv_clip, objective.adv_mode, objective.global_std
         )
 
     def plan(self, samples: Samples) -> list[list[MicroBatch]]:
@@ -219,17 +225,22 @@ class Trainer:
             self.train_times.to(self.device, samples.latents.dtype),
             self.geometry.trained_times,
             self.geometry.micro_batch,
-            self.geometry.optimizer_steps,
+            # fewer samples than planned (some had no valid score) can leave fewer micro-batches
+            min(self.geometry.optimizer_steps, self._micro_batches(len(samples))),
             self.geometry.inner_epochs,
             self.generator,
         )
+
+    def _micro_batches(self, samples: int) -> int:
+        geometry = self.geometry
+        return geometry.inner_epochs * geometry.trained_times * math.ceil(samples / geometry.micro_batch)
 
     def update(self, samples: Samples, optimality: torch.Tensor) -> dict[str, float]:
         """The objective over `plan`'s micro-batches, one optimizer step per chunk of them."""
         steps = self.plan(samples)
         micro_batches = sum(len(step) for step in steps)
         optimality = optimality.to(self.device)
-        totals: dict[str, float] = {}
+        totals: dict[str, float] = {"skipped_steps": 0}
         self.policy.train(True)
         bar = tqdm(total=micro_batches, desc="train", leave=False, disable=not self.config.log.progress)
         for step in steps:
@@ -251,10 +262,13 @@ class Trainer:
                 bar.update(1)
             parameters = [p for _, p in self.policy.trainable_parameters()]
             self.scaler.unscale_(self.optimizer)
-            grad_norm = torch.nn.utils.clip_grad_norm_(parameters, self.config.train.grad_clip)
-            totals["grad_norm"] = totals.get("grad_norm", 0.0) + float(grad_norm) / len(steps)
-            self.scaler.step(self.optimizer)  # skipped (fp16 only) when the gradients overflowed
-            self.scaler.update()
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(parameters, self.config.train.grad_clip))
+            if math.isfinite(grad_norm):
+                totals["grad_norm"] = totals.get("grad_norm", 0.0) + grad_norm / len(steps)
+                self.scaler.step(self.optimizer)
+            else:  # a NaN / inf loss or gradient: the step would write it into the weights
+                totals["skipped_steps"] += 1
+            self.scaler.update()  # fp16: a skipped step lowers the loss scale
             self.lr_schedule.step()
             self.state.global_step += 1
             self.ema.update(self.policy.trainable_parameters())
@@ -293,27 +307,126 @@ class Trainer:
         captions = [f"{prompts[i]} | {scores[i]:.2f}" for i in range(count)]
         sample_grid(images[:count], captions, self.run_dir / "samples" / f"{name}.png")
 
-    def checkpoint(self) -> Path:
-        """EMA weights (what inference uses) + a small JSON state, written to a temp dir then renamed."""
-        final = self.run_dir / "checkpoints" / f"step_{self.state.global_step:05d}"
-        staging = final.with_name(final.name + ".tmp")
-        if staging.exists():  # left by a write that was killed: its files are not to be trusted
-            shutil.rmtree(staging)
-        staging.mkdir(parents=True)
-        with self.ema.swapped_in(self.policy.trainable_parameters()):
-            self.policy.save_trainable(str(staging))
+    def checkpoint(self, final: bool = False) -> Path:
+        """`checkpoints/step_XXXXX/`: the EMA weights in the policy's format (what inference loads), the
+        resume state (`resume.safetensors`) and `state.json`; complete or absent (`write_checkpoint`).
+        Older checkpoints beyond `log.keep_checkpoints` are deleted after it."""
+        folder = self.run_dir / "checkpoints" / f"step_{self.state.global_step:05d}"
+        tensors, resume = self.resume_state()
         state = {
             "epoch": self.state.epoch,
             "global_step": self.state.global_step,
             "weights": "ema",
             "policy": self.config.policy.name,
             "train_seconds": self.state.train_seconds,
+            "final": final,
+            "eval_score": self._eval_score_now(),
+            "resume": resume,
         }
-        atomic_write_json(staging / "state.json", state)
-        if final.exists():
-            shutil.rmtree(final)
-        staging.rename(final)
-        return final
+
+        def fill(staging: Path) -> None:
+            with self.ema.swapped_in(self.policy.trainable_parameters()):
+                self.policy.save_trainable(str(staging))
+            atomic_write_bytes(staging / RESUME_FILE, save(tensors))
+            atomic_write_json(staging / STATE_FILE, state)  # last: a folder with it is whole
+
+        path = write_checkpoint(folder, fill)
+        prune_checkpoints(self.run_dir, self.config.log.keep_checkpoints, self.config.log.keep_best)
+        return path
+
+    def _eval_score_now(self) -> float | None:
+        """The first reward's score of an evaluation made at this epoch, if one was (for `keep_best`)."""
+        name = self.rewards.terms[0].name
+        for record in reversed(self.state.records):
+            if (
+                record["kind"] == "eval"
+                and record["epoch"] == self.state.epoch
+                and record["label"] != "before"
+            ):
+                return record.get(f"eval/{name}/score")
+        return None
+
+    def resume_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """Everything `restore` needs, as tensors (safetensors) and JSON: the trained and old weights, the
+        EMA, the optimizer, lr schedule and loss scaler, every RNG, the prompt drawer, the normalizers,
+        the counters, the metrics lines written so far and the summary of the run's start."""
+
+        def cpu(value: torch.Tensor) -> torch.Tensor:
+            return value.detach().to("cpu").clone().contiguous()
+
+        tensors = {f"current.{name}": cpu(p) for name, p in self.policy.trainable_parameters()}
+        tensors.update({f"old.{name}": cpu(p) for name, p in self.policy.old_parameters()})
+        ema = self.ema.state_dict()
+        tensors.update({f"ema.{name}": cpu(value) for name, value in ema.pop("shadow").items()})
+        optimizer_tensors, optimizer_meta = optimizer_state(self.optimizer)
+        rng_tensors, rng_meta = global_rng_state()
+        tensors.update(optimizer_tensors)
+        tensors.update(rng_tensors)
+        tensors["rng.trainer"] = self.generator.get_state()
+        meta = {
+            "epoch": self.state.epoch,
+            "global_step": self.state.global_step,
+            "train_seconds": self.state.train_seconds,
+            "seconds": dict(self.state.seconds),
+            "metrics_lines": len(self.state.records),
+            "summary": self.summary,
+            "ema": ema,
+            "optimizer": optimizer_meta,
+            "lr_schedule": self.lr_schedule.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "normalizers": self.rewards.normalizer_state(),
+            "prompts": list(self.prompts.rng.getstate()),
+            "rng": rng_meta,
+        }
+        return tensors, meta
+
+    def restore(self, folder: Path) -> dict[str, Any]:
+        """Load a checkpoint's resume state (the inverse of `resume_state`); the run goes on after its
+        epoch. `metrics.jsonl` is cut back to the lines written up to it. Returns its state.json."""
+        state = read_state(folder)
+        if not (folder / RESUME_FILE).is_file() or "resume" not in state:
+            raise UserError(f"{folder}: holds no resume state (written by a version without resume)")
+        meta = state["resume"]
+        tensors = load_file(str(folder / RESUME_FILE))
+        self._load_weights(tensors, "current", self.policy.trainable_parameters(), folder)
+        self._load_weights(tensors, "old", self.policy.old_parameters(), folder)
+        shadow = {name[len("ema.") :]: value for name, value in tensors.items() if name.startswith("ema.")}
+        self.ema.load_state_dict({**meta["ema"], "shadow": shadow})
+        load_optimizer_state(self.optimizer, tensors, meta["optimizer"])
+        self.lr_schedule.load_state_dict(meta["lr_schedule"])
+        if meta["scaler"]:
+            self.scaler.load_state_dict(meta["scaler"])
+        self.rewards.load_normalizer_state(meta["normalizers"])
+        self.prompts.rng.setstate(python_rng_from_json(meta["prompts"]))
+        restore_global_rng(tensors, meta["rng"])
+        self.generator.set_state(tensors["rng.trainer"])
+        records = self._metrics_until(meta["metrics_lines"])
+        self.state = TrainState(
+            meta["epoch"], meta["global_step"], meta["train_seconds"], dict(meta["seconds"]), records
+        )
+        self.summary = dict(meta["summary"], run_dir=str(self.run_dir))
+        return state
+
+    @torch.no_grad()
+    def _load_weights(self, tensors: dict[str, torch.Tensor], prefix: str, named: Any, folder: Path) -> None:
+        for name, parameter in named:
+            saved = tensors.get(f"{prefix}.{name}")
+            if saved is None or saved.shape != parameter.shape:
+                found = "missing" if saved is None else f"shape {tuple(saved.shape)}"
+                raise UserError(
+                    f"{folder}: does not fit this policy ({prefix} weight {name}: {found}, want "
+                    f"{tuple(parameter.shape)})"
+                )
+            parameter.copy_(saved)
+
+    def _metrics_until(self, lines: int) -> list[dict[str, Any]]:
+        """The first `lines` records of metrics.jsonl, which is rewritten to hold only them."""
+        path = self.run_dir / "metrics.jsonl"
+        kept = path.read_text(encoding="utf-8").splitlines()[:lines] if path.is_file() else []
+        if len(kept) < lines:
+            self.echo(f"warning: {path} holds {len(kept)} of the {lines} lines the checkpoint saw")
+        atomic_write_text(path, "".join(line + "\n" for line in kept))
+        return [json.loads(line) for line in kept]
 
     def log(self, record: dict[str, Any]) -> None:
         self.state.records.append(record)
@@ -338,26 +451,29 @@ class Trainer:
         self.write_grid(name, result.images, [i.prompt for i in self.eval_items], result.per_image[first])
 
     # ---- the loop ------------------------------------------------------------------------------------
-    def start(self) -> dict[str, Any]:
+    def start(self) -> None:
         """Write the resolved config, print the geometry, evaluate the base model (and with CFG)."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.run_dir / "config.resolved.toml", tomli_w.dumps(resolved_config(self.config)))
-        self.echo(f"run dir: {self.run_dir}")
-        self.echo(f"geometry: {self.geometry.describe()}")
-        chosen = "" if self.config.train.precision != "auto" else self._precision_reason()
-        self.echo(f"precision: {self.precision}{chosen}")
+        self._announce()
         before = self.evaluation("before", use_ema=False)
-        summary: dict[str, Any] = {"run_dir": str(self.run_dir), "eval_before": before.scores}
-        summary["eval_before_cfg"] = {
+        self.summary["eval_before"] = before.scores
+        self.summary["eval_before_cfg"] = {
             f"{scale:g}": self.evaluation(f"before, CFG {scale:g}", use_ema=False, guidance=scale).scores
             for scale in self.config.eval.baseline_guidance
         }
         self._log_eval(before, "before")
         self._grid_from_eval("eval_before", before)
-        return summary
 
-    def after_epoch(self, samples: Samples, scored: RewardSetOutput, last: bool) -> None:
-        """The epoch's sample grid, periodic evaluation and checkpoint (the final ones come at the end)."""
+    def _announce(self) -> None:
+        self.echo(f"run dir: {self.run_dir}")
+        self.echo(f"geometry: {self.geometry.describe()}")
+        chosen = "" if self.config.train.precision != "auto" else self._precision_reason()
+        self.echo(f"precision: {self.precision}{chosen}")
+
+    def after_epoch(self, samples: Samples, scored: RewardSetOutput, last: bool) -> Path | None:
+        """The epoch's sample grid, periodic evaluation and checkpoint (the final ones come at the end);
+        returns the checkpoint when one was written."""
         epoch, log = self.state.epoch, self.config.log
         if log.grid_every and epoch % log.grid_every == 0:
             self.write_grid(f"epoch_{epoch:04d}", samples.images, samples.prompts, scored.total)
@@ -365,34 +481,43 @@ class Trainer:
             self._log_eval(self.evaluation(f"epoch {epoch}"), f"epoch {epoch}")
             plot_curves(self.state.records, self.run_dir / "curves.png")
         if log.checkpoint_every and (epoch + 1) % log.checkpoint_every == 0 and not last:
-            self.checkpoint()
+            return self.checkpoint()
+        return None
 
-    def finish(self, summary: dict[str, Any], started: float) -> dict[str, Any]:
+    def write_summary(self, status: str, **fields: Any) -> dict[str, Any]:
+        """`summary.json` with `status` (running, finished, interrupted, failed) and `fields` added."""
+        self.summary.update(status=status, **fields)
+        atomic_write_json(self.run_dir / "summary.json", self.summary)
+        return self.summary
+
+    def finish(self, started: float) -> dict[str, Any]:
         """Evaluate the EMA weights, write the last checkpoint, the curves and `summary.json`."""
         after = self.evaluation("after")
         self._log_eval(after, "after")
         self._grid_from_eval("eval_after", after)
-        checkpoint = self.checkpoint()
+        checkpoint = self.checkpoint(final=True)
         plot_curves(self.state.records, self.run_dir / "curves.png")
-        summary.update(
+        epochs = self.state.epoch + 1
+        return self.write_summary(
+            "finished",
             eval_after=after.scores,
-            epochs=self.state.epoch + 1,
+            epochs=epochs,
             optimizer_steps=self.state.global_step,
             train_seconds=self.state.train_seconds,
-            wall_seconds=time.time() - started,
+            wall_seconds=time.time() - started,  # of this process (a resumed run: since resuming)
             seconds_per_phase=dict(self.state.seconds),
-            seconds_per_epoch={phase: self.state.seconds[phase] / (self.state.epoch + 1) for phase in PHASES},
+            seconds_per_epoch={phase: self.state.seconds.get(phase, 0.0) / epochs for phase in PHASES},
             precision=self.precision,
             machine=machine_facts(self.device),
             checkpoint=str(checkpoint),
         )
-        atomic_write_json(self.run_dir / "summary.json", summary)
-        return summary
 
     def train_epoch(self) -> tuple[Samples, RewardSetOutput, dict[str, float]]:
         """One epoch of `state.epoch`: collect, score, advantages, update, refresh; logs its record.
 
-        Returns the samples, their scores and the wall seconds of each phase (`PHASES`).
+        Samples without a finite score from every reward leave the advantages and the update; an epoch
+        with none left makes no update. Returns the samples, their scores and the wall seconds of each
+        phase (`PHASES`).
         """
         state = self.state
         ticks = [time.time()]
@@ -400,9 +525,21 @@ class Trainer:
         ticks.append(time.time())
         scored = self.rewards.score(samples.images, samples.prompts, samples.metadata, samples.group_ids)
         ticks.append(time.time())
-        optimality, advantages = self.advantages(samples, scored)
-        losses = self.update(samples, optimality)
-        decay = self.refresh_old()
+        valid = scored.valid
+        assert valid is not None
+        for name, error in scored.errors.items():
+            self.echo(
+                f"warning: epoch {state.epoch}: reward {name!r} raised {scored.failed_calls[name]} time(s), "
+                f"last: {error}" + ("; its samples are excluded" if scored.failed_calls[name] > 1 else "")
+            )
+        if valid.any():
+            kept = samples if valid.all() else samples.subset(valid)
+            optimality, advantages = self.advantages(kept, scored.total[valid])
+            losses = self.update(kept, optimality)
+            decay = self.refresh_old()
+        else:
+            self.echo(f"epoch {state.epoch}: no sample has a valid score from every reward; no update")
+            advantages, losses, decay = {}, {"skipped_steps": 0, "skipped_epoch": 1}, math.nan
         ticks.append(time.time())
         state.train_seconds += ticks[-1] - ticks[0]
         phases = dict(zip(PHASES, (end - begin for begin, end in itertools.pairwise(ticks)), strict=True))
@@ -415,18 +552,98 @@ class Trainer:
         self.log(record)
         return samples, scored, phases
 
-    def run(self) -> dict[str, Any]:
-        """Run `train.epochs` epochs (or fewer: `train.max_minutes` of training); returns the summary."""
-        config, state, started = self.config, self.state, time.time()
-        summary = self.start()
+    @contextlib.contextmanager
+    def _stop_at_epoch_end_on_signals(self) -> Iterator[None]:
+        """SIGINT / SIGTERM (pre-emption) set `stop_signal`; the loop checkpoints and returns at the end
+        of the epoch. A second SIGINT stops at once (KeyboardInterrupt)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handler(number: int, frame: Any) -> None:
+            name = signal.Signals(number).name
+            if self.stop_signal is not None and number == signal.SIGINT:
+                raise KeyboardInterrupt
+            self.stop_signal = name
+            self.echo(f"{name}: stopping at the end of this epoch, with a checkpoint (Ctrl-C again: now)")
+
+        previous = {number: signal.signal(number, handler) for number in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for number, old in previous.items():
+                signal.signal(number, old)
+
+    def run(self, resume: Path | None = None) -> dict[str, Any]:
+        """Run `train.epochs` epochs (or fewer: `train.max_minutes` of training); returns the summary.
+
+        With `resume` (a checkpoint folder of this run directory) the run goes on from that checkpoint
+        as if it had never stopped. A run that fails writes `summary.json` with the error first.
+        """
+        started = time.time()
+        saved = None
+        if resume is not None:
+            saved = self.restore(resume)  # outside the guard: a refused resume leaves the run as it was
+            config_file = self.run_dir / "config.resolved.toml"  # the changed budget or logging, if any
+            atomic_write_text(config_file, tomli_w.dumps(resolved_config(self.config)))
+            self._announce()
+            self.echo(f"resumed from {resume} (epoch {self.state.epoch}, step {self.state.global_step})")
+        with self._stop_at_epoch_end_on_signals():
+            try:
+                return self._loop(started, saved)
+            except BaseException as error:
+                self._record_failure(error)
+                raise
+
+    def _loop(self, started: float, saved: dict[str, Any] | None) -> dict[str, Any]:
+        config, state = self.config, self.state
         budget = config.train.max_minutes * 60 if config.train.max_minutes else math.inf
-        epochs = tqdm(range(config.train.epochs), desc="epochs", disable=not config.log.progress)
+        if saved is None:
+            self.start()
+            first = 0
+        else:
+            first = state.epoch + 1
+            if saved.get("final") and (first >= config.train.epochs or state.train_seconds >= budget):
+                self.echo(f"{self.run_dir}: already finished (raise train.epochs to train on)")
+                written = self.run_dir / "summary.json"
+                return json.loads(written.read_text(encoding="utf-8")) if written.is_file() else self.summary
+        self.write_summary("running")
+        if first >= config.train.epochs or state.train_seconds >= budget:
+            return self.finish(started)
+        total = config.train.epochs
+        epochs = tqdm(
+            range(first, total), desc="epochs", initial=first, total=total, disable=not config.log.progress
+        )
         for epoch in epochs:
             state.epoch = epoch
             samples, scored, _ = self.train_epoch()
-            epochs.set_postfix(reward=f"{scored.total.mean():.3f}", minutes=f"{state.train_seconds / 60:.1f}")
+            mean = float(scored.total.nanmean())
+            epochs.set_postfix(reward=f"{mean:.3f}", minutes=f"{state.train_seconds / 60:.1f}")
             last = epoch == config.train.epochs - 1 or state.train_seconds >= budget
-            self.after_epoch(samples, scored, last)
+            written = self.after_epoch(samples, scored, last)
             if last:
                 break
-        return self.finish(summary, started)
+            if self.stop_signal is not None:
+                checkpoint = written or self.checkpoint()
+                self.echo(f"{self.stop_signal}: stopped after epoch {epoch}; checkpoint {checkpoint}")
+                return self.write_summary(
+                    "interrupted", stopped_by=self.stop_signal, checkpoint=str(checkpoint)
+                )
+        return self.finish(started)
+
+    def _record_failure(self, error: BaseException) -> None:
+        """`summary.json` with status `failed` (or `interrupted` for Ctrl-C), the error and the last
+        complete checkpoint; never raises itself (the original error is what the user must see)."""
+        try:
+            if not self.run_dir.is_dir():
+                return
+            stopped = isinstance(error, KeyboardInterrupt)
+            last = latest_checkpoint(self.run_dir, resumable=True)
+            self.write_summary(
+                "interrupted" if stopped else "failed",
+                error=f"{type(error).__name__}: {error}"[:2000],
+                epoch=self.state.epoch,
+                last_checkpoint=None if last is None else str(last),
+            )
+        except Exception as problem:  # e.g. the disk is full: say so, keep the original error
+            self.echo(f"warning: could not write {self.run_dir / 'summary.json'}: {problem}")

@@ -54,6 +54,19 @@ class Samples:
     def __len__(self) -> int:
         return len(self.prompts)
 
+    def subset(self, keep: torch.Tensor) -> Samples:
+        """The samples where the boolean mask `keep` `[N]` is true, in order (e.g. the validly scored)."""
+        index = keep.nonzero(as_tuple=True)[0]
+        rows = index.tolist()
+        return Samples(
+            self.latents[index.to(self.latents.device)],
+            self.images[index.to(self.images.device)],
+            [self.prompts[i] for i in rows],
+            [self.metadata[i] for i in rows],
+            index_cond(self.cond, index),
+            self.group_ids[index.to(self.group_ids.device)],
+        )
+
 
 @dataclass
 class RewardOutput:

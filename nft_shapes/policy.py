@@ -137,6 +137,10 @@ class ShapesTinyPolicy:
         """All parameters of the current network."""
         return list(self.model.named_parameters())
 
+    def old_parameters(self) -> Iterable[tuple[str, torch.Tensor]]:
+        """All parameters of the old network (the names of the current one's)."""
+        return list(self.old_model.named_parameters())
+
     @torch.no_grad()
     def refresh_old(self, decay: float) -> None:
         """theta_old <- decay * theta_old + (1 - decay) * theta."""

@@ -107,11 +107,6 @@ def test_bad_scores_and_sets_are_errors():
         RewardSet([RewardTerm("distance", Distance(torch.zeros(3)), 1.0, make_normalizer("none"))]).score(
             images, prompts
         )
-    nan = torch.tensor([0.0, float("nan"), 0.0, 0.0])
-    with pytest.raises(ValueError, match="non-finite"):
-        RewardSet([RewardTerm("distance", Distance(nan), 1.0, make_normalizer("none"))]).score(
-            images, prompts
-        )
     with pytest.raises(ValueError, match="repeated"):
         RewardSet(
             [
@@ -145,3 +140,55 @@ def test_to_moves_every_reward_and_normalizer_state_round_trips():
     assert fresh.state_dict() == state["brightness"]
     assert reward_set.names == ["brightness", "distance"]
     assert reward_set.weights == {"brightness": 1.0, "distance": 1.0}
+
+
+def test_non_finite_scores_leave_the_normalizer_and_are_marked_invalid():
+    images, prompts = _batch()
+    bad = torch.tensor([0.0, float("nan"), 0.004, float("inf")])
+    reward_set = RewardSet(
+        [
+            RewardTerm("brightness", Brightness(), 1.0, make_normalizer("zscore")),
+            RewardTerm("distance", Distance(bad), 1.0, make_normalizer("zscore")),
+        ]
+    )
+    out = reward_set.score(images, prompts)
+    assert out.valid.tolist() == [True, False, True, False]
+    assert out.invalid == {"brightness": 0, "distance": 2}
+    keep = out.valid
+    bright = 100.0 * images.mean(dim=(1, 2, 3))
+    # each normalizer saw only the two valid samples: their z-scores are computed among themselves
+    torch.testing.assert_close(out.normalized["brightness"][keep], zscore(bright[keep]))
+    torch.testing.assert_close(out.normalized["distance"][keep], zscore(-bad[keep]))
+    assert out.total[~keep].isnan().all() and out.total[keep].isfinite().all()
+
+
+class Flaky:
+    """Raises on its first `failures` calls, then scores 1.0."""
+
+    name = "flaky"
+    native_range = (0.0, 1.0)
+    higher_is_better = True
+
+    def __init__(self, failures):
+        self.failures, self.calls = failures, 0
+
+    def __call__(self, images, prompts, metadata=None):
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise RuntimeError(f"server busy ({self.calls})")
+        return RewardOutput(scores=torch.ones(len(prompts)))
+
+    def to(self, device):
+        return self
+
+
+def test_a_raising_reward_is_retried_once_then_its_batch_is_invalid():
+    images, prompts = _batch()
+    once = Flaky(failures=1)
+    out = RewardSet([RewardTerm("flaky", once, 1.0, make_normalizer("none"))]).score(images, prompts)
+    assert once.calls == 2 and out.valid.all() and out.failed_calls == {"flaky": 1}
+    twice = Flaky(failures=2)
+    out = RewardSet([RewardTerm("flaky", twice, 1.0, make_normalizer("none"))]).score(images, prompts)
+    assert twice.calls == 2 and not out.valid.any()
+    assert out.failed_calls == {"flaky": 2} and out.errors == {"flaky": "RuntimeError: server busy (2)"}
+    assert out.invalid == {"flaky": 4}

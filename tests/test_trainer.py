@@ -244,4 +244,8 @@ def test_a_checkpoint_replaces_the_staging_folder_a_killed_write_left(fast_confi
     (stale / "half-written.bin").write_bytes(b"\0" * 10)
     final = trainer.checkpoint()
     assert final.name == "step_00000" and not stale.exists()
-    assert sorted(p.name for p in final.iterdir()) == ["model.safetensors", "state.json"]
+    assert sorted(p.name for p in final.iterdir()) == [
+        "model.safetensors",
+        "resume.safetensors",
+        "state.json",
+    ]

@@ -221,6 +221,13 @@ class SD3Policy:
             return list(self.lora.trained.items())
         return list(self.transformer.named_parameters())
 
+    def old_parameters(self) -> Iterable[tuple[str, torch.Tensor]]:
+        """LoRA: the `old` adapter's weights under their `default` twins' names; full: the old copy."""
+        if self.lora is not None:
+            return list(self.lora.old.items())
+        assert self.old_transformer is not None
+        return list(self.old_transformer.named_parameters())
+
     @torch.no_grad()
     def refresh_old(self, decay: float) -> None:
         """`old <- decay * old + (1 - decay) * current`."""

@@ -1,0 +1,159 @@
+"""Checkpoint folders of a run: written complete or not at all, found, kept or pruned.
+
+A checkpoint is `checkpoints/step_XXXXX/` holding the policy's EMA weights in its own format (what
+`nft sample` and inference load), `resume.safetensors` (every tensor a resumed run needs: the trained
+and old weights, the EMA, the optimizer's moments, the RNG states) and `state.json` (counters and the
+small, non-tensor state). Nothing is pickled.
+
+Writing goes to `step_XXXXX.tmp/`; every file is fsynced, then the folder is renamed into place and the
+parent folder fsynced, so a kill or a full disk at any point leaves the previous checkpoints as they
+were and no folder named `step_XXXXX` that is incomplete.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import re
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from nft_core.errors import UserError
+
+__all__ = [
+    "RESUME_FILE",
+    "STATE_FILE",
+    "CheckpointWriteError",
+    "checkpoint_folders",
+    "latest_checkpoint",
+    "prune_checkpoints",
+    "read_state",
+    "write_checkpoint",
+]
+
+RESUME_FILE = "resume.safetensors"
+STATE_FILE = "state.json"
+_NAME = re.compile(r"^step_(\d+)$")
+_REPLACED = ".replaced"
+
+
+class CheckpointWriteError(UserError):
+    """A checkpoint could not be written (full disk, permissions); the earlier ones are intact."""
+
+
+def _fsync_path(path: Path) -> None:
+    """fsync a file or a folder (a folder's fsync makes the names in it durable)."""
+    flags = os.O_RDONLY | (os.O_DIRECTORY if path.is_dir() and hasattr(os, "O_DIRECTORY") else 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError:  # some file systems refuse to open folders; the data itself is synced
+        return
+    try:
+        os.fsync(fd)
+    except OSError as error:
+        if error.errno not in (errno.EINVAL, errno.EBADF):  # folders that cannot be synced
+            raise
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(folder: Path) -> None:
+    for path in sorted(folder.rglob("*")):
+        _fsync_path(path)
+    _fsync_path(folder)
+
+
+def write_checkpoint(final: Path, fill: Callable[[Path], None]) -> Path:
+    """Create the checkpoint folder `final` with `fill(staging)`; all or nothing.
+
+    `fill` writes every file into the staging folder it is given. A failure (a full disk, a kill)
+    leaves no `final` that is incomplete; when `final` exists already (the same step written again)
+    it is replaced only once the new folder is complete.
+    """
+    staging = final.with_name(final.name + ".tmp")
+    replaced = final.with_name(final.name + _REPLACED)
+    try:
+        for leftover in (staging, replaced if final.exists() else None):
+            if leftover is not None and leftover.exists():  # a killed write's: not to be trusted
+                shutil.rmtree(leftover)
+        staging.mkdir(parents=True)
+        fill(staging)
+        _fsync_tree(staging)
+        if final.exists():
+            final.rename(replaced)
+        staging.rename(final)
+        _fsync_path(final.parent)
+    except OSError as error:
+        shutil.rmtree(staging, ignore_errors=True)
+        if replaced.exists() and not final.exists():
+            replaced.rename(final)
+        earlier = latest_checkpoint(final.parent.parent)
+        kept = f"; the last complete checkpoint, {earlier}, is intact" if earlier else ""
+        reason = "the disk is full" if error.errno == errno.ENOSPC else (error.strerror or str(error))
+        raise CheckpointWriteError(f"writing checkpoint {final} failed: {reason}{kept}") from None
+    shutil.rmtree(replaced, ignore_errors=True)
+    return final
+
+
+def read_state(folder: Path) -> dict[str, Any]:
+    """The `state.json` of a checkpoint folder (a UserError naming the folder when it is not one)."""
+    path = Path(folder) / STATE_FILE
+    if not path.is_file():
+        raise UserError(f"{folder}: not a checkpoint folder (no {STATE_FILE})")
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise UserError(f"{path}: not valid JSON ({error})") from None
+    if not isinstance(state, dict):
+        raise UserError(f"{path}: expected a JSON object")
+    return state
+
+
+def checkpoint_folders(run_dir: Path) -> list[Path]:
+    """The complete checkpoint folders of a run, oldest step first.
+
+    Staging folders (`.tmp`) never count; a `step_X.replaced` folder counts only when a kill between
+    the two renames of a rewrite left it without its `step_X`.
+    """
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    found: dict[int, Path] = {}
+    for path in root.iterdir():
+        name = path.name.removesuffix(_REPLACED)
+        match = _NAME.match(name)
+        if not match or not path.is_dir() or not (path / STATE_FILE).is_file():
+            continue
+        step = int(match.group(1))
+        if path.name == name or step not in found:
+            found[step] = path
+    return [found[step] for step in sorted(found)]
+
+
+def latest_checkpoint(run_dir: Path, resumable: bool = False) -> Path | None:
+    """The newest complete checkpoint of a run (with `resumable`: one that holds the resume state)."""
+    folders = checkpoint_folders(run_dir)
+    if resumable:
+        folders = [folder for folder in folders if (folder / RESUME_FILE).is_file()]
+    return folders[-1] if folders else None
+
+
+def prune_checkpoints(run_dir: Path, keep_last: int, keep_best: bool) -> list[Path]:
+    """Delete all but the newest `keep_last` checkpoints (0: keep all) and, with `keep_best`, the one
+    whose `state.json` holds the highest `eval_score`. Returns the deleted folders."""
+    folders = checkpoint_folders(run_dir)
+    if keep_last <= 0 or len(folders) <= keep_last:
+        return []
+    keep = set(folders[-keep_last:])
+    if keep_best:
+        scored = [(read_state(f).get("eval_score"), f) for f in folders]
+        scored = [(score, f) for score, f in scored if isinstance(score, int | float)]
+        if scored:
+            keep.add(max(scored, key=lambda pair: pair[0])[1])
+    deleted = [folder for folder in folders if folder not in keep]
+    for folder in deleted:
+        shutil.rmtree(folder)
+    return deleted
