@@ -91,7 +91,9 @@ def validate(
     config: Path = typer.Argument(..., help="TOML run config"),
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
     portable: bool = typer.Option(
-        False, "--portable", help="skip what depends on this machine: the device, prompt files, the warm-start folder"
+        False,
+        "--portable",
+        help="skip what depends on this machine: the device, prompt files, the warm-start folder",
     ),
 ) -> None:
     """Check a config without running it: keys, types, plugin names and options, prompt sources, the

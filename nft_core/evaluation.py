@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -80,7 +81,12 @@ def evaluate(
     images = policy.decode(latents).cpu()
     result = EvalResult(images=images)
     for name, reward in rewards.items():
-        output = reward(images, prompts, metadata)
+        output, error = _score(reward, images, prompts, metadata)
+        if output is None:  # raised twice: this reward has no score at this evaluation, the run goes on
+            result.scores[name] = {"mean": math.nan, "score": math.nan, "error": error}
+            result.per_tag[name] = {}
+            result.per_image[name] = torch.full((len(prompts),), math.nan)
+            continue
         summary = reward.aggregate(output, prompts, metadata)
         scores = output.scores.float().cpu()
         entry: dict[str, Any] = {"mean": float(scores.mean()), "score": summary.score}
@@ -93,3 +99,16 @@ def evaluate(
         result.scores[name] = entry
         result.per_tag[name] = dict(summary.per_tag)
     return result
+
+
+def _score(
+    reward: Reward, images: torch.Tensor, prompts: list[str], metadata: list[dict[str, Any]]
+) -> tuple[Any, str]:
+    """The reward's output, retried once after an exception; `(None, the error)` after two."""
+    error = ""
+    for _ in range(2):
+        try:
+            return reward(images, prompts, metadata), ""
+        except Exception as problem:  # a flaky reward server must not end a days-long run
+            error = f"{type(problem).__name__}: {problem}"
+    return None, error

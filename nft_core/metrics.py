@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -43,8 +44,8 @@ def train_record(
     every = bool(valid.all())
 
     def kept(values: torch.Tensor) -> torch.Tensor:
-        """The values of the valid samples (all of them, untouched, in the usual case)."""
-        return values if every else values[valid]
+        """The values of the valid samples (all of them, untouched, in the usual case); NaN if none."""
+        return values if every else values[valid] if valid.any() else torch.tensor([math.nan])
 
     record["samples/excluded"] = int((~valid).sum())
     record["reward/total_mean"] = float(kept(scored.total).mean())

@@ -6,7 +6,7 @@ import random
 from pathlib import Path
 
 from nft_core import registry
-from nft_core.errors import ConfigError
+from nft_core.errors import ConfigError, UserError
 from nft_core.io import read_prompt_file
 from nft_core.types import PromptItem
 
@@ -18,7 +18,12 @@ def load_prompts(spec: str, field: str = "data.prompts") -> list[PromptItem]:
     name, _, arg = spec.partition(":")
     sources = registry.registrations("prompt_sources")
     if arg and name in sources and not Path(spec).exists():
-        items = sources[name].factory(arg)
+        try:
+            items = sources[name].factory(arg)
+        except ConfigError:
+            raise
+        except UserError as error:  # the source's own complaint, said at the key that named it
+            raise ConfigError(f"{field}: {error}") from None
     elif Path(spec).suffix in (".txt", ".jsonl") or Path(spec).exists():
         items = read_prompt_file(spec)
     else:

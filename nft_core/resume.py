@@ -209,7 +209,8 @@ def check_same_run(run_dir: Path, config: RunConfig) -> None:
     differing = config_differences(saved, resolved_config(config))
     if differing:
         shown = "; ".join(differing[:8]) + (f"; and {len(differing) - 8} more" if len(differing) > 8 else "")
+        allowed = ", ".join(key + "*" if key.endswith(".") else key for key in SAFE_TO_CHANGE)
         raise ConfigError(
             f"--resume {run_dir}: the config differs from the run's in {shown}. Only these may change: "
-            f"{', '.join(key.replace('.', '.*') if key.endswith('.') else key for key in SAFE_TO_CHANGE)} (start a new run, or warm-start one with policy.init_from)"
+            f"{allowed} (else start a new run, or warm-start one from this run with policy.init_from)"
         )

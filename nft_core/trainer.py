@@ -49,11 +49,11 @@ from nft_core.prompts import PromptDrawer, load_prompts
 from nft_core.protocols import Objective, Policy, Solver
 from nft_core.resume import (
     global_rng_state,
-    seed_everything,
     load_optimizer_state,
     optimizer_state,
     python_rng_from_json,
     restore_global_rng,
+    seed_everything,
 )
 from nft_core.reward_set import RewardSet, RewardSetOutput, RewardTerm
 from nft_core.sampling import sample_latents
@@ -439,7 +439,8 @@ class Trainer:
         self.state.seconds["evaluation"] = self.state.seconds.get("evaluation", 0.0) + time.time() - started
         for name, entry in result.scores.items():
             table = "  ".join(f"{tag} {value:.2f}" for tag, value in result.per_tag[name].items())
-            self.echo(f"[eval {label}] {name}: {entry['score']:.3f}  {table}")
+            failed = f"  (failed twice: {entry['error']})" if "error" in entry else ""
+            self.echo(f"[eval {label}] {name}: {entry['score']:.3f}  {table}{failed}")
         return result
 
     def _log_eval(self, result: EvalResult, label: str) -> None:
