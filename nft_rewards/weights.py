@@ -25,6 +25,7 @@ __all__ = [
     "WEIGHTS",
     "WEIGHTS_ENV",
     "HubFiles",
+    "is_hub_id",
     "download",
     "hub_offline",
     "resolve_file",
@@ -99,7 +100,8 @@ def hub_offline() -> bool:
     )
 
 
-def _is_hub_id(reference: str) -> bool:
+def is_hub_id(reference: str) -> bool:
+    """Whether `reference` has the form of a hub id `org/name` (not a path such as `./x`, `/x`, `~/x`)."""
     parts = reference.split("/")
     return (
         len(parts) == 2
@@ -153,7 +155,7 @@ def resolve_repo(
     """
     path = Path(reference).expanduser()
     directory = weights_dir(weights_dir_option)
-    if path.exists() or not _is_hub_id(reference):
+    if path.exists() or not is_hub_id(reference):
         if not path.is_dir():
             what = "is not a folder" if path.exists() else "does not exist"
             raise UserError(
@@ -208,7 +210,7 @@ def resolve_file(
     """A local checkpoint file: `reference` is a file, a folder holding one of `filenames`, or a hub id."""
     path = Path(reference).expanduser()
     directory = weights_dir(weights_dir_option)
-    if path.exists() or not _is_hub_id(reference):
+    if path.exists() or not is_hub_id(reference):
         if path.is_file():
             return path
         if path.is_dir():

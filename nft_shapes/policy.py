@@ -8,7 +8,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from safetensors.torch import load_file, save
 
 from nft_core.errors import UserError
@@ -53,8 +53,9 @@ def save_network(model: TinyUNet, path: Path, half: bool = True) -> None:
     atomic_write_bytes(path, payload)
 
 
-def load_network(path: Path) -> TinyUNet:
-    """Build the network from a safetensors file written by `save_network`."""
+def checkpoint_config(path: Path) -> dict:
+    """The network config stored in a shapes-tiny checkpoint file; a one-line UserError when the file is
+    missing, not safetensors, or not a shapes-tiny checkpoint (reads only the file's header)."""
     if not path.is_file():
         if path == SHIPPED_CHECKPOINT:  # the package lost its data file: it can be rebuilt
             raise UserError(
@@ -65,13 +66,21 @@ def load_network(path: Path) -> TinyUNet:
             f"shapes-tiny checkpoint not found: {path}; check the path (an unset policy.checkpoint is "
             "the shipped model)"
         )
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
-    with safe_open(str(path), framework="pt") as handle:
-        metadata = handle.metadata() or {}
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+    except (SafetensorError, OSError) as error:
+        raise UserError(f"{path}: not a safetensors file ({error})") from None
     if "config" not in metadata:
         raise UserError(f"{path}: not a shapes-tiny checkpoint (no config in the safetensors metadata)")
-    model = TinyUNet(TinyUNetConfig.from_dict(json.loads(metadata["config"])))
+    return json.loads(metadata["config"])
+
+
+def load_network(path: Path) -> TinyUNet:
+    """Build the network from a safetensors file written by `save_network`."""
+    model = TinyUNet(TinyUNetConfig.from_dict(checkpoint_config(path)))
     state = {k: v.float() for k, v in load_file(str(path)).items()}
     model.load_state_dict(state)
     return model
@@ -85,6 +94,17 @@ class ShapesTinyOptions(BaseModel):
     checkpoint: str | None = Field(
         None, description="safetensors file; default: the shipped pretrained model"
     )
+
+    @field_validator("checkpoint")
+    @classmethod
+    def _readable_checkpoint(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                checkpoint_config(Path(value))
+            except UserError as error:  # said at policy.checkpoint by the options' validation
+                raise ValueError(str(error)) from None
+        return value
+
     channels_last: bool = Field(
         True, description="NHWC memory format: same maths, ~20% faster convolutions on CPU (oneDNN)"
     )
@@ -172,6 +192,7 @@ class ShapesTinyPolicy:
 __all__ = [
     "ShapesTinyOptions",
     "ShapesTinyPolicy",
+    "checkpoint_config",
     "encode_tokens",
     "load_network",
     "null_tokens",

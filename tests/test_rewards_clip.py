@@ -202,7 +202,10 @@ def test_hps_is_cosine_of_open_clip_features(tiny_hps):
     out = reward(images, PROMPTS[:3])
     model = open_clip.create_model("tiny-hps", pretrained=None)
     model.load_state_dict(
-        {k.removeprefix("module."): v for k, v in torch.load(weights)["state_dict"].items()}
+        {
+            k.removeprefix("module."): v
+            for k, v in torch.load(weights, weights_only=True)["state_dict"].items()
+        }
     )
     model.eval()
     pixels = reward.preprocess(images)
@@ -218,7 +221,7 @@ def test_hps_is_cosine_of_open_clip_features(tiny_hps):
 
 def test_hps_checkpoint_that_does_not_fit(tiny_hps, tmp_path):
     config, weights = tiny_hps
-    state = torch.load(weights)["state_dict"]
+    state = torch.load(weights, weights_only=True)["state_dict"]
     state.pop("module.logit_scale")
     torch.save({"state_dict": state}, tmp_path / "bad.pt")
     with pytest.raises(UserError, match="missing.*logit_scale"):

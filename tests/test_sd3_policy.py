@@ -508,9 +508,13 @@ def test_presets_validate_without_loading_weights(preset, monkeypatch):
     monkeypatch.setattr(loading, "load_pipeline", forbidden)
     monkeypatch.setattr(loading, "resolve_folder", forbidden)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    result = runner.invoke(build_app(), ["validate", str(preset)])
+    # --portable: the presets are for a GPU machine that holds their prompt files
+    result = runner.invoke(build_app(), ["validate", "--portable", str(preset)])
     assert result.exit_code == 0, result.output
     assert "policy sd3" in result.output
+    if not torch.cuda.is_available():
+        here = runner.invoke(build_app(), ["validate", str(preset)])
+        assert here.exit_code == 2 and "train.device: 'cuda'" in here.output
 
 
 def test_all_five_presets_exist():
@@ -567,3 +571,40 @@ def test_geneval_source_generates_valid_metadata_without_test_prompts():
     ):
         with pytest.raises(UserError):
             load_prompts(bad)
+
+
+def test_a_lora_run_resumes_bitwise_and_warm_starts_a_new_one(lora_run, model_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    from nft_core.checkpoints import RESUME_FILE, latest_checkpoint
+    from nft_core.config import load_config
+    from nft_core.trainer import Trainer
+    from nft_policies.sd3.policy import LORA_FILE
+
+    trainer, *_ = lora_run
+    lora = "[policy.lora]\nrank = 4\nalpha = 8.0"
+    warm_config = write_config(tmp_path, model_dir, "warm", 1, f'init_from = "{trainer.run_dir}"\n{lora}')
+    warm = Trainer(load_config(warm_config), tmp_path / "warm", echo=lambda *_: None)
+    saved = load_file(str(latest_checkpoint(trainer.run_dir) / LORA_FILE))  # the EMA of the LoRA
+    loaded = warm.policy.lora.state_dict()
+    assert loaded and all(torch.equal(value, saved[f"transformer.{key}"]) for key, value in loaded.items())
+    assert warm.state.global_step == 0 and not warm.optimizer.state
+
+    config = load_config(write_config(tmp_path, model_dir, "resume", 2, lora))
+    Trainer(config, tmp_path / "whole", echo=lambda *_: None).run()
+    first = Trainer(config, tmp_path / "parts", echo=lambda *_: None)
+    original = first.after_epoch
+
+    def stop_after_epoch_0(samples, scored, last):
+        written = original(samples, scored, last)
+        first.stop_signal = "SIGTERM"
+        return written
+
+    first.after_epoch = stop_after_epoch_0
+    assert first.run()["status"] == "interrupted"
+    checkpoint = latest_checkpoint(tmp_path / "parts", resumable=True)
+    Trainer(config, tmp_path / "parts", echo=lambda *_: None).run(resume=checkpoint)
+    a = load_file(str(latest_checkpoint(tmp_path / "parts") / RESUME_FILE))
+    b = load_file(str(latest_checkpoint(tmp_path / "whole") / RESUME_FILE))
+    assert a.keys() == b.keys() and any(key.startswith("old.") for key in a)
+    assert [key for key in a if not torch.equal(a[key], b[key])] == []

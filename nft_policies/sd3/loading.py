@@ -13,15 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from nft_core.errors import UserError
+from nft_rewards.weights import is_hub_id
 
 PIPELINE_CLASS = "StableDiffusion3Pipeline"
 REQUIRED = ("transformer", "vae", "scheduler", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")
 T5_PARTS = ("text_encoder_3", "tokenizer_3")
-
-
-def _is_hub_id(reference: str) -> bool:
-    parts = reference.split("/")
-    return len(parts) == 2 and all(parts) and not reference.startswith((".", "~", "/"))
 
 
 def _download_hint(model: str, directory: Path | None) -> str:
@@ -63,7 +59,7 @@ def resolve_folder(model: str, revision: str | None = None, weights_dir: str | N
     from nft_rewards.weights import weights_dir as resolve_weights_dir
 
     path = Path(model).expanduser()
-    if path.exists() or not _is_hub_id(model):
+    if path.exists() or not is_hub_id(model):
         if not path.is_dir():
             what = "is not a folder" if path.exists() else "does not exist"
             raise UserError(

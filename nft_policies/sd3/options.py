@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from nft_core.types import Precision
 
@@ -78,6 +78,26 @@ class SD3Options(BaseModel):
     prompt_cache_size: int = Field(1024, ge=0, description="prompt embeddings kept (on the CPU) for reuse")
     text_batch_size: int = Field(32, ge=1, description="prompts per text-encoder call")
     decode_batch_size: int = Field(8, ge=1, description="latents per VAE decode call")
+
+    @model_validator(mode="after")
+    def _local_folder_is_a_pipeline(self) -> SD3Options:
+        """A local `model` folder is checked here (cheap, no weights read); a hub id when it loads."""
+        from pathlib import Path
+
+        from nft_core.errors import UserError
+        from nft_policies.sd3.loading import check_folder, is_hub_id
+
+        path = Path(self.model).expanduser()
+        if is_hub_id(self.model) and not path.exists():
+            return self
+        try:
+            if not path.is_dir():
+                what = "is not a folder" if path.exists() else "does not exist"
+                raise UserError(f"{self.model!r} {what} (expected a diffusers folder or a hub id org/name)")
+            check_folder(path, self.model, self.t5)
+        except UserError as error:
+            raise ValueError(str(error).removeprefix("policy.model: ")) from None
+        return self
 
     @field_validator("lora")
     @classmethod
