@@ -6,7 +6,9 @@ Every command sees the same registry: the built-in plugins and the installed one
 from __future__ import annotations
 
 import json
+import os
 import sys
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +26,29 @@ SET_HELP = "override as KEY=VALUE (TOML literal), repeatable"
 OPTION_HELP = "reward option key=value (value read as JSON, else a string), repeatable"
 
 
+DEBUG_ENV = "NFT_DEBUG"
+"""Set to 1 (or pass `nft --debug`) to see the traceback behind a one-line error."""
+
+
+@app.callback()
+def _options(
+    debug: bool = typer.Option(False, "--debug", help="print the traceback behind a one-line error"),
+) -> None:
+    """DiffusionNFT: online RL for flow-matching image models."""
+    _debug["on"] = debug
+
+
+_debug = {"on": False}
+
+
+def _print_traceback_if_debugging(error: Exception) -> None:
+    if _debug["on"] or os.environ.get(DEBUG_ENV) == "1":
+        traceback.print_exception(error, file=sys.stderr)
+
+
 def fail(error: Exception) -> None:
-    """A user error: one line on stderr, exit code 2."""
+    """A user error: one line on stderr (with `--debug`, its traceback first), exit code 2."""
+    _print_traceback_if_debugging(error)
     typer.echo(f"error: {error}", err=True)
     raise typer.Exit(2)
 
@@ -289,6 +312,7 @@ def main() -> None:
         build_app()
         app()
     except UserError as error:  # bad input, also from a plugin's command: one line, exit 2
+        _print_traceback_if_debugging(error)
         typer.echo(f"error: {error}", err=True)
         sys.exit(2)
 

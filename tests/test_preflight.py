@@ -71,3 +71,13 @@ def test_check_device_accepts_the_cpu_and_the_geometry_is_returned(fast_config):
     assert geometry.images == 4 and geometry.trained_times == 2
     with pytest.raises(ConfigError, match="data.prompts"):
         preflight(load_config(fast_config, ['data.prompts="shapes:nonsense"']))
+
+
+def test_debug_shows_the_traceback_behind_the_one_line_error(fast_config):
+    app = build_app()
+    args = ["validate", str(fast_config), "--set", 'train.device="gpu"']
+    plain = runner.invoke(app, args)
+    debug = runner.invoke(app, ["--debug", *args])
+    assert plain.exit_code == debug.exit_code == 2
+    assert "Traceback" not in plain.output and "Traceback" in debug.output
+    assert "Traceback" not in runner.invoke(app, args).output  # --debug holds for one invocation only
