@@ -99,12 +99,6 @@ class Trainer:
             torch.set_num_threads(config.train.threads)
         seed_everything(config.train.seed)
         self.generator = torch.Generator().manual_seed(config.train.seed)
-        self.policy: Policy = registry.create(
-            "policies", config.policy.name, config.policy.options(), "policy"
-        )
-        self.policy.to(self.device)
-        if config.policy.init_from:
-            self.warm_start(Path(config.policy.init_from))
         self.solver: Solver = registry.create(
             "solvers", config.solver.name, config.solver.options(), "solver"
         )
@@ -127,6 +121,13 @@ class Trainer:
         )
         eval_items = load_prompts(config.eval.prompts, "eval.prompts")
         self.eval_items = [item for item in eval_items for _ in range(config.eval.images_per_prompt)]
+        # the policy last: a mistake anywhere else is found before the biggest model loads
+        self.policy: Policy = registry.create(
+            "policies", config.policy.name, config.policy.options(), "policy"
+        )
+        self.policy.to(self.device)
+        if config.policy.init_from:
+            self.warm_start(Path(config.policy.init_from))
         self.optimizer = torch.optim.AdamW(
             [p for _, p in self.policy.trainable_parameters()],
             lr=config.train.lr,
