@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from nft_core import registry
 from nft_core.errors import ConfigError
 from nft_core.normalization import NORMALIZERS
-from nft_core.options import explain, toml_path
+from nft_core.options import explain, toml_json, toml_path
 from nft_core.precision import REQUESTS, resolve_precision
 from nft_core.schedules import LR_SCHEDULES, parse_decay_schedule
 
@@ -88,7 +88,14 @@ class ObjectiveConfig(_PluginTable):
 
     @model_validator(mode="after")
     def _one_way_to_count_times(self) -> ObjectiveConfig:
-        if self.trained_times is not None and "timestep_fraction" in self.model_fields_set:
+        # The default share beside a count is what `config.resolved.toml` holds (it writes every key),
+        # not a second way asked for: `nft sample RUN_DIR` reads that file back.
+        default = type(self).model_fields["timestep_fraction"].default
+        if (
+            self.trained_times is not None
+            and "timestep_fraction" in self.model_fields_set
+            and self.timestep_fraction != default
+        ):
             raise ValueError("give trained_times (a count) or timestep_fraction (a share), not both")
         return self
 
@@ -141,6 +148,12 @@ class TrainConfig(_Strict):
     seed: int = 0
     device: str = "cpu"
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice)")
+    collective_timeout: float = Field(
+        600.0,
+        gt=0,
+        description="under torchrun: seconds a collective may wait for the other ranks before the job "
+        "fails (a rank that hangs ends the run instead of stalling it)",
+    )
     precision: Literal[REQUESTS] = Field(
         "auto",
         description="dtype of the policy's forward passes in collection and update (autocast; fp32 master"
@@ -185,7 +198,7 @@ class RewardConfig(_Strict):
     @classmethod
     def _finite(cls, value: float) -> float:
         if not math.isfinite(value):
-            raise ValueError(f"must be a finite number, got {value}")
+            raise ValueError("must be a finite number")  # the line adds "(got nan)"
         return value
 
     @field_validator("normalize")
@@ -303,11 +316,16 @@ def load_raw(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not a text file (a TOML config is UTF-8 text)") from None
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{path}: invalid TOML: {error}") from None
+    except OSError as error:  # unreadable: permissions, a broken link, ...
+        raise ConfigError(f"{path}: cannot read the config: {error.strerror or error}") from None
+    if not data:
+        raise ConfigError(f"{path}: an empty config (a run needs at least one [[reward]] table)")
+    return data
 
 
 RENAMED = {("sampler",): "solver", ("eval", "sampler"): "eval.solver"}
@@ -327,7 +345,7 @@ def validate(data: dict[str, Any], source: str = "config") -> RunConfig:
     """Validate the raw dict, then each plugin's own table with the options model it registered."""
     try:
         _check_renamed(data)
-        config = RunConfig.model_validate(data)
+        config = RunConfig.model_validate_json(toml_json(data), strict=True)  # TOML types, no coercion
     except ConfigError as error:
         raise ConfigError(f"{source}: {error}") from None
     except ValidationError as error:
@@ -345,7 +363,7 @@ def validate(data: dict[str, Any], source: str = "config") -> RunConfig:
     try:
         for kind, name, options, table, options_path in checks:
             registry.get(kind, name, f"{table}.name")
-            registry.check_options(kind, name, options, options_path)
+            registry.check_options(kind, name, options, options_path, toml=True)
     except ConfigError as error:
         raise ConfigError(f"{source}: {error}") from None
     return config

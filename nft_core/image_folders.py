@@ -71,6 +71,11 @@ def metadata_layout(root: Path) -> ImageSet:
         key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name),
     )
     if not folders:
+        if any(p.suffix.lower() in IMAGE_SUFFIXES for p in root.iterdir()):  # the flat layout, half there
+            raise UserError(
+                f"--images: {root} holds images but no prompts.txt to pair them with (the flat layout) "
+                "and no <index>/metadata.jsonl folders (the GenEval layout)"
+            )
         raise UserError(f"--images: no <index>/metadata.jsonl folders in {root} (the GenEval output layout)")
     found = ImageSet([], [], [])
     for folder in folders:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +20,14 @@ KINDS = {
     "objectives": "register_objectives",
     "prompt_sources": "register_prompt_sources",
 }
+SINGULAR = {
+    "rewards": "reward",
+    "solvers": "solver",
+    "policies": "policy",
+    "objectives": "objective",
+    "prompt_sources": "prompt source",
+}
+"""What one registration of each kind is called in messages (`unknown policy 'sd33'`)."""
 
 
 @dataclass(frozen=True)
@@ -54,7 +63,7 @@ def registrations(kind: str) -> dict[str, Registration]:
         ) -> None:
             if name in found:
                 raise UserError(
-                    f"{kind[:-1].replace('_', ' ')} {name!r} is registered twice, by "
+                    f"{SINGULAR[kind]} {name!r} is registered twice, by "
                     f"{_describe(found[name].plugin)} and by {_describe(_plugin)}; uninstall one, or "
                     "choose which plugins load with NFT_LOAD_PLUGINS"
                 )
@@ -79,19 +88,25 @@ def clear_cache() -> None:
 
 
 def get(kind: str, name: str, path: str) -> Registration:
-    """Look up a registered name; an unknown one is a ConfigError that lists what is available."""
+    """Look up a registered name; an unknown one is a ConfigError that lists what is available and,
+    for a near miss (a typo), suggests the closest name."""
     available = registrations(kind)
     if name not in available:
         names = ", ".join(sorted(available)) or "none"
-        raise ConfigError(f"{path}: unknown {kind[:-1].replace('_', ' ')} {name!r}; available: {names}")
+        close = difflib.get_close_matches(str(name), list(available), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"{path}: unknown {SINGULAR[kind]} {name!r}; available: {names}{hint}")
     return available[name]
 
 
-def check_options(kind: str, name: str, options: dict[str, Any], path: str) -> None:
-    """Validate a plugin's option table with the model it registered (no object is built; `nft validate`)."""
+def check_options(kind: str, name: str, options: dict[str, Any], path: str, toml: bool = False) -> None:
+    """Validate a plugin's option table with the model it registered (no object is built; `nft validate`).
+
+    `toml`: the options come from a TOML file, so their types are checked strictly (see
+    `nft_core.options.validate_options`)."""
     registration = get(kind, name, path)
     if registration.options is not None:
-        validate_options(registration.options, options, path)
+        validate_options(registration.options, options, path, toml=toml)
 
 
 def create(kind: str, name: str, options: dict[str, Any] | None = None, path: str = "") -> Any:

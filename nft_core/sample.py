@@ -60,12 +60,21 @@ def resolve_source(source: Path, config: Path | None) -> tuple[Path | None, Path
     """(checkpoint folder or None, run config) for a checkpoint folder, a run folder or a config file."""
     if source.is_file() and source.suffix == ".toml":
         return None, config or source
+    if not source.exists():
+        raise UserError(f"{source}: no such checkpoint folder, run folder or .toml run config")
     if not source.is_dir():
         raise UserError(f"{source}: not a checkpoint folder, a run folder or a .toml run config")
     if (source / "checkpoints").is_dir():
         checkpoint, run_dir = latest_checkpoint(source), source
+    elif config is None and not STEP_FOLDER.search(source.name):
+        raise UserError(
+            f"{source}: neither a run folder (it has no checkpoints/) nor a checkpoint folder "
+            "(checkpoints/step_XXXXX of a run); for other saved weights pass --config RUN.toml"
+        )
     else:
         checkpoint, run_dir = source, source.parent.parent
+    if config is not None and not config.is_file():
+        raise UserError(f"--config {config}: config file not found")
     resolved = config or run_dir / "config.resolved.toml"
     if not resolved.is_file():
         raise UserError(f"{checkpoint}: no run config at {resolved}; pass --config RUN.toml")
@@ -99,20 +108,26 @@ def _save_png(image, path: Path) -> None:
 
 def sample_images(request: SampleRequest, echo=print) -> dict[str, Any]:
     """Build the policy of the run, load the checkpoint, sample every prompt, write the images."""
-    import torch
     from tqdm import tqdm
 
     from nft_core import registry
     from nft_core.config import load_config
+    from nft_core.io import check_output_folder
+    from nft_core.preflight import check_device
     from nft_core.prompts import load_prompts
     from nft_core.sampling import noise_for, sample_latents
 
+    if request.out.exists() and not request.out.is_dir():
+        raise UserError(f"--out {request.out}: a file, not a folder")
     if request.out.exists() and any(request.out.iterdir()):
         raise UserError(f"--out {request.out} is not empty (stale images would be scored with the new ones)")
+    check_output_folder(request.out)  # before any model loads
     config = load_config(request.config, list(request.overrides))
     items = load_prompts(request.prompts, "--prompts")
     solver = _solver(config, request.solver, request.steps)
-    device = torch.device(request.device or config.train.device)
+    device = check_device(
+        request.device or config.train.device, "--device" if request.device else "train.device"
+    )
     policy = registry.create("policies", config.policy.name, config.policy.options(), "policy")
     policy.to(device)
     if request.checkpoint is not None:

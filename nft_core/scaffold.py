@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import difflib
 import re
 from pathlib import Path
 
 from nft_core.errors import UserError
+from nft_core.io import check_output_folder
 
 __all__ = ["TEMPLATE_DIR", "TEMPLATE_TOKENS", "scaffold_plugin"]
 
@@ -16,6 +18,8 @@ TEMPLATE_TOKENS = ("nft-plugin-template", "nft_plugin_template", "PluginTemplate
 """Distribution, module, class prefix and registered name of the template; replaced in that order."""
 SKIPPED_PARTS = frozenset({"__pycache__", "build", "dist"})
 PLUGIN_NAME = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
+RESERVED_MODULES = frozenset({"nft_core", "nft_rewards", "nft_solvers", "nft_policies", "nft_shapes"})
+"""The packages of this distribution: a plugin named `core` (module `nft_core`) would replace one."""
 
 
 def scaffold_plugin(name: str, kind: str, out: Path, template: Path = TEMPLATE_DIR) -> Path:
@@ -31,16 +35,24 @@ def scaffold_plugin(name: str, kind: str, out: Path, template: Path = TEMPLATE_D
         )
     registered = name.removeprefix("nft-")
     distribution = f"nft-{registered}"
+    if distribution.replace("-", "_") in RESERVED_MODULES:
+        raise UserError(
+            f"plugin name {name!r}: its module {distribution.replace('-', '_')} would shadow the package of "
+            "that name that diffusion-nft ships; choose another name"
+        )
     values = (distribution, distribution.replace("-", "_"), registered.title().replace("-", ""), registered)
     source = template / kind
     if not source.is_dir():
         kinds = sorted(p.name for p in template.iterdir() if p.is_dir()) if template.is_dir() else []
+        close = difflib.get_close_matches(kind, kinds, n=1)
         raise UserError(
             f"--kind {kind!r}: no template at {source}; kinds: {', '.join(kinds) or 'none (pass --template)'}"
+            + (f"; did you mean {close[0]!r}?" if close else "")
         )
     target = out / distribution
     if target.exists():
         raise UserError(f"{target} already exists; choose another --out or name")
+    check_output_folder(target)  # --out a file, or not writable: before anything is written
 
     def substitute(text: str) -> str:
         for token, value in zip(TEMPLATE_TOKENS, values, strict=True):

@@ -67,5 +67,7 @@ def _group(app: typer.Typer, name: str, help_text: str) -> typer.Typer:
 def add_commands(app: typer.Typer) -> None:
     """Add `weights download|list` to the `nft` Typer app."""
     weights = _group(app, "weights", "Reward model weights.")
+    if any(info.name == "download" for info in weights.registered_commands):
+        return  # added by an earlier build of the app
     weights.command("download")(weights_download_command)
     weights.command("list")(weights_list_command)

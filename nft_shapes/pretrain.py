@@ -98,6 +98,17 @@ class PretrainConfig:
     init: str | None = None
 
     def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "warmup_steps", "text_layers"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: {getattr(self, name)} must be a whole number >= 1")
+        if not self.lr >= 0:  # 0: the weights stay where `init` put them
+            raise ValueError(f"lr: {self.lr} must be >= 0")
+        if not self.token_init_std >= 0:
+            raise ValueError(f"token_init_std: {self.token_init_std} must be >= 0")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"ema_decay: {self.ema_decay} must be in [0, 1)")
+        if not 0 <= self.condition_dropout < 1:
+            raise ValueError(f"condition_dropout: {self.condition_dropout} must be in [0, 1)")
         check_text_encoder(self.text_encoder)
         if len(self.tag_weights) != len(TAGS) or min(self.tag_weights) < 0 or sum(self.tag_weights) <= 0:
             raise ValueError(
