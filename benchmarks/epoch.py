@@ -40,7 +40,8 @@ sys.path.insert(0, str(ROOT))
 from nft_core.config import load_config  # noqa: E402
 from nft_core.machine import machine_facts  # noqa: E402
 from nft_core.precision import autocast, native_bf16  # noqa: E402
-from nft_core.trainer import Trainer  # noqa: E402
+from nft_core.sampling import keyed_noise  # noqa: E402
+from nft_core.trainer import TRAINING_STREAM, Trainer  # noqa: E402
 
 DEFAULT_CONFIG = ROOT / "examples" / "shapes-geneval.toml"
 NETWORKS = ("model", "old_model", "reference_model")
@@ -105,7 +106,8 @@ def minimal_training(trainer: Trainer, samples, optimality: torch.Tensor, plan) 
         for batch in step:
             index = batch.index
             x0, t, r = samples.latents[index], batch.times.float(), optimality[index].float()
-            eps = torch.randn(x0.shape, generator=trainer.generator)
+            key = (trainer.config.train.seed, TRAINING_STREAM, trainer.state.epoch, batch.visit)
+            eps = keyed_noise(samples.ids[index].tolist(), tuple(x0.shape[1:]), *key)
             tb = t.view(-1, 1, 1, 1)
             x_t = ((1 - tb) * x0 + tb * eps).contiguous(memory_format=policy.memory_format)
             with autocast(trainer.precision, trainer.device):

@@ -207,11 +207,11 @@ class NFTObjective:
         cond: Cond,
         t: torch.Tensor,
         optimality: torch.Tensor,
-        generator: torch.Generator | None = None,
+        noise: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """Noise `x0` to time `t`, query old (no grad), current and (if `kl_weight > 0`) reference views."""
         t = t.to(x0.device)
-        eps = draw_noise(x0, generator)
+        eps = draw_noise(x0) if noise is None else noise.to(x0.device, x0.dtype)
         x_t = forward_noising(x0, t, eps)
         with torch.no_grad():
             v_old = policy.velocity("old", x_t, t, cond)
@@ -269,11 +269,11 @@ class RFTObjective:
         cond: Cond,
         t: torch.Tensor,
         optimality: torch.Tensor,
-        generator: torch.Generator | None = None,
+        noise: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """Flow matching on samples with `optimality > threshold`; a graph-connected zero if none."""
         t = t.to(x0.device)
-        eps = draw_noise(x0, generator)  # whole batch: the noise stream does not depend on r
+        eps = draw_noise(x0) if noise is None else noise.to(x0.device, x0.dtype)
         keep = optimality.to(x0.device) > self.threshold
         n_keep = int(keep.sum())
         if n_keep == 0:

@@ -28,6 +28,8 @@ class MicroBatch:
     index: torch.Tensor
     times: torch.Tensor
     step_samples: int
+    visit: int = 0
+    """Which visit of its samples this is (`pass * trained_times + column`): it keys their noise."""
 
     def weighted(self, loss: torch.Tensor) -> torch.Tensor:
         """This micro-batch's mean `loss` weighted by its share of the step's visits."""
@@ -43,25 +45,39 @@ class Geometry:
     grid_times: int
     trained_times: int
     micro_batch: int
+    """Per rank; a micro-batch of the epoch's plan holds `micro_batch x ranks` samples."""
     inner_epochs: int
     optimizer_steps: int
+    ranks: int = 1
 
     @property
     def images(self) -> int:
         return self.prompts_per_epoch * self.images_per_prompt
 
     @property
+    def global_micro_batch(self) -> int:
+        """Samples in one micro-batch of the plan, over all ranks."""
+        return self.micro_batch * self.ranks
+
+    @property
     def micro_batches(self) -> int:
-        return self.inner_epochs * self.trained_times * math.ceil(self.images / self.micro_batch)
+        return self.inner_epochs * self.trained_times * math.ceil(self.images / self.global_micro_batch)
 
     def describe(self) -> str:
-        """One line: samples, times, passes, micro-batches and optimizer steps of an epoch."""
+        """One line: samples, times, passes, micro-batches and optimizer steps of an epoch (and ranks)."""
         per_step = math.ceil(self.micro_batches / self.optimizer_steps)
+        ranks = (
+            f"; {self.ranks} ranks: each samples {self.images // self.ranks} and trains "
+            f"{self.micro_batch} of every micro-batch of {self.global_micro_batch}"
+            if self.ranks > 1
+            else ""
+        )
         return (
             f"{self.prompts_per_epoch} prompts x {self.images_per_prompt} images = {self.images} samples; "
             f"{self.trained_times} of {self.grid_times} grid times x {self.inner_epochs} pass(es); "
-            f"micro-batch {self.micro_batch} -> {self.micro_batches} micro-batches, "
+            f"micro-batch {self.global_micro_batch} -> {self.micro_batches} micro-batches, "
             f"{self.optimizer_steps} optimizer step(s)/epoch (~{per_step} micro-batches accumulated each)"
+            f"{ranks}"
         )
 
 
@@ -83,18 +99,19 @@ def training_plan(
     """
     if not 1 <= trained_times <= len(times):
         raise ValueError(f"trained_times must be in [1, {len(times)}], got {trained_times}")
-    visits: list[tuple[torch.Tensor, torch.Tensor]] = []
-    for _ in range(inner_epochs):
+    visits: list[tuple[torch.Tensor, torch.Tensor, int]] = []
+    for epoch_pass in range(inner_epochs):
         order = torch.stack([torch.randperm(len(times), generator=generator) for _ in range(n)])
         for column in range(trained_times):
             permutation = torch.randperm(n, generator=generator)
+            visit = epoch_pass * trained_times + column
             for start in range(0, n, micro_batch):
                 index = permutation[start : start + micro_batch]
-                visits.append((index, times[order[index, column].to(times.device)]))
+                visits.append((index, times[order[index, column].to(times.device)], visit))
     if optimizer_steps > len(visits):
         raise ValueError(f"{optimizer_steps} optimizer steps but only {len(visits)} micro-batches")
     steps = []
     for chunk in np.array_split(np.arange(len(visits)), optimizer_steps):
         samples = sum(len(visits[i][0]) for i in chunk)
-        steps.append([MicroBatch(*visits[i], step_samples=samples) for i in chunk])
+        steps.append([MicroBatch(visits[i][0], visits[i][1], samples, visits[i][2]) for i in chunk])
     return steps

@@ -58,9 +58,10 @@ def training_times(config: RunConfig, solver: Solver) -> torch.Tensor:
     return torch.tensor(sorted(times, reverse=True), dtype=torch.float64)
 
 
-def train_geometry(config: RunConfig, solver: Solver) -> tuple[torch.Tensor, Geometry]:
-    """The training times and the epoch's batch geometry; a ConfigError naming the key when the numbers
-    do not fit (more trained times than there are, more optimizer steps than micro-batches)."""
+def train_geometry(config: RunConfig, solver: Solver, ranks: int = 1) -> tuple[torch.Tensor, Geometry]:
+    """The training times and the epoch's batch geometry on `ranks` data-parallel ranks; a ConfigError
+    naming the keys when the numbers do not fit (more trained times than there are, more optimizer
+    steps than micro-batches, samples that do not split evenly over the ranks)."""
     times = training_times(config, solver)
     objective, data, train = config.objective, config.data, config.train
     count, available = objective.trained_times, len(times)
@@ -79,7 +80,13 @@ def train_geometry(config: RunConfig, solver: Solver) -> tuple[torch.Tensor, Geo
         train.batch_size,
         train.inner_epochs,
         train.optimizer_steps_per_epoch,
+        ranks,
     )
+    if geometry.images % ranks:
+        raise ConfigError(
+            f"data.prompts_per_epoch x data.images_per_prompt: {geometry.images} samples do not split evenly "
+            f"over {ranks} ranks (make it a multiple of {ranks})"
+        )
     if geometry.optimizer_steps > geometry.micro_batches:
         raise ConfigError(
             f"train.optimizer_steps_per_epoch: {geometry.optimizer_steps} exceeds the "

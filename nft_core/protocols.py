@@ -137,7 +137,11 @@ class Objective(Protocol):
         cond: Cond,
         t: torch.Tensor,
         optimality: torch.Tensor,
-        generator: torch.Generator | None = None,
+        noise: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        """The loss of a micro-batch of clean samples at times `t` `[N]` with optimality `r` `[N]`."""
+        """The loss of a micro-batch of clean samples at times `t` `[N]` with optimality `r` `[N]`.
+
+        `noise` is the forward process's `eps`, shaped like `x0`: the trainer draws it per sample from a
+        stream keyed by the sample and the visit, so the update does not depend on how the samples are
+        cut into micro-batches or split across ranks. None: drawn from torch's global generator."""
         ...

@@ -129,12 +129,23 @@ class RewardSet:
         `normalized` and `total` are NaN elsewhere. A reward that returns a wrong shape raises a
         ValueError naming it (that is a bug in the reward, not bad luck with a sample).
         """
+        groups = prompt_group_ids(prompts) if group_ids is None else _cpu_long(group_ids)
+        return self.normalize(self.raw_scores(images, prompts, metadata), groups)
+
+    def raw_scores(
+        self,
+        images: torch.Tensor,
+        prompts: Sequence[str],
+        metadata: Sequence[dict[str, Any]] | None = None,
+    ) -> RewardSetOutput:
+        """The first half of `score`: every reward's raw scores and details (NaN where a call failed
+        twice), timings and failures; `normalized` and `total` stay empty. Data-parallel ranks gather
+        these, so that `normalize` sees every prompt group whole."""
         n = len(prompts)
         if images.shape[0] != n:
             raise ValueError(f"{images.shape[0]} images but {n} prompts (they are paired one-to-one)")
         if metadata is not None and len(metadata) != n:
             raise ValueError(f"{len(metadata)} metadata entries but {n} prompts")
-        groups = prompt_group_ids(prompts) if group_ids is None else _cpu_long(group_ids)
         out = RewardSetOutput(
             raw={}, normalized={}, total=torch.empty(0), valid=torch.ones(n, dtype=torch.bool)
         )
@@ -151,11 +162,20 @@ class RewardSet:
                 raise ValueError(
                     f"reward {term.name!r} returned scores of shape {tuple(scores.shape)}, want [{n}]"
                 )
-            finite = torch.isfinite(scores)
-            out.invalid[term.name] = int((~finite).sum())
-            out.valid &= finite
             out.raw[term.name] = scores
             out.details[term.name] = term_details
+        return out
+
+    def normalize(self, out: RewardSetOutput, group_ids: torch.Tensor) -> RewardSetOutput:
+        """The second half of `score`: validity, each reward's normalizer over the valid samples, and the
+        weighted sum (`out` is completed in place and returned)."""
+        n = len(group_ids)
+        groups = _cpu_long(group_ids)
+        out.valid = torch.ones(n, dtype=torch.bool)
+        for term in self.terms:
+            finite = torch.isfinite(out.raw[term.name])
+            out.invalid[term.name] = int((~finite).sum())
+            out.valid &= finite
         keep = out.valid.nonzero(as_tuple=True)[0]
         everything = len(keep) == n
         for term in self.terms:

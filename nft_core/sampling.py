@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -30,6 +31,22 @@ def noise_for(indices: list[int] | range, shape: tuple[int, ...], seed: int) -> 
         generator = torch.Generator().manual_seed(seed * 1_000_003 + index)
         rows.append(torch.randn(shape, generator=generator))
     return torch.stack(rows)
+
+
+def keyed_seed(*key: int) -> int:
+    """A seed that depends only on `key` (non-negative ints): distinct keys give unrelated streams
+    (numpy's SeedSequence hashes the whole key, so no two keys share a seed by arithmetic accident)."""
+    return int(np.random.SeedSequence(list(key)).generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+def keyed_noise(indices: list[int] | range, shape: tuple[int, ...], *key: int) -> torch.Tensor:
+    """`N(0, I)` rows `[len(indices), *shape]`, row `i` drawn from the stream `(*key, indices[i])`: the
+    noise of a sample does not depend on which other samples share its batch, micro-batch or rank."""
+    rows = []
+    for index in indices:
+        generator = torch.Generator().manual_seed(keyed_seed(*key, int(index)))
+        rows.append(torch.randn(shape, generator=generator))
+    return torch.stack(rows) if rows else torch.empty((0, *shape))
 
 
 @torch.no_grad()

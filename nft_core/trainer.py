@@ -35,6 +35,7 @@ from nft_core.checkpoints import (
     write_checkpoint,
 )
 from nft_core.config import RunConfig, resolved_config
+from nft_core.distributed import Distributed
 from nft_core.ema import ParameterEMA
 from nft_core.errors import ConfigError, UserError
 from nft_core.evaluation import EvalResult, evaluate
@@ -56,12 +57,16 @@ from nft_core.resume import (
     seed_everything,
 )
 from nft_core.reward_set import RewardSet, RewardSetOutput, RewardTerm
-from nft_core.sampling import sample_latents
+from nft_core.sampling import keyed_noise, keyed_seed, sample_latents
 from nft_core.schedules import lr_factor, parse_decay_schedule
 from nft_core.types import Samples, index_cond
 from nft_core.visuals import plot_curves, sample_grid
 
 __all__ = ["Geometry", "TrainState", "Trainer", "unique_run_dir"]
+
+COLLECTION_STREAM, TRAINING_STREAM, SOLVER_STREAM = 1, 2, 3
+"""Keys of the noise streams: collection noise per sample, training noise per sample and visit, and a
+stochastic solver's draws per rank."""
 
 PHASES = ("sampling", "reward", "training")
 """The timed phases of an epoch (`seconds/<phase>` in metrics.jsonl); training includes the refresh."""
@@ -79,6 +84,10 @@ class TrainState:
     records: list[dict[str, Any]] = field(default_factory=list)
 
 
+def _silent(*_: Any) -> None:
+    """The echo of ranks other than 0: one rank prints."""
+
+
 def unique_run_dir(root: Path, name: str) -> Path:
     """`root/name`, or `root/name-2`, ... when it exists: a run never overwrites another."""
     candidate, index = root / name, 2
@@ -93,12 +102,14 @@ class Trainer:
     def __init__(self, config: RunConfig, run_dir: Path, echo=print) -> None:
         self.config = config
         self.run_dir = run_dir
-        self.echo = echo
-        self.device = torch.device(config.train.device)
+        self.dist = Distributed.from_environment(config.train.device, config.train.collective_timeout)
+        self.echo = echo if self.dist.is_main else _silent
+        self.device = self.dist.device(torch.device(config.train.device))
         if config.train.threads:
             torch.set_num_threads(config.train.threads)
         seed_everything(config.train.seed)
         self.generator = torch.Generator().manual_seed(config.train.seed)
+        """Draws the update's plan: the same stream on every rank, used for nothing else."""
         self.solver: Solver = registry.create(
             "solvers", config.solver.name, config.solver.options(), "solver"
         )
@@ -139,7 +150,7 @@ class Trainer:
         self.precision = resolve_precision(config.train.precision, self.device)
         # fp16 gradients underflow without a loss scale; disabled, the scaler passes everything through
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
-        self.train_times, self.geometry = train_geometry(config, self.solver)
+        self.train_times, self.geometry = train_geometry(config, self.solver, self.dist.world_size)
         total_steps = config.train.epochs * self.geometry.optimizer_steps
         train = config.train
         self.lr_schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -191,25 +202,54 @@ class Trainer:
     # ---- the stages of one epoch -------------------------------------------------------------------
     @torch.no_grad()
     def collect(self) -> Samples:
-        """K samples per prompt from the old policy with the collection solver (CFG off)."""
-        per_prompt = self.config.data.images_per_prompt
-        items = [item for item in self.prompts.draw(self.state.epoch) for _ in range(per_prompt)]
+        """K samples per prompt from the old policy with the collection solver (CFG off).
+
+        Each rank samples its share of the epoch; the noise of sample `i` comes from a stream keyed by
+        (seed, epoch, i), so the samples do not depend on the number of ranks (with a deterministic
+        solver). The latents are gathered: every rank holds all of them, and its own images.
+        """
+        per_prompt, epoch, seed = self.config.data.images_per_prompt, self.state.epoch, self.config.train.seed
+        items = [item for item in self.prompts.draw(epoch) for _ in range(per_prompt)]
         prompts = [item.prompt for item in items]
         group_ids = torch.arange(len(items)) // per_prompt
         cond = self.policy.encode_prompts(prompts)
-        noise = torch.randn((len(items), *self.policy.latent_shape), generator=self.generator).to(self.device)
+        mine = self.dist.share(len(items))
+        noise = keyed_noise(mine, tuple(self.policy.latent_shape), seed, COLLECTION_STREAM, epoch)
+        # a stochastic solver's own draws: rank-dependent, and apart from the plan's shared generator
+        sde = torch.Generator().manual_seed(keyed_seed(seed, SOLVER_STREAM, epoch, self.dist.rank))
         with self.autocast():
             latents = sample_latents(
                 self.policy,
                 self.solver,
-                cond,
-                noise,
+                index_cond(cond, slice(mine.start, mine.stop)),
+                noise.to(self.device),
                 view="old",
-                generator=self.generator,
+                generator=sde,
                 batch_size=self.config.train.sample_batch_size,
             )
         images = self.policy.decode(latents).cpu()
-        return Samples(latents, images, prompts, [item.metadata for item in items], cond, group_ids)
+        latents = self.dist.gather(latents)
+        metadata = [item.metadata for item in items]
+        return Samples(
+            latents, images, prompts, metadata, cond, group_ids, local=slice(mine.start, mine.stop)
+        )
+
+    def score(self, samples: Samples) -> RewardSetOutput:
+        """Every reward on this rank's images; the raw scores gathered, then normalized and combined over
+        the whole epoch on every rank (so prompt groups and running statistics see every sample)."""
+        local = samples.local
+        assert local is not None
+        raw = self.rewards.raw_scores(samples.images, samples.prompts[local], samples.metadata[local])
+        if self.dist.enabled:
+            raw.raw = {name: self.dist.gather(scores) for name, scores in raw.raw.items()}
+            raw.details = {
+                name: {key: self.dist.gather(value) for key, value in details.items()}
+                for name, details in raw.details.items()
+            }
+            failures = self.dist.gather_objects((raw.failed_calls, raw.errors))
+            raw.failed_calls = {k: v for calls, _ in failures for k, v in calls.items()}
+            raw.errors = {k: v for _, errors in failures for k, v in errors.items()}
+        return self.rewards.normalize(raw, samples.group_ids)
 
     def advantages(self, samples: Samples, rewards: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         """`(optimality, advantage statistics)` of the samples' total rewards `[N]` (`advantage_step` with
@@ -220,21 +260,24 @@ class Trainer:
         )
 
     def plan(self, samples: Samples) -> list[list[MicroBatch]]:
-        """This epoch's micro-batches per optimizer step (`training_plan`, drawn from the generator)."""
+        """This epoch's micro-batches per optimizer step (`training_plan`, drawn from the generator); a
+        micro-batch holds `batch_size` samples per rank."""
+        geometry = self.geometry
+        visits = (
+            geometry.inner_epochs
+            * geometry.trained_times
+            * math.ceil(len(samples) / geometry.global_micro_batch)
+        )
         return training_plan(
             len(samples),
             self.train_times.to(self.device, samples.latents.dtype),
-            self.geometry.trained_times,
-            self.geometry.micro_batch,
+            geometry.trained_times,
+            geometry.global_micro_batch,
             # fewer samples than planned (some had no valid score) can leave fewer micro-batches
-            min(self.geometry.optimizer_steps, self._micro_batches(len(samples))),
-            self.geometry.inner_epochs,
+            min(geometry.optimizer_steps, visits),
+            geometry.inner_epochs,
             self.generator,
         )
-
-    def _micro_batches(self, samples: int) -> int:
-        geometry = self.geometry
-        return geometry.inner_epochs * geometry.trained_times * math.ceil(samples / geometry.micro_batch)
 
     def update(self, samples: Samples, optimality: torch.Tensor) -> dict[str, float]:
         """The objective over `plan`'s micro-batches, one optimizer step per chunk of them."""
@@ -244,24 +287,41 @@ class Trainer:
         totals: dict[str, float] = {"skipped_steps": 0}
         self.policy.train(True)
         bar = tqdm(total=micro_batches, desc="train", leave=False, disable=not self.config.log.progress)
+        shape, seed, epoch = tuple(self.policy.latent_shape), self.config.train.seed, self.state.epoch
+        stats_sum: dict[str, float] = {}
+        assert samples.ids is not None
         for step in steps:
             self.optimizer.zero_grad(set_to_none=True)
             for batch in step:
-                index = batch.index.to(self.device)
+                # this rank's part of the micro-batch; each sample's noise is keyed by (epoch, visit, id)
+                part = torch.tensor_split(torch.arange(len(batch.index)), self.dist.world_size)[
+                    self.dist.rank
+                ]
+                if not len(part):
+                    bar.update(1)
+                    continue
+                rows = batch.index[part]
+                noise = keyed_noise(
+                    samples.ids[rows].tolist(), shape, seed, TRAINING_STREAM, epoch, batch.visit
+                )
+                index = rows.to(self.device)
                 with self.autocast():
                     loss, stats = self.objective.loss(
                         self.policy,
                         samples.latents[index],
-                        index_cond(samples.cond, batch.index),
-                        batch.times,
-                        optimality[batch.index],
-                        self.generator,
+                        index_cond(samples.cond, rows),
+                        batch.times[part.to(batch.times.device)],
+                        optimality[index],
+                        noise.to(self.device),
                     )
-                self.scaler.scale(batch.weighted(loss)).backward()
+                # the accumulated gradient, summed over ranks, is that of the step's mean loss
+                self.scaler.scale(loss * len(rows) / batch.step_samples).backward()
+                share = len(rows) / len(batch.index) / micro_batches
                 for key, value in stats.items():
-                    totals[key] = totals.get(key, 0.0) + value / micro_batches
+                    stats_sum[key] = stats_sum.get(key, 0.0) + value * share
                 bar.update(1)
             parameters = [p for _, p in self.policy.trainable_parameters()]
+            self._sum_gradients(parameters)
             self.scaler.unscale_(self.optimizer)
             grad_norm = float(torch.nn.utils.clip_grad_norm_(parameters, self.config.train.grad_clip))
             if math.isfinite(grad_norm):
@@ -275,7 +335,19 @@ class Trainer:
             self.ema.update(self.policy.trainable_parameters())
         bar.close()
         self.policy.train(False)
+        for part in self.dist.gather_objects(stats_sum) if self.dist.enabled else [stats_sum]:
+            for key, value in part.items():
+                totals[key] = totals.get(key, 0.0) + value
         return totals
+
+    def _sum_gradients(self, parameters: list[torch.nn.Parameter]) -> None:
+        """Sum the step's gradients over the ranks (each rank's loss was weighted by its share)."""
+        if not self.dist.enabled:
+            return
+        for parameter in parameters:
+            if parameter.grad is None:  # a rank whose part reached no sample still takes part
+                parameter.grad = torch.zeros_like(parameter)
+        self.dist.sum_([parameter.grad for parameter in parameters])
 
     def refresh_old(self) -> float:
         """`old <- d old + (1 - d) theta` with `d` the decay schedule at the current step; returns `d`."""
@@ -525,7 +597,7 @@ class Trainer:
         ticks = [time.time()]
         samples = self.collect()
         ticks.append(time.time())
-        scored = self.rewards.score(samples.images, samples.prompts, samples.metadata, samples.group_ids)
+        scored = self.score(samples)
         ticks.append(time.time())
         valid = scored.valid
         assert valid is not None

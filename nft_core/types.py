@@ -42,7 +42,12 @@ class PromptItem:
 
 @dataclass
 class Samples:
-    """What collection keeps of a batch of generations: clean latents, decoded images and their prompts."""
+    """What collection keeps of an epoch's generations: clean latents, their prompts, conditioning and
+    prompt groups (all of the epoch's samples), and the decoded images of this rank's share.
+
+    `ids` are the samples' indices in the epoch (they key each sample's training noise); `images` holds
+    the rows `local` of the epoch (all of them on a single process).
+    """
 
     latents: torch.Tensor
     images: torch.Tensor
@@ -50,21 +55,33 @@ class Samples:
     metadata: list[dict[str, Any]]
     cond: Cond
     group_ids: torch.Tensor
+    ids: torch.Tensor | None = None
+    local: slice | None = None
+
+    def __post_init__(self) -> None:
+        if self.ids is None:
+            self.ids = torch.arange(len(self.prompts))
+        if self.local is None:
+            self.local = slice(0, len(self.prompts))
 
     def __len__(self) -> int:
         return len(self.prompts)
 
     def subset(self, keep: torch.Tensor) -> Samples:
-        """The samples where the boolean mask `keep` `[N]` is true, in order (e.g. the validly scored)."""
+        """The samples where the boolean mask `keep` `[N]` is true, in order (e.g. the validly scored),
+        without images (the update does not look at them)."""
         index = keep.nonzero(as_tuple=True)[0]
         rows = index.tolist()
+        assert self.ids is not None
         return Samples(
             self.latents[index.to(self.latents.device)],
-            self.images[index.to(self.images.device)],
+            self.images[:0],
             [self.prompts[i] for i in rows],
             [self.metadata[i] for i in rows],
             index_cond(self.cond, index),
             self.group_ids[index.to(self.group_ids.device)],
+            self.ids[index],
+            slice(0, 0),
         )
 
 

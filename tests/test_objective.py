@@ -302,7 +302,8 @@ def test_nft_objective_backward_touches_only_current():
     old_before = [p.clone() for p in policy.old.parameters()]
     objective = NFTObjective(beta=1.0, kl_weight=0.0, adv_clip=5.0)
     x0, cond, t, r = _batch()
-    loss, stats = objective.loss(policy, x0, cond, t, r, generator=torch.Generator().manual_seed(1))
+    noise = draw_noise(x0, torch.Generator().manual_seed(1))
+    loss, stats = objective.loss(policy, x0, cond, t, r, noise=noise)
     loss.backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in policy.current.parameters())
     assert all(p.grad is None for p in policy.old.parameters())
@@ -317,7 +318,8 @@ def test_nft_objective_matches_nft_loss_with_the_same_noise():
     policy = FakePolicy()
     objective = NFTObjective(beta=0.1, kl_weight=1e-2, adv_clip=5.0)
     x0, cond, t, r = _batch()
-    loss, stats = objective.loss(policy, x0, cond, t, r, generator=torch.Generator().manual_seed(7))
+    noise = draw_noise(x0, torch.Generator().manual_seed(7))
+    loss, stats = objective.loss(policy, x0, cond, t, r, noise=noise)
     assert [view for view, _ in policy.calls] == ["old", "current", "reference"]
     assert dict(policy.calls)["reference"] is False
     eps = draw_noise(x0, torch.Generator().manual_seed(7))
@@ -329,8 +331,8 @@ def test_nft_objective_matches_nft_loss_with_the_same_noise():
     expected, _ = nft_loss(v, v_old, x0, x_t, t, r, 0.1, 5.0, v_ref=v_ref, kl_weight=1e-2)
     assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
     assert stats["loss"] == pytest.approx(expected.item(), rel=1e-6)
-    # same generator seed -> same loss
-    again, _ = objective.loss(policy, x0, cond, t, r, generator=torch.Generator().manual_seed(7))
+    # same noise -> same loss
+    again, _ = objective.loss(policy, x0, cond, t, r, noise=draw_noise(x0, torch.Generator().manual_seed(7)))
     assert again.item() == loss.item()
 
 
@@ -349,7 +351,8 @@ def test_rft_objective_is_flow_matching_on_positive_samples_only():
     policy = FakePolicy()
     objective = RFTObjective()
     x0, cond, t, r = _batch()  # r = [0.9, 0.1, 0.5, 0.7] -> samples 0 and 3 (0.5 is not > 0.5)
-    loss, stats = objective.loss(policy, x0, cond, t, r, generator=torch.Generator().manual_seed(3))
+    noise = draw_noise(x0, torch.Generator().manual_seed(3))
+    loss, stats = objective.loss(policy, x0, cond, t, r, noise=noise)
     eps = draw_noise(x0, torch.Generator().manual_seed(3))
     keep = torch.tensor([0, 3])
     x_t = forward_noising(x0[keep], t[keep], eps[keep])
