@@ -13,11 +13,49 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from typer.core import TyperGroup
+
+try:  # typer >= 0.2x carries its own copy of click
+    from typer._click import exceptions as cli_errors
+except ImportError:  # older typer runs on click itself
+    from click import exceptions as cli_errors
 
 from nft_core.errors import UserError
 from nft_core.scaffold import TEMPLATE_DIR, scaffold_plugin
 
+_NO_ARGS = getattr(cli_errors, "NoArgsIsHelpError", ())
+"""`nft` alone shows the help (click >= 8.2 raises this for `no_args_is_help`)."""
+
+
+class _OneLineErrors(TyperGroup):
+    """The `nft` group: a bad command line, or a UserError from any command (a plugin's included), is one
+    `error:` line on stderr and exit code 2, never a usage box or a traceback."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra: Any) -> Any:
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except _NO_ARGS as error:
+            typer.echo(error.ctx.get_help() if error.ctx else str(error))
+            sys.exit(0)
+        except cli_errors.UsageError as error:
+            where = f" (see `{error.ctx.command_path} --help`)" if error.ctx else ""
+            typer.echo(f"error: {error.format_message()}{where}", err=True)
+            sys.exit(2)
+        except UserError as error:
+            _print_traceback_if_debugging(error)
+            typer.echo(f"error: {error}", err=True)
+            sys.exit(2)
+        except typer.Abort:
+            typer.echo("aborted", err=True)
+            sys.exit(1)
+        except cli_errors.ClickException as error:
+            error.show()
+            sys.exit(error.exit_code)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
 app = typer.Typer(
+    cls=_OneLineErrors,
     help="DiffusionNFT: online RL for flow-matching image models.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -63,6 +101,17 @@ def warn_plugin_errors() -> None:
         typer.echo(f"warning: plugin {error.name!r}{distribution} failed to load: {error.error}", err=True)
 
 
+def _preflight(config: Path, loaded: Any, portable: bool = False) -> Any:
+    """`preflight` with the config file named in its error, as the config's own errors name it."""
+    from nft_core.errors import ConfigError
+    from nft_core.preflight import preflight
+
+    try:
+        return preflight(loaded, portable=portable)
+    except ConfigError as error:
+        raise ConfigError(f"{config}: {error}") from None
+
+
 @app.command()
 def run(
     config: Path = typer.Argument(..., help="TOML run config"),
@@ -78,7 +127,6 @@ def run(
     """Train: collect -> score -> NFT update -> eval, writing runs/<name>/."""
     from nft_core.config import load_config
     from nft_core.io import check_output_folder
-    from nft_core.preflight import preflight
     from nft_core.resume import check_same_run, resolve_resume
     from nft_core.trainer import Trainer, unique_run_dir
 
@@ -86,7 +134,7 @@ def run(
     try:
         loaded = load_config(config, set_)
         check_output_folder(out)  # before any model loads
-        preflight(loaded)
+        _preflight(config, loaded)
         found = resolve_resume(resume, out, loaded.name) if resume else None
         if found is not None:
             run_dir, checkpoint = found
@@ -123,12 +171,11 @@ def validate(
     batch geometry against the solver's grid and, unless --portable, the device, prompt sources and the
     warm-start folder."""
     from nft_core.config import load_config
-    from nft_core.preflight import preflight
 
     warn_plugin_errors()
     try:
         loaded = load_config(config, set_)
-        geometry = preflight(loaded, portable=portable)
+        geometry = _preflight(config, loaded, portable)
     except UserError as error:
         fail(error)
     typer.echo(
@@ -179,8 +226,19 @@ def parse_option(text: str) -> tuple[str, Any]:
 
 def _reward(name: str, options: list[str] | None, device: str):
     from nft_core import api
+    from nft_core.preflight import check_device
 
+    check_device(device, "--device")
     return api.load_reward(name, **dict(parse_option(pair) for pair in options or [])).to(device)
+
+
+def _check_out_file(out: Path) -> None:
+    """A UserError, before any scoring, unless `out` can be written as a file."""
+    from nft_core.io import check_output_folder
+
+    if out.is_dir():
+        raise UserError(f"--out {out}: a folder; give a file to write, e.g. {out / 'scores.jsonl'}")
+    check_output_folder(out.parent, "--out")
 
 
 def _write_rows(path: Path, images: Any, output: Any) -> None:
@@ -216,6 +274,7 @@ def score(
 
     warn_plugin_errors()
     try:
+        _check_out_file(out)
         files = image_files(images)
         items = read_prompt_file(metadata) if metadata else None
         meta = None if items is None else [item.metadata for item in items]
@@ -255,6 +314,8 @@ def eval_(
 
     warn_plugin_errors()
     try:
+        if out is not None:
+            _check_out_file(out)
         if (images / "prompts.txt").is_file():
             files = image_files([images])
             found = ImageSet(files, [item.prompt for item in read_prompt_file(images / "prompts.txt")])
@@ -302,7 +363,7 @@ def build_app() -> typer.Typer:
 
     if not any(info.name == "sample" for info in app.registered_commands):
         add_sample_command(app)
-    load_plugins().hook.register_commands(app=app)
+        load_plugins().hook.register_commands(app=app)  # once: a second call would add them again
     return app
 
 

@@ -45,15 +45,13 @@ class SampleRequest:
 
 
 def latest_checkpoint(run_dir: Path) -> Path:
-    """The highest `checkpoints/step_XXXXX` of a run folder."""
-    steps = [
-        (int(match.group(1)), path)
-        for path in (run_dir / "checkpoints").iterdir()
-        if path.is_dir() and (match := STEP_FOLDER.search(path.name))
-    ]
-    if not steps:
-        raise UserError(f"{run_dir}: no checkpoints/step_XXXXX folder")
-    return max(steps)[1]
+    """The newest complete `checkpoints/step_XXXXX` of a run folder (a half-written one never counts)."""
+    from nft_core.checkpoints import latest_checkpoint as newest
+
+    found = newest(run_dir)
+    if found is None:
+        raise UserError(f"{run_dir}: no complete checkpoints/step_XXXXX folder")
+    return found
 
 
 def resolve_source(source: Path, config: Path | None) -> tuple[Path | None, Path]:

@@ -101,12 +101,10 @@ def test_score_a_bad_reward_option(tmp_path, images, option, message):
     assert_one_error_line(result, message)
 
 
-@pytest.mark.xfail(strict=True, reason="nft_core/cli.py: `score` writes --out after scoring, unchecked")
 def test_score_an_out_that_is_a_folder(tmp_path, images):
     assert_one_error_line(score(images, "--prompts", images / "prompts.txt", "--out", tmp_path), "--out")
 
 
-@pytest.mark.xfail(strict=True, reason="nft_core/cli.py: `score`/`eval` pass --device to torch unchecked")
 def test_score_an_unknown_device(images):
     assert_one_error_line(score(images, "--prompts", images / "prompts.txt", "--device", "gpu9"), "--device")
 
@@ -178,9 +176,11 @@ def test_sample_a_folder_that_is_no_run_nor_checkpoint(tmp_path):
 def test_sample_a_run_without_checkpoints_or_config(tmp_path):
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
-    assert_one_error_line(sample(run, tmp_path / "out"), f"{run}: no checkpoints/step_XXXXX folder")
+    assert_one_error_line(sample(run, tmp_path / "out"), f"{run}: no complete checkpoints/step_XXXXX folder")
     step = run / "checkpoints" / "step_00002"
     step.mkdir()
+    assert_one_error_line(sample(run, tmp_path / "out"), "no complete")  # a folder without state.json
+    (step / "state.json").write_text("{}")
     result = sample(run, tmp_path / "out")
     assert_one_error_line(result, f"{step}: no run config at {run / 'config.resolved.toml'}", "--config")
     missing = tmp_path / "missing.toml"
@@ -315,3 +315,23 @@ def test_plugin_new_an_existing_target_or_an_out_that_is_a_file(tmp_path):
         assert_one_error_line(
             invoke("plugin", "new", "sharp", "--out", out), f"{file} is a file, not a folder"
         )
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["validate"], "Missing argument 'config'. (see `"),
+        (["run", "x.toml", "--bogus"], "No such option: --bogus"),
+        (["shapes", "pretrain", "--steps", "abc"], "Invalid value for '--steps'"),
+        (["nosuch"], "No such command 'nosuch'"),
+    ],
+    ids=["missing-argument", "unknown-option", "not-a-number", "unknown-command"],
+)
+def test_a_bad_command_line_is_one_line_not_a_usage_box(args, message):
+    assert_one_error_line(invoke(*args), message)
+
+
+def test_eval_checks_out_and_device_before_scoring(tmp_path, images):
+    base = ["eval", "shapes-geneval", "--images", images]
+    assert_one_error_line(invoke(*base, "--out", tmp_path), "--out")
+    assert_one_error_line(invoke(*base, "--device", "gpu9"), "--device")
