@@ -138,16 +138,22 @@ def run(
         found = resolve_resume(resume, out, loaded.name) if resume else None
         if found is not None:
             run_dir, checkpoint = found
-            check_same_run(run_dir, loaded)
+            check_same_run(run_dir, loaded, checkpoint, int(os.environ.get("WORLD_SIZE", "1")))
             check_output_folder(run_dir, "--resume")
         else:
             run_dir, checkpoint = unique_run_dir(out, loaded.name), None
             if resume == "auto":
                 typer.echo(f"--resume auto: no checkpoint of a run named {loaded.name!r} in {out}; a new run")
         trainer = Trainer(loaded, run_dir, echo=typer.echo)
-        summary = trainer.run(resume=checkpoint)
+        try:
+            summary = trainer.run(resume=checkpoint)
+        finally:
+            trainer.dist.close()
+        run_dir = trainer.run_dir
     except UserError as error:
         fail(error)
+    if not trainer.dist.is_main:  # rank 0 speaks for the job
+        return
     if summary.get("status") == "interrupted":
         again = " ".join([f"nft run {config}", *(f"--set '{s}'" for s in set_), f"--resume {run_dir}"])
         typer.echo(f"resume with: {again}")

@@ -11,7 +11,10 @@ here is the identity. Nothing here is a communication layer of its own: each met
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -29,6 +32,16 @@ class Distributed:
     world_size: int = 1
     local_rank: int = 0
     backend: str | None = None
+    seconds: dict[str, float] = field(default_factory=lambda: {"collectives": 0.0}, compare=False)
+    """Wall seconds this rank spent in collectives (waiting for the others included)."""
+
+    @contextmanager
+    def _timed(self) -> Iterator[None]:
+        began = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds["collectives"] += time.perf_counter() - began
 
     @classmethod
     def from_environment(cls, device: str, timeout_seconds: float) -> Distributed:
@@ -80,7 +93,8 @@ class Distributed:
         padded = torch.zeros((max(sizes), *wire.shape[1:]), dtype=wire.dtype, device=wire.device)
         padded[: wire.shape[0]] = wire
         parts = [torch.empty_like(padded) for _ in range(self.world_size)]
-        dist.all_gather(parts, padded)
+        with self._timed():
+            dist.all_gather(parts, padded)
         return torch.cat([part[:size] for part, size in zip(parts, sizes, strict=True)]).to(local.device)
 
     def gather_objects(self, value: Any) -> list[Any]:
@@ -88,7 +102,8 @@ class Distributed:
         if not self.enabled:
             return [value]
         found: list[Any] = [None] * self.world_size
-        dist.all_gather_object(found, value)
+        with self._timed():
+            dist.all_gather_object(found, value)
         return found
 
     def any(self, flag: bool) -> bool:
@@ -104,7 +119,8 @@ class Distributed:
             by_dtype.setdefault(tensor.dtype, []).append(tensor)
         for group in by_dtype.values():
             flat = torch.cat([self._wire(t).reshape(-1) for t in group])
-            dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+            with self._timed():
+                dist.all_reduce(flat, op=dist.ReduceOp.SUM)
             offset = 0
             for tensor in group:
                 count = tensor.numel()
@@ -114,7 +130,8 @@ class Distributed:
     def barrier(self) -> None:
         """Wait for every rank (e.g. until rank 0 has written a checkpoint)."""
         if self.enabled:
-            dist.barrier()
+            with self._timed():
+                dist.barrier()
 
     def close(self) -> None:
         """Destroy the process group this process initialised."""

@@ -9,9 +9,10 @@ from typing import Any
 
 import torch
 
+from nft_core.distributed import Distributed
 from nft_core.protocols import Policy, Reward, Solver
 from nft_core.sampling import noise_for, sample_latents
-from nft_core.types import PromptItem
+from nft_core.types import PromptItem, RewardOutput
 
 
 @dataclass
@@ -64,29 +65,38 @@ def evaluate(
     batch_size: int = 64,
     device: torch.device | str = "cpu",
     progress: str | None = None,
+    dist: Distributed | None = None,
 ) -> EvalResult:
     """Sample every item once with noise fixed by (seed, index), score with each reward, aggregate.
 
     Each reward's entry holds `mean` (of its scores), `score` (its `aggregate`'s headline), the mean of
     every detail (`<key>_mean`) and the aggregate's tables. `progress` names a progress bar of the
-    sampling (None: none).
+    sampling (None: none). With `dist` (data-parallel ranks), each rank samples and scores its share of
+    the items, the per-image results are gathered, and every rank aggregates all of them; `images` holds
+    this rank's share (rank 0's is the first rows).
     """
+    dist = dist or Distributed()
     prompts = [item.prompt for item in items]
     metadata = [item.metadata for item in items]
-    noise = noise_for(range(len(items)), tuple(policy.latent_shape), seed).to(device)
-    cond = policy.encode_prompts(prompts)
+    mine = dist.share(len(items))
+    noise = noise_for(mine, tuple(policy.latent_shape), seed).to(device)
+    cond = policy.encode_prompts(prompts[mine.start : mine.stop])
     latents = sample_latents(
         policy, solver, cond, noise, view=view, guidance=guidance, batch_size=batch_size, progress=progress
     )
     images = policy.decode(latents).cpu()
     result = EvalResult(images=images)
+    local_prompts, local_metadata = prompts[mine.start : mine.stop], metadata[mine.start : mine.stop]
     for name, reward in rewards.items():
-        output, error = _score(reward, images, prompts, metadata)
-        if output is None:  # raised twice: this reward has no score at this evaluation, the run goes on
-            result.scores[name] = {"mean": math.nan, "score": math.nan, "error": error}
+        output, error = _score(reward, images, local_prompts, local_metadata)
+        errors = [e for e in dist.gather_objects(error if output is None else "") if e]
+        if errors:  # raised twice somewhere: no score at this evaluation, the run goes on
+            result.scores[name] = {"mean": math.nan, "score": math.nan, "error": errors[0]}
             result.per_tag[name] = {}
             result.per_image[name] = torch.full((len(prompts),), math.nan)
             continue
+        if dist.enabled:
+            output = _gathered(output, dist)
         summary = reward.aggregate(output, prompts, metadata)
         scores = output.scores.float().cpu()
         entry: dict[str, Any] = {"mean": float(scores.mean()), "score": summary.score}
@@ -99,6 +109,15 @@ def evaluate(
         result.scores[name] = entry
         result.per_tag[name] = dict(summary.per_tag)
     return result
+
+
+def _gathered(output: RewardOutput, dist: Distributed) -> RewardOutput:
+    """One reward's per-image output over every rank's share, in item order."""
+    details = {key: dist.gather(value.float().cpu()) for key, value in output.details.items()}
+    notes = None
+    if output.notes is not None:
+        notes = [note for part in dist.gather_objects(list(output.notes)) for note in part]
+    return RewardOutput(scores=dist.gather(output.scores.float().cpu()), details=details, notes=notes)
 
 
 def _score(

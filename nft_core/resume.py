@@ -35,13 +35,15 @@ SAFE_TO_CHANGE = (
     "train.epochs",
     "train.max_minutes",
     "train.threads",
+    "train.sample_batch_size",
+    "train.collective_timeout",
     "eval.every",
     "eval.baseline_guidance",
     "log.",
 )
-"""Config keys (a trailing dot: a whole table) a resumed run may change: the budget, the thread count
-and what is logged. Changing `train.epochs` under a cosine or linear lr schedule is refused: it would
-reshape the schedule half-way."""
+"""Config keys (a trailing dot: a whole table) a resumed run may change: the budget, the thread count,
+the sampling batch, the collective timeout and what is logged. Changing `train.epochs` under a cosine
+or linear lr schedule is refused: it would reshape the schedule half-way."""
 
 
 def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
@@ -197,16 +199,24 @@ def resolve_resume(spec: str, out: Path, name: str) -> tuple[Path, Path] | None:
     return path, checkpoint
 
 
-def check_same_run(run_dir: Path, config: RunConfig) -> None:
+def check_same_run(run_dir: Path, config: RunConfig, checkpoint: Path | None = None, ranks: int = 1) -> None:
     """A ConfigError naming every key (outside `SAFE_TO_CHANGE`) in which `config` differs from the run
-    directory's `config.resolved.toml`: a resumed run must be the run that stopped."""
+    directory's `config.resolved.toml`: a resumed run must be the run that stopped.
+
+    On another number of `ranks` than the checkpoint's, `train.batch_size` (per rank) may change so
+    that the global micro-batch, batch_size x ranks, stays what it was."""
     import tomllib
 
     path = run_dir / "config.resolved.toml"
     if not path.is_file():
         raise UserError(f"--resume {run_dir}: not a run directory (no config.resolved.toml)")
     saved = tomllib.loads(path.read_text(encoding="utf-8"))
-    differing = config_differences(saved, resolved_config(config))
+    new = resolved_config(config)
+    saved_ranks = int(read_state(checkpoint).get("ranks", 1)) if checkpoint is not None else 1
+    saved_batch = saved.get("train", {}).get("batch_size")
+    if isinstance(saved_batch, int) and saved_batch * saved_ranks == config.train.batch_size * ranks:
+        new["train"]["batch_size"] = saved_batch  # the same global micro-batch on other ranks
+    differing = config_differences(saved, new)
     if differing:
         shown = "; ".join(differing[:8]) + (f"; and {len(differing) - 8} more" if len(differing) > 8 else "")
         allowed = ", ".join(key + "*" if key.endswith(".") else key for key in SAFE_TO_CHANGE)

@@ -101,8 +101,9 @@ class Trainer:
 
     def __init__(self, config: RunConfig, run_dir: Path, echo=print) -> None:
         self.config = config
-        self.run_dir = run_dir
         self.dist = Distributed.from_environment(config.train.device, config.train.collective_timeout)
+        self.run_dir = Path(self.dist.gather_objects(str(run_dir))[0])  # rank 0's: ranks may race
+        run_dir = self.run_dir
         self.echo = echo if self.dist.is_main else _silent
         self.device = self.dist.device(torch.device(config.train.device))
         if config.train.threads:
@@ -286,7 +287,7 @@ class Trainer:
         optimality = optimality.to(self.device)
         totals: dict[str, float] = {"skipped_steps": 0}
         self.policy.train(True)
-        bar = tqdm(total=micro_batches, desc="train", leave=False, disable=not self.config.log.progress)
+        bar = tqdm(total=micro_batches, desc="train", leave=False, disable=not self._progress)
         shape, seed, epoch = tuple(self.policy.latent_shape), self.config.train.seed, self.state.epoch
         stats_sum: dict[str, float] = {}
         assert samples.ids is not None
@@ -366,16 +367,24 @@ class Trainer:
             view=view,
             device=self.device,
             batch_size=self.config.train.sample_batch_size,
-            progress=f"eval {label}" if self.config.log.progress else None,
+            progress=f"eval {label}" if self._progress else None,
         )
         swap = (
             self.ema.swapped_in(self.policy.trainable_parameters()) if use_ema else contextlib.nullcontext()
         )
         with swap:
-            return evaluate(self.policy, self.eval_solver, self.eval_items, rewards, **kwargs)
+            return evaluate(self.policy, self.eval_solver, self.eval_items, rewards, dist=self.dist, **kwargs)
 
     # ---- run directory -------------------------------------------------------------------------------
+    @property
+    def _progress(self) -> bool:
+        """Progress bars: where `log.progress` asks for them, on rank 0 only."""
+        return self.config.log.progress and self.dist.is_main
+
     def write_grid(self, name: str, images: torch.Tensor, prompts: list[str], scores: torch.Tensor) -> None:
+        """A grid of the first images (this rank's; rank 0 writes) captioned with prompt and total reward."""
+        if not self.dist.is_main:
+            return
         count = min(self.config.log.grid_images, len(prompts))
         captions = [f"{prompts[i]} | {scores[i]:.2f}" for i in range(count)]
         sample_grid(images[:count], captions, self.run_dir / "samples" / f"{name}.png")
@@ -385,6 +394,9 @@ class Trainer:
         resume state (`resume.safetensors`) and `state.json`; complete or absent (`write_checkpoint`).
         Older checkpoints beyond `log.keep_checkpoints` are deleted after it."""
         folder = self.run_dir / "checkpoints" / f"step_{self.state.global_step:05d}"
+        if not self.dist.is_main:  # every rank holds the same state: rank 0 writes it, the others wait
+            self.dist.barrier()
+            return folder
         tensors, resume = self.resume_state()
         state = {
             "epoch": self.state.epoch,
@@ -393,6 +405,7 @@ class Trainer:
             "policy": self.config.policy.name,
             "train_seconds": self.state.train_seconds,
             "final": final,
+            "ranks": self.dist.world_size,
             "eval_score": self._eval_score_now(),
             "resume": resume,
         }
@@ -403,8 +416,11 @@ class Trainer:
             atomic_write_bytes(staging / RESUME_FILE, save(tensors))
             atomic_write_json(staging / STATE_FILE, state)  # last: a folder with it is whole
 
-        path = write_checkpoint(folder, fill)
-        prune_checkpoints(self.run_dir, self.config.log.keep_checkpoints, self.config.log.keep_best)
+        try:
+            path = write_checkpoint(folder, fill)
+            prune_checkpoints(self.run_dir, self.config.log.keep_checkpoints, self.config.log.keep_best)
+        finally:
+            self.dist.barrier()
         return path
 
     def _eval_score_now(self) -> float | None:
@@ -498,12 +514,15 @@ class Trainer:
         kept = path.read_text(encoding="utf-8").splitlines()[:lines] if path.is_file() else []
         if len(kept) < lines:
             self.echo(f"warning: {path} holds {len(kept)} of the {lines} lines the checkpoint saw")
-        atomic_write_text(path, "".join(line + "\n" for line in kept))
+        if self.dist.is_main:
+            atomic_write_text(path, "".join(line + "\n" for line in kept))
+        self.dist.barrier()
         return [json.loads(line) for line in kept]
 
     def log(self, record: dict[str, Any]) -> None:
         self.state.records.append(record)
-        append_jsonl(self.run_dir / "metrics.jsonl", record)
+        if self.dist.is_main:
+            append_jsonl(self.run_dir / "metrics.jsonl", record)
 
     def evaluation(self, label: str, **kwargs: Any) -> EvalResult:
         """Run and print one evaluation; its wall time counts as the `evaluation` phase."""
@@ -527,8 +546,11 @@ class Trainer:
     # ---- the loop ------------------------------------------------------------------------------------
     def start(self) -> None:
         """Write the resolved config, print the geometry, evaluate the base model (and with CFG)."""
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.run_dir / "config.resolved.toml", tomli_w.dumps(resolved_config(self.config)))
+        if self.dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(
+                self.run_dir / "config.resolved.toml", tomli_w.dumps(resolved_config(self.config))
+            )
         self._announce()
         before = self.evaluation("before", use_ema=False)
         self.summary["eval_before"] = before.scores
@@ -553,7 +575,7 @@ class Trainer:
             self.write_grid(f"epoch_{epoch:04d}", samples.images, samples.prompts, scored.total)
         if self.config.eval.every and (epoch + 1) % self.config.eval.every == 0 and not last:
             self._log_eval(self.evaluation(f"epoch {epoch}"), f"epoch {epoch}")
-            plot_curves(self.state.records, self.run_dir / "curves.png")
+            self._plot_curves()
         if log.checkpoint_every and (epoch + 1) % log.checkpoint_every == 0 and not last:
             return self.checkpoint()
         return None
@@ -561,8 +583,13 @@ class Trainer:
     def write_summary(self, status: str, **fields: Any) -> dict[str, Any]:
         """`summary.json` with `status` (running, finished, interrupted, failed) and `fields` added."""
         self.summary.update(status=status, **fields)
-        atomic_write_json(self.run_dir / "summary.json", self.summary)
+        if self.dist.is_main:
+            atomic_write_json(self.run_dir / "summary.json", self.summary)
         return self.summary
+
+    def _plot_curves(self) -> None:
+        if self.dist.is_main:
+            plot_curves(self.state.records, self.run_dir / "curves.png")
 
     def finish(self, started: float) -> dict[str, Any]:
         """Evaluate the EMA weights, write the last checkpoint, the curves and `summary.json`."""
@@ -570,7 +597,7 @@ class Trainer:
         self._log_eval(after, "after")
         self._grid_from_eval("eval_after", after)
         checkpoint = self.checkpoint(final=True)
-        plot_curves(self.state.records, self.run_dir / "curves.png")
+        self._plot_curves()
         epochs = self.state.epoch + 1
         return self.write_summary(
             "finished",
@@ -595,6 +622,7 @@ class Trainer:
         """
         state = self.state
         ticks = [time.time()]
+        waited = self.dist.seconds["collectives"]
         samples = self.collect()
         ticks.append(time.time())
         scored = self.score(samples)
@@ -623,6 +651,9 @@ class Trainer:
             state.epoch, state.global_step, state.train_seconds, decay, phases, scored, advantages, losses
         )
         record["lr"] = self.optimizer.param_groups[0]["lr"]  # what the next step will use
+        if self.dist.enabled:  # part of the phases above: gathers, the gradient sum, waiting for ranks
+            record["seconds_collectives"] = self.dist.seconds["collectives"] - waited
+            record["ranks"] = self.dist.world_size
         self.log(record)
         return samples, scored, phases
 
@@ -658,8 +689,9 @@ class Trainer:
         saved = None
         if resume is not None:
             saved = self.restore(resume)  # outside the guard: a refused resume leaves the run as it was
-            config_file = self.run_dir / "config.resolved.toml"  # the changed budget or logging, if any
-            atomic_write_text(config_file, tomli_w.dumps(resolved_config(self.config)))
+            if self.dist.is_main:  # the changed budget or logging, if any
+                config_file = self.run_dir / "config.resolved.toml"
+                atomic_write_text(config_file, tomli_w.dumps(resolved_config(self.config)))
             self._announce()
             self.echo(f"resumed from {resume} (epoch {self.state.epoch}, step {self.state.global_step})")
         with self._stop_at_epoch_end_on_signals():
@@ -686,7 +718,7 @@ class Trainer:
             return self.finish(started)
         total = config.train.epochs
         epochs = tqdm(
-            range(first, total), desc="epochs", initial=first, total=total, disable=not config.log.progress
+            range(first, total), desc="epochs", initial=first, total=total, disable=not self._progress
         )
         for epoch in epochs:
             state.epoch = epoch
@@ -697,12 +729,11 @@ class Trainer:
             written = self.after_epoch(samples, scored, last)
             if last:
                 break
-            if self.stop_signal is not None:
+            if self.dist.any(self.stop_signal is not None):  # every rank stops at the same epoch
+                stopped_by = self.stop_signal or "a signal to another rank"
                 checkpoint = written or self.checkpoint()
-                self.echo(f"{self.stop_signal}: stopped after epoch {epoch}; checkpoint {checkpoint}")
-                return self.write_summary(
-                    "interrupted", stopped_by=self.stop_signal, checkpoint=str(checkpoint)
-                )
+                self.echo(f"{stopped_by}: stopped after epoch {epoch}; checkpoint {checkpoint}")
+                return self.write_summary("interrupted", stopped_by=stopped_by, checkpoint=str(checkpoint))
         return self.finish(started)
 
     def _record_failure(self, error: BaseException) -> None:

@@ -1,0 +1,151 @@
+"""`torchrun` on this CPU (gloo): 2 ranks train as 1 rank does with the same global batch, a 2-rank run
+resumes on 1 or 2 ranks, and a rank that dies ends the job promptly."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from nft_core.checkpoints import RESUME_FILE, latest_checkpoint
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="torchrun with gloo: Linux and macOS")
+
+COMMON = [
+    "log.grid_every=0",
+    "eval.baseline_guidance=[]",
+    "train.threads=1",
+    "eval.every=0",
+    # the tiny random model scores 0 on shapes-geneval everywhere (no advantage, no gradient): JPEG size
+    # differs from image to image
+    'reward[0].name="jpeg-compressibility"',
+    # Adam with eps 1e-8 turns float noise in a near-zero gradient into a whole lr-sized step of either
+    # sign; with eps 1 its step is proportional to the gradient, so what is compared is the arithmetic
+    "train.adam_eps=1.0",
+    "train.lr=0.05",
+]
+TOLERANCE = 1e-5
+
+
+def command(config: Path, out: Path, ranks: int, *overrides: str, extra: tuple[str, ...] = ()) -> list[str]:
+    """`nft run` as one process, or under torchrun with `ranks` processes on this machine."""
+    nft = ["-m", "nft_core.cli", "run", str(config), "--out", str(out)]
+    for override in (*COMMON, *overrides):
+        nft += ["--set", override]
+    nft += list(extra)
+    if ranks == 1:
+        return [sys.executable, *nft]
+    launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}"]
+    return [sys.executable, *launcher, *nft]
+
+
+def start(args: list[str]) -> subprocess.Popen:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.Popen(
+        args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True, start_new_session=True
+    )
+
+
+def finish(process: subprocess.Popen, timeout: float = 600) -> str:
+    output, _ = process.communicate(timeout=timeout)
+    assert process.returncode == 0, output
+    return output
+
+
+def train_records(run_dir: Path) -> list[dict]:
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in records if r["kind"] == "train"]
+
+
+def weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    state = load_file(str(latest_checkpoint(run_dir) / RESUME_FILE))
+    return {k: v for k, v in state.items() if k.startswith(("current.", "old.", "ema.", "optimizer."))}
+
+
+def assert_close_runs(a: Path, b: Path) -> None:
+    """The same rewards and advantages every epoch, and the same final weights, within TOLERANCE."""
+    first, second = train_records(a), train_records(b)
+    assert len(first) == len(second)
+    for one, other in zip(first, second, strict=True):
+        keys = [k for k in one if k.startswith(("advantage/", "reward/")) and isinstance(one[k], float)]
+        assert keys
+        for key in keys:
+            assert one[key] == pytest.approx(other[key], abs=TOLERANCE), (one["epoch"], key)
+    x, y = weights(a), weights(b)
+    assert x.keys() == y.keys()
+    worst = max(float((x[k].double() - y[k].double()).abs().max()) for k in x)
+    assert worst <= TOLERANCE, worst
+
+
+@pytest.fixture(scope="module")
+def one_rank(tmp_path_factory, tiny_checkpoint):
+    """A 4-epoch run of the tiny shapes config on one process, with a micro-batch of 4."""
+    from conftest import FAST_CONFIG
+
+    folder = tmp_path_factory.mktemp("one-rank")
+    config = folder / "fast.toml"
+    config.write_text(FAST_CONFIG.format(checkpoint=tiny_checkpoint))
+    finish(start(command(config, folder / "runs", 1, "train.epochs=4", "train.batch_size=4")))
+    run_dir = folder / "runs" / "tiny"
+    base = load_file(str(tiny_checkpoint))
+    moved = max(float((weights(run_dir)[f"current.{k}"] - v.float()).abs().max()) for k, v in base.items())
+    assert moved > 1e-3, "the update must move the weights for the comparisons to mean something"
+    return config, run_dir
+
+
+def test_two_gloo_ranks_give_the_one_rank_run(one_rank, tmp_path):
+    config, reference = one_rank
+    # the same global micro-batch: 2 ranks x 2 samples
+    output = finish(start(command(config, tmp_path, 2, "train.epochs=4", "train.batch_size=2")))
+    assert "2 ranks: each samples 2 and trains 2 of every micro-batch of 4" in output
+    assert_close_runs(tmp_path / "tiny", reference)
+    assert json.loads((tmp_path / "tiny" / "summary.json").read_text())["status"] == "finished"
+
+
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_a_killed_two_rank_run_resumes_on_any_number_of_ranks(one_rank, tmp_path, ranks):
+    config, reference = one_rank
+    overrides = ["train.epochs=4", "log.checkpoint_every=1"]
+    # 2 ranks x 2 or 1 rank x 4: the same global micro-batch of 4
+    process = start(command(config, tmp_path, 2, *overrides, "train.batch_size=2"))
+    run_dir = tmp_path / "tiny"
+    deadline = time.time() + 300
+    while latest_checkpoint(run_dir, resumable=True) is None:
+        assert process.poll() is None, process.stdout.read()
+        assert time.time() < deadline
+        time.sleep(0.02)
+    os.killpg(process.pid, signal.SIGKILL)  # torchrun and both ranks, at once
+    process.wait(timeout=60)
+    batch = "train.batch_size=4" if ranks == 1 else "train.batch_size=2"
+    finish(start(command(config, tmp_path, ranks, *overrides, batch, extra=("--resume", str(run_dir)))))
+    assert_close_runs(run_dir, reference)
+
+
+def test_a_rank_that_dies_ends_the_job_within_a_minute(one_rank, tmp_path):
+    config, _ = one_rank
+    process = start(command(config, tmp_path, 2, "train.epochs=100000", "log.checkpoint_every=1"))
+    deadline = time.time() + 300
+    while latest_checkpoint(tmp_path / "tiny", resumable=True) is None:
+        assert process.poll() is None, process.stdout.read()
+        assert time.time() < deadline
+        time.sleep(0.05)
+    workers = subprocess.run(
+        ["pgrep", "-f", "nft_core.cli run", "-P", str(process.pid)], capture_output=True, text=True
+    ).stdout.split()
+    assert len(workers) == 2, workers
+    killed = time.time()
+    os.kill(int(workers[-1]), signal.SIGKILL)
+    try:
+        process.wait(timeout=60)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode != 0 and time.time() - killed < 60
