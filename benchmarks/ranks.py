@@ -50,6 +50,7 @@ def run_layout(ranks: int, overrides: list[str], epochs: int, folder: Path) -> d
     phases = ("sampling", "reward", "training")
     epoch = statistics.median(sum(r[f"seconds/{p}"] for p in phases) for r in train)
     result = {
+        "precision": json.loads((run_dir / "summary.json").read_text())["precision"],
         "ranks": ranks,
         "overrides": overrides,
         "epoch_seconds": epoch,
@@ -74,7 +75,7 @@ def main() -> None:
             print(f"{name}: {results[name]['images_per_second']:.1f} images/s", flush=True)
     one, two = results["1 rank x 2 threads"], results["2 ranks x 1 thread"]
     summary = {
-        "machine": machine_facts(),
+        "machine": {**machine_facts(), "threads": "per layout"},
         "config": "examples/shapes-geneval.toml",
         "epochs": args.epochs,
         "layouts": results,
