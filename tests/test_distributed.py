@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from nft_core.checkpoints import RESUME_FILE, latest_checkpoint
+from tests._torchrun import finish, nft_command, start
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="torchrun with gloo: Linux and macOS")
 
@@ -36,28 +37,7 @@ TOLERANCE = 1e-5
 
 
 def command(config: Path, out: Path, ranks: int, *overrides: str, extra: tuple[str, ...] = ()) -> list[str]:
-    """`nft run` as one process, or under torchrun with `ranks` processes on this machine."""
-    nft = ["-m", "nft_core.cli", "run", str(config), "--out", str(out)]
-    for override in (*COMMON, *overrides):
-        nft += ["--set", override]
-    nft += list(extra)
-    if ranks == 1:
-        return [sys.executable, *nft]
-    launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}"]
-    return [sys.executable, *launcher, *nft]
-
-
-def start(args: list[str]) -> subprocess.Popen:
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    return subprocess.Popen(
-        args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True, start_new_session=True
-    )
-
-
-def finish(process: subprocess.Popen, timeout: float = 600) -> str:
-    output, _ = process.communicate(timeout=timeout)
-    assert process.returncode == 0, output
-    return output
+    return nft_command(config, out, ranks, [*COMMON, *overrides], extra)
 
 
 def train_records(run_dir: Path) -> list[dict]:

@@ -608,3 +608,23 @@ def test_a_lora_run_resumes_bitwise_and_warm_starts_a_new_one(lora_run, model_di
     b = load_file(str(latest_checkpoint(tmp_path / "whole") / RESUME_FILE))
     assert a.keys() == b.keys() and any(key.startswith("old.") for key in a)
     assert [key for key in a if not torch.equal(a[key], b[key])] == []
+
+
+def test_a_lora_run_on_two_gloo_ranks_matches_one_process(model_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    from nft_core.checkpoints import RESUME_FILE, latest_checkpoint
+    from tests._torchrun import finish, nft_command, start
+
+    config = write_config(tmp_path, model_dir, "ddp", 2, "[policy.lora]\nrank = 4\nalpha = 8.0")
+    # Adam with eps 1: a step proportional to the gradient, so float noise stays float noise
+    common = ["train.adam_eps=1.0", "train.lr=1.0", "eval.baseline_guidance=[]", "log.grid_every=0"]
+    common.append("train.threads=1")
+    finish(start(nft_command(config, tmp_path / "one", 1, [*common, "train.batch_size=2"])))
+    output = finish(start(nft_command(config, tmp_path / "two", 2, [*common, "train.batch_size=1"])))
+    assert "2 ranks: each samples 2" in output
+    one, two = (load_file(str(latest_checkpoint(tmp_path / d / "ddp") / RESUME_FILE)) for d in ("one", "two"))
+    trained = [k for k in one if k.startswith(("current.", "old.", "ema."))]
+    assert trained and one.keys() == two.keys()
+    assert max(float(one[k].abs().max()) for k in trained if "lora_B" in k) > 1e-4  # B starts at zero
+    assert max(float((one[k] - two[k]).abs().max()) for k in trained) <= 1e-5

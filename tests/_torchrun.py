@@ -1,0 +1,37 @@
+"""Run `nft run` as one process or under torchrun (gloo, this machine) from a test."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+
+def nft_command(
+    config: Path, out: Path, ranks: int, overrides: list[str], extra: tuple[str, ...] = ()
+) -> list[str]:
+    """`nft run` as one process, or under torchrun with `ranks` processes on this machine."""
+    nft = ["-m", "nft_core.cli", "run", str(config), "--out", str(out)]
+    for override in overrides:
+        nft += ["--set", override]
+    nft += list(extra)
+    if ranks == 1:
+        return [sys.executable, *nft]
+    launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}"]
+    return [sys.executable, *launcher, *nft]
+
+
+def start(args: list[str]) -> subprocess.Popen:
+    """Start `args` in a session of its own (so a test can kill torchrun and its ranks at once)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.Popen(
+        args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True, start_new_session=True
+    )
+
+
+def finish(process: subprocess.Popen, timeout: float = 600) -> str:
+    """Wait for `process`; its output, after asserting it succeeded."""
+    output, _ = process.communicate(timeout=timeout)
+    assert process.returncode == 0, output
+    return output
