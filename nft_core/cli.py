@@ -101,13 +101,13 @@ def warn_plugin_errors() -> None:
         typer.echo(f"warning: plugin {error.name!r}{distribution} failed to load: {error.error}", err=True)
 
 
-def _preflight(config: Path, loaded: Any, portable: bool = False) -> Any:
+def _preflight(config: Path, loaded: Any, portable: bool = False, ranks: int = 1) -> Any:
     """`preflight` with the config file named in its error, as the config's own errors name it."""
     from nft_core.errors import ConfigError
     from nft_core.preflight import preflight
 
     try:
-        return preflight(loaded, portable=portable)
+        return preflight(loaded, portable=portable, ranks=ranks)
     except ConfigError as error:
         raise ConfigError(f"{config}: {error}") from None
 
@@ -134,7 +134,7 @@ def run(
     try:
         loaded = load_config(config, set_)
         check_output_folder(out)  # before any model loads
-        _preflight(config, loaded)
+        _preflight(config, loaded, ranks=int(os.environ.get("WORLD_SIZE", "1")))
         found = resolve_resume(resume, out, loaded.name) if resume else None
         if found is not None:
             run_dir, checkpoint = found
@@ -156,7 +156,8 @@ def run(
         return
     if summary.get("status") == "interrupted":
         again = " ".join([f"nft run {config}", *(f"--set '{s}'" for s in set_), f"--resume {run_dir}"])
-        typer.echo(f"resume with: {again}")
+        launcher = " (under the same torchrun command)" if trainer.dist.enabled else ""
+        typer.echo(f"resume with: {again}{launcher}")
         return
     typer.echo(
         json.dumps({k: summary.get(k) for k in ("run_dir", "status", "train_seconds", "wall_seconds")})
@@ -172,6 +173,7 @@ def validate(
         "--portable",
         help="skip what depends on this machine: the device, prompt files, the warm-start folder",
     ),
+    ranks: int = typer.Option(1, "--ranks", min=1, help="data-parallel ranks to check the geometry for"),
 ) -> None:
     """Check a config without running it: keys, types, plugin names and options, prompt sources, the
     batch geometry against the solver's grid and, unless --portable, the device, prompt sources and the
@@ -181,7 +183,7 @@ def validate(
     warn_plugin_errors()
     try:
         loaded = load_config(config, set_)
-        geometry = _preflight(config, loaded, portable)
+        geometry = _preflight(config, loaded, portable, ranks)
     except UserError as error:
         fail(error)
     typer.echo(

@@ -105,10 +105,11 @@ def _check_init_from(source: str) -> None:
         raise ConfigError(f"policy.init_from: {source} holds no complete checkpoint")
 
 
-def preflight(config: RunConfig, portable: bool = False) -> Geometry:
+def preflight(config: RunConfig, portable: bool = False, ranks: int = 1) -> Geometry:
     """Every check that needs no model: the solvers' grids against the trained times and the batch
     geometry and, unless `portable` (a config meant for another machine, whose data lives there), the
-    device, the warm-start folder and the prompt sources (and tag weights). Returns the geometry."""
+    device, the warm-start folder and the prompt sources (and tag weights). `ranks`: the data-parallel
+    ranks the geometry must split over. Returns the geometry."""
     if not portable:
         check_device(config.train.device)
         if config.policy.init_from:
@@ -119,4 +120,4 @@ def preflight(config: RunConfig, portable: bool = False) -> Geometry:
         load_prompts(config.eval.prompts, "eval.prompts")
     solver = registry.create("solvers", config.solver.name, config.solver.options(), "solver")
     registry.create("solvers", config.eval.solver.name, config.eval.solver.options(), "eval.solver")
-    return train_geometry(config, solver)[1]
+    return train_geometry(config, solver, ranks)[1]

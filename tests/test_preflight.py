@@ -81,3 +81,14 @@ def test_debug_shows_the_traceback_behind_the_one_line_error(fast_config):
     assert plain.exit_code == debug.exit_code == 2
     assert "Traceback" not in plain.output and "Traceback" in debug.output
     assert "Traceback" not in runner.invoke(app, args).output  # --debug holds for one invocation only
+
+
+def test_validate_checks_the_geometry_for_a_number_of_ranks(fast_config):
+    app = build_app()
+    result = runner.invoke(app, ["validate", str(fast_config), "--ranks", "3"])
+    assert result.exit_code == 2
+    assert "data.prompts_per_epoch x data.images_per_prompt: 4 samples do not split evenly over 3 ranks" in (
+        result.output
+    )
+    two = runner.invoke(app, ["validate", str(fast_config), "--ranks", "2"])
+    assert two.exit_code == 0 and "2 ranks: each samples 2" in two.output
