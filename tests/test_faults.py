@@ -160,3 +160,24 @@ def test_a_non_finite_loss_skips_its_optimizer_step(fast_config, tmp_path):
     assert [r["skipped_steps"] for r in records if r["kind"] == "train"] == [1, 0, 0, 0]
     assert all(torch.isfinite(p).all() for _, p in trainer.policy.trainable_parameters())
     assert all(torch.isfinite(v).all() for v in trainer.ema.shadow.values())
+
+
+def test_a_run_that_fails_writes_its_summary_with_the_error_and_last_checkpoint(fast_config, tmp_path):
+    trainer = Trainer(
+        load_config(fast_config, [*BASE, "log.checkpoint_every=1"]), tmp_path, echo=lambda *_: None
+    )
+    loss = trainer.objective.loss
+
+    def breaks_in_epoch_2(*args, **kwargs):
+        if trainer.state.epoch == 2:
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return loss(*args, **kwargs)
+
+    trainer.objective.loss = breaks_in_epoch_2
+    with pytest.raises(RuntimeError, match="out of memory"):
+        trainer.run()
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["epoch"] == 2
+    assert summary["error"] == "RuntimeError: CUDA out of memory (simulated)"
+    assert summary["last_checkpoint"] == str(latest_checkpoint(tmp_path, resumable=True))
+    assert summary["last_checkpoint"].endswith("step_00004") and "eval_before" in summary
