@@ -45,6 +45,11 @@ def train_records(run_dir: Path) -> list[dict]:
     return [r for r in records if r["kind"] == "train"]
 
 
+def eval_records(run_dir: Path) -> list[dict]:
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in records if r["kind"] == "eval"]
+
+
 def weights(run_dir: Path) -> dict[str, torch.Tensor]:
     state = load_file(str(latest_checkpoint(run_dir) / RESUME_FILE))
     return {k: v for k, v in state.items() if k.startswith(("current.", "old.", "ema.", "optimizer."))}
@@ -59,6 +64,11 @@ def assert_close_runs(a: Path, b: Path) -> None:
         assert keys
         for key in keys:
             assert one[key] == pytest.approx(other[key], abs=TOLERANCE), (one["epoch"], key)
+    evals = [(one, other) for one, other in zip(*(eval_records(run) for run in (a, b)), strict=True)]
+    assert len(evals) == 2  # before and after
+    for one, other in evals:  # sharded over the ranks with uneven shares, gathered, aggregated
+        keys = [k for k in one if k.startswith("eval/")]
+        assert keys and all(one[k] == pytest.approx(other[k], abs=TOLERANCE) for k in keys)
     x, y = weights(a), weights(b)
     assert x.keys() == y.keys()
     worst = max(float((x[k].double() - y[k].double()).abs().max()) for k in x)
@@ -71,8 +81,13 @@ def one_rank(tmp_path_factory, tiny_checkpoint):
     from conftest import FAST_CONFIG
 
     folder = tmp_path_factory.mktemp("one-rank")
+    # 5 evaluation prompts: shares of 3 and 2 on 2 ranks, so the gathers see unequal parts
+    prompts = folder / "eval.txt"
+    prompts.write_text("a red circle\ntwo blue squares\na green triangle\nthree circles\na square\n")
     config = folder / "fast.toml"
-    config.write_text(FAST_CONFIG.format(checkpoint=tiny_checkpoint))
+    text = FAST_CONFIG.format(checkpoint=tiny_checkpoint)
+    config.write_text(text.replace('prompts = "shapes:eval-1"', f'prompts = "{prompts}"'))
+    assert str(prompts) in config.read_text()
     finish(start(command(config, folder / "runs", 1, "train.epochs=4", "train.batch_size=4")))
     run_dir = folder / "runs" / "tiny"
     base = load_file(str(tiny_checkpoint))
