@@ -26,25 +26,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from nft_core.config import load_config, resolved_config  # noqa: E402
+from nft_core.resume import flatten_config as flatten  # noqa: E402
 from nft_core.trainer import PHASES  # noqa: E402
 
 IGNORED_KEYS = {"name", "train.max_minutes"}
 """Keys (besides `log.*`) that name or bound a run rather than change its training."""
-
-
-def flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """`{"a": {"b": 1}}` -> `{"a.b": 1}`; arrays of tables are indexed (`reward[0].weight`)."""
-    flat: dict[str, Any] = {}
-    for key, value in table.items():
-        path = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(flatten(value, path + "."))
-        elif isinstance(value, list) and value and all(isinstance(item, dict) for item in value):
-            for index, item in enumerate(value):
-                flat.update(flatten(item, f"{path}[{index}]."))
-        else:
-            flat[path] = value
-    return flat
 
 
 def config_changes(run: Path, against: dict[str, Any]) -> dict[str, Any]:

@@ -31,9 +31,10 @@ class MicroBatch:
     visit: int = 0
     """Which visit of its samples this is (`pass * trained_times + column`): it keys their noise."""
 
-    def weighted(self, loss: torch.Tensor) -> torch.Tensor:
-        """This micro-batch's mean `loss` weighted by its share of the step's visits."""
-        return loss * len(self.index) / self.step_samples
+    def weighted(self, loss: torch.Tensor, samples: int | None = None) -> torch.Tensor:
+        """The mean `loss` of `samples` of this micro-batch's samples (default: all of them; one rank's
+        part under data parallelism) weighted by their share of the step's visits."""
+        return loss * (len(self.index) if samples is None else samples) / self.step_samples
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,11 @@ class Geometry:
 
     @property
     def micro_batches(self) -> int:
-        return self.inner_epochs * self.trained_times * math.ceil(self.images / self.global_micro_batch)
+        return self.micro_batches_for(self.images)
+
+    def micro_batches_for(self, samples: int) -> int:
+        """The micro-batches of an epoch of `samples` samples (fewer than planned when some leave)."""
+        return self.inner_epochs * self.trained_times * math.ceil(samples / self.global_micro_batch)
 
     def describe(self) -> str:
         """One line: samples, times, passes, micro-batches and optimizer steps of an epoch (and ranks)."""

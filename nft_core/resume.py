@@ -22,6 +22,7 @@ __all__ = [
     "SAFE_TO_CHANGE",
     "check_same_run",
     "config_differences",
+    "flatten_config",
     "load_optimizer_state",
     "optimizer_state",
     "resolve_resume",
@@ -46,23 +47,25 @@ the sampling batch, the collective timeout and what is logged. Changing `train.e
 or linear lr schedule is refused: it would reshape the schedule half-way."""
 
 
-def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+def flatten_config(data: Any, prefix: str = "") -> dict[str, Any]:
+    """`{"a": {"b": 1}}` -> `{"a.b": 1}`; arrays of tables are indexed (`reward[0].weight`), other
+    arrays are values."""
     if isinstance(data, dict):
         out: dict[str, Any] = {}
         for key, value in data.items():
-            out.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+            out.update(flatten_config(value, f"{prefix}.{key}" if prefix else str(key)))
         return out
     if isinstance(data, list) and data and all(isinstance(item, dict) for item in data):
         out = {}
         for index, value in enumerate(data):
-            out.update(_flatten(value, f"{prefix}[{index}]"))
+            out.update(flatten_config(value, f"{prefix}[{index}]"))
         return out
     return {prefix: data}
 
 
 def config_differences(saved: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """The dotted keys whose values differ between two resolved configs, minus `SAFE_TO_CHANGE`."""
-    before, after = _flatten(saved), _flatten(new)
+    before, after = flatten_config(saved), flatten_config(new)
     scheduled = after.get("train.lr_schedule", "constant") != "constant"
     differing = []
     for key in sorted(before.keys() | after.keys()):

@@ -264,18 +264,13 @@ class Trainer:
         """This epoch's micro-batches per optimizer step (`training_plan`, drawn from the generator); a
         micro-batch holds `batch_size` samples per rank."""
         geometry = self.geometry
-        visits = (
-            geometry.inner_epochs
-            * geometry.trained_times
-            * math.ceil(len(samples) / geometry.global_micro_batch)
-        )
         return training_plan(
             len(samples),
             self.train_times.to(self.device, samples.latents.dtype),
             geometry.trained_times,
             geometry.global_micro_batch,
             # fewer samples than planned (some had no valid score) can leave fewer micro-batches
-            min(geometry.optimizer_steps, visits),
+            min(geometry.optimizer_steps, geometry.micro_batches_for(len(samples))),
             geometry.inner_epochs,
             self.generator,
         )
@@ -316,7 +311,7 @@ class Trainer:
                         noise.to(self.device),
                     )
                 # the accumulated gradient, summed over ranks, is that of the step's mean loss
-                self.scaler.scale(loss * len(rows) / batch.step_samples).backward()
+                self.scaler.scale(batch.weighted(loss, len(rows))).backward()
                 share = len(rows) / len(batch.index) / micro_batches
                 for key, value in stats.items():
                     stats_sum[key] = stats_sum.get(key, 0.0) + value * share
