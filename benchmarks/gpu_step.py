@@ -13,7 +13,7 @@ frozen copy. The optimizer step is not timed (it is once per optimizer step, not
 MFU counts 2 FLOPs per parameter and token for each forward and 4 for the backward, against
 `--peak-tflops` (989: an H100/H200's dense bf16).
 
-Full fine-tuning runs on one GPU without FSDP2 (the trainer does not shard parameters yet:
+Full fine-tuning runs on one GPU without FSDP2 (sharding needs several: `train.parallel = "fsdp2"`,
 docs/distributed.md); it needs ~55 GB before activations. Without a CUDA GPU (and without
 --device cpu) the script says so and exits with code 2: it is a measurement, not a test.
 """

@@ -148,6 +148,11 @@ class TrainConfig(_Strict):
     seed: int = 0
     device: str = "cpu"
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice)")
+    parallel: Literal["replicate", "fsdp2"] = Field(
+        "replicate",
+        description="under torchrun: replicate (every rank holds the whole model; gradients summed) or "
+        "fsdp2 (parameters, gradients, old copy and EMA sharded over the ranks; policies that support it)",
+    )
     collective_timeout: float = Field(
         600.0,
         gt=0,

@@ -21,7 +21,23 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-__all__ = ["Distributed"]
+__all__ = ["Distributed", "full_tensor", "shard_like"]
+
+
+def full_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """The whole tensor behind a sharded DTensor (a collective: every rank must call it), else itself."""
+    gather = getattr(tensor, "full_tensor", None)
+    return gather() if gather is not None else tensor
+
+
+def shard_like(value: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """`value` (a whole tensor) laid out as `reference`: sharded the same way if it is a DTensor."""
+    mesh = getattr(reference, "device_mesh", None)
+    if mesh is None:
+        return value
+    from torch.distributed.tensor import distribute_tensor
+
+    return distribute_tensor(value.to(reference.to_local().device), mesh, reference.placements)
 
 
 @dataclass(frozen=True)

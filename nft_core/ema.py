@@ -117,9 +117,16 @@ class ParameterEMA:
         for name, value in shadow.items():
             if value.shape != self.shadow[name].shape:
                 raise ValueError(f"EMA state shape mismatch for {name}")
-            self.shadow[name] = (
-                value.detach().to(device=self.shadow[name].device, dtype=torch.float32).clone()
-            )
+            current = self.shadow[name]
+            if hasattr(current, "device_mesh"):  # sharded parameters (FSDP2): the shadow sharded alike
+                from torch.distributed.tensor import distribute_tensor
+
+                local = current.to_local().device
+                self.shadow[name] = distribute_tensor(
+                    value.detach().to(local, torch.float32), current.device_mesh, current.placements
+                )
+                continue
+            self.shadow[name] = value.detach().to(device=current.device, dtype=torch.float32).clone()
         self.decay = float(state.get("decay", self.decay))
         self.warmup = bool(state.get("warmup", self.warmup))
         self.num_updates = int(state.get("num_updates", 0))

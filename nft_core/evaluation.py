@@ -79,12 +79,16 @@ def evaluate(
     prompts = [item.prompt for item in items]
     metadata = [item.metadata for item in items]
     mine = dist.share(len(items))
-    noise = noise_for(mine, tuple(policy.latent_shape), seed).to(device)
-    cond = policy.encode_prompts(prompts[mine.start : mine.stop])
+    # every rank samples as many as the largest share (the last item again), so that each makes the
+    # same network calls: sharded networks (FSDP2) gather their weights in every call
+    padding = -(-len(items) // dist.world_size) - len(mine)
+    rows = [*mine, *[mine[-1] if len(mine) else len(items) - 1] * padding]
+    noise = noise_for(rows, tuple(policy.latent_shape), seed).to(device)
+    cond = policy.encode_prompts([prompts[i] for i in rows])
     latents = sample_latents(
         policy, solver, cond, noise, view=view, guidance=guidance, batch_size=batch_size, progress=progress
     )
-    images = policy.decode(latents).cpu()
+    images = policy.decode(latents[: len(mine)]).cpu()
     result = EvalResult(images=images)
     local_prompts, local_metadata = prompts[mine.start : mine.stop], metadata[mine.start : mine.stop]
     for name, reward in rewards.items():

@@ -16,6 +16,7 @@ import torch
 
 from nft_core.checkpoints import RESUME_FILE, latest_checkpoint, read_state
 from nft_core.config import RunConfig, resolved_config
+from nft_core.distributed import full_tensor, shard_like
 from nft_core.errors import ConfigError, UserError
 
 __all__ = [
@@ -90,7 +91,7 @@ def optimizer_state(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.T
     for index, entry in state["state"].items():
         for key, value in entry.items():
             if isinstance(value, torch.Tensor):
-                tensors[f"optimizer.{index}.{key}"] = value.detach().cpu().contiguous()
+                tensors[f"optimizer.{index}.{key}"] = full_tensor(value.detach()).cpu().contiguous()
             else:
                 scalars.setdefault(str(index), {})[key] = value
     groups = [
@@ -115,6 +116,12 @@ def load_optimizer_state(
         for g in meta["param_groups"]
     ]
     optimizer.load_state_dict({"state": entries, "param_groups": groups})
+    for group in optimizer.param_groups:  # sharded parameters (FSDP2): their moments sharded alike
+        for parameter in group["params"]:
+            state = optimizer.state.get(parameter, {})
+            for key, value in state.items():
+                if isinstance(value, torch.Tensor) and value.shape == parameter.shape and value.ndim:
+                    state[key] = shard_like(value, parameter)
 
 
 def seed_everything(seed: int) -> None:

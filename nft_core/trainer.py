@@ -12,6 +12,7 @@ import itertools
 import json
 import math
 import signal
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -35,7 +36,7 @@ from nft_core.checkpoints import (
     write_checkpoint,
 )
 from nft_core.config import RunConfig, resolved_config
-from nft_core.distributed import Distributed
+from nft_core.distributed import Distributed, full_tensor, shard_like
 from nft_core.ema import ParameterEMA
 from nft_core.errors import ConfigError, UserError
 from nft_core.evaluation import EvalResult, evaluate
@@ -140,6 +141,7 @@ class Trainer:
         self.policy.to(self.device)
         if config.policy.init_from:
             self.warm_start(Path(config.policy.init_from))
+        self.sharded = self._shard_policy()
         self.optimizer = torch.optim.AdamW(
             [p for _, p in self.policy.trainable_parameters()],
             lr=config.train.lr,
@@ -161,6 +163,25 @@ class Trainer:
         self.summary: dict[str, Any] = {"run_dir": str(run_dir)}
         self.stop_signal: str | None = None
         """The name of the signal (SIGINT, SIGTERM) that asked the run to stop at the next epoch's end."""
+
+    def _shard_policy(self) -> bool:
+        """`train.parallel = "fsdp2"`: the policy's networks sharded over the ranks (FSDP2 `fully_shard`);
+        whether they are."""
+        if self.config.train.parallel != "fsdp2":
+            return False
+        shard = getattr(self.policy, "fully_shard", None)
+        if shard is None:
+            raise ConfigError(
+                f"train.parallel: fsdp2, but the {self.config.policy.name} policy cannot shard its "
+                "parameters (it has no fully_shard); use replicate"
+            )
+        if not self.dist.enabled:
+            return False  # one process: nothing to shard over
+        from torch.distributed.device_mesh import init_device_mesh
+
+        shard(init_device_mesh(self.device.type, (self.dist.world_size,)))
+        self.echo(f"parallel: fsdp2, the policy's parameters sharded over {self.dist.world_size} ranks")
+        return True
 
     def warm_start(self, source: Path) -> Path:
         """Load the weights of a run directory's newest checkpoint, or of one checkpoint folder, into the
@@ -293,9 +314,12 @@ class Trainer:
                 part = torch.tensor_split(torch.arange(len(batch.index)), self.dist.world_size)[
                     self.dist.rank
                 ]
+                weight = 1.0
                 if not len(part):
-                    bar.update(1)
-                    continue
+                    if not self.sharded:
+                        bar.update(1)
+                        continue
+                    part, weight = torch.tensor([0]), 0.0  # FSDP2: every rank joins every forward
                 rows = batch.index[part]
                 noise = keyed_noise(
                     samples.ids[rows].tolist(), shape, seed, TRAINING_STREAM, epoch, batch.visit
@@ -311,15 +335,19 @@ class Trainer:
                         noise.to(self.device),
                     )
                 # the accumulated gradient, summed over ranks, is that of the step's mean loss
-                self.scaler.scale(batch.weighted(loss, len(rows))).backward()
-                share = len(rows) / len(batch.index) / micro_batches
+                # FSDP2 averages the ranks' gradients: scaled by the ranks, the sum again
+                scale = weight * (self.dist.world_size if self.sharded else 1)
+                self.scaler.scale(batch.weighted(loss, len(rows)) * scale).backward()
+                share = weight * len(rows) / len(batch.index) / micro_batches
                 for key, value in stats.items():
                     stats_sum[key] = stats_sum.get(key, 0.0) + value * share
                 bar.update(1)
             parameters = [p for _, p in self.policy.trainable_parameters()]
-            self._sum_gradients(parameters)
+            if not self.sharded:  # FSDP2 reduce-scatters the gradients in backward itself
+                self._sum_gradients(parameters)
             self.scaler.unscale_(self.optimizer)
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(parameters, self.config.train.grad_clip))
+            norm = torch.nn.utils.clip_grad_norm_(parameters, self.config.train.grad_clip)
+            grad_norm = float(full_tensor(norm))
             if math.isfinite(grad_norm):
                 totals["grad_norm"] = totals.get("grad_norm", 0.0) + grad_norm / len(steps)
                 self.scaler.step(self.optimizer)
@@ -389,8 +417,13 @@ class Trainer:
         resume state (`resume.safetensors`) and `state.json`; complete or absent (`write_checkpoint`).
         Older checkpoints beyond `log.keep_checkpoints` are deleted after it."""
         folder = self.run_dir / "checkpoints" / f"step_{self.state.global_step:05d}"
-        if not self.dist.is_main:  # every rank holds the same state: rank 0 writes it, the others wait
-            self.dist.barrier()
+        if not self.dist.is_main:
+            if self.sharded:  # the gathers of the sharded state, in rank 0's order; rank 0 writes
+                self.resume_state()
+                with tempfile.TemporaryDirectory() as scratch:
+                    with self.ema.swapped_in(self.policy.trainable_parameters()):
+                        self.policy.save_trainable(scratch)
+            self.dist.barrier()  # every rank holds the same state: rank 0 writes it, the others wait
             return folder
         tensors, resume = self.resume_state()
         state = {
@@ -435,8 +468,8 @@ class Trainer:
         EMA, the optimizer, lr schedule and loss scaler, every RNG, the prompt drawer, the normalizers,
         the counters, the metrics lines written so far and the summary of the run's start."""
 
-        def cpu(value: torch.Tensor) -> torch.Tensor:
-            return value.detach().to("cpu").clone().contiguous()
+        def cpu(value: torch.Tensor) -> torch.Tensor:  # whole, when sharded (a collective)
+            return full_tensor(value.detach()).to("cpu").clone().contiguous()
 
         tensors = {f"current.{name}": cpu(p) for name, p in self.policy.trainable_parameters()}
         tensors.update({f"old.{name}": cpu(p) for name, p in self.policy.old_parameters()})
@@ -501,7 +534,7 @@ class Trainer:
                     f"{folder}: does not fit this policy ({prefix} weight {name}: {found}, want "
                     f"{tuple(parameter.shape)})"
                 )
-            parameter.copy_(saved)
+            parameter.copy_(shard_like(saved, parameter))
 
     def _metrics_until(self, lines: int) -> list[dict[str, Any]]:
         """The first `lines` records of metrics.jsonl, which is rewritten to hold only them."""

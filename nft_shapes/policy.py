@@ -45,9 +45,14 @@ def null_tokens(batch_size: int, max_tokens: int = MAX_TOKENS) -> Cond:
 
 def save_network(model: TinyUNet, path: Path, half: bool = True) -> None:
     """Weights as safetensors (fp16 by default: the shipped file stays a few MB) with the config inside."""
+
+    def whole(value: torch.Tensor) -> torch.Tensor:  # a sharded (FSDP2) weight: gathered, on every rank
+        gather = getattr(value, "full_tensor", None)
+        return (gather() if gather is not None else value).detach().cpu()
+
     state = {
         k: (v.half() if half and v.is_floating_point() else v).contiguous()
-        for k, v in model.state_dict().items()
+        for k, v in ((k, whole(v)) for k, v in model.state_dict().items())
     }
     payload = save(state, metadata={"config": json.dumps(model.config.to_dict()), "format": "shapes-tiny"})
     atomic_write_bytes(path, payload)
@@ -124,6 +129,8 @@ class ShapesTinyPolicy:
         self.old_model = self._frozen_copy()
         self.reference_model = self._frozen_copy()
         self.device = torch.device("cpu")
+        self.sharded = False
+        """Whether `fully_shard` sharded the networks (FSDP2)."""
 
     def _frozen_copy(self) -> TinyUNet:
         clone = copy.deepcopy(self.model)
@@ -147,7 +154,13 @@ class ShapesTinyPolicy:
     def velocity(self, view: str, x_t: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:
         """Velocity of one view at (x_t, t) for the given prompt tokens."""
         x_t = x_t.contiguous(memory_format=self.memory_format)
-        return self._network(view)(x_t, t, cond["tokens"], cond["mask"])
+        network = self._network(view)
+        out = network(x_t, t, cond["tokens"], cond["mask"])
+        if self.sharded and not torch.is_grad_enabled():
+            # FSDP2 keeps a root module's weights gathered after a forward, for the backward that
+            # follows; with none to follow, shard them again (refresh_old and the EMA work on shards)
+            network.reshard()
+        return out
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Pixel space in [-1, 1] -> images in [0, 1]."""
@@ -166,6 +179,17 @@ class ShapesTinyPolicy:
         """theta_old <- decay * theta_old + (1 - decay) * theta."""
         for old, new in zip(self.old_model.parameters(), self.model.parameters(), strict=True):
             old.lerp_(new, 1.0 - decay)
+
+    def fully_shard(self, mesh) -> None:
+        """FSDP2: shard the current, old and reference networks over `mesh` (`train.parallel = fsdp2`)."""
+        from torch.distributed.fsdp import fully_shard
+
+        # FSDP2 shards contiguous parameters only: channels-last convolution weights are not
+        self.memory_format = torch.contiguous_format
+        for network in (self.model, self.old_model, self.reference_model):
+            network.to(memory_format=torch.contiguous_format)
+            fully_shard(network, mesh=mesh)
+        self.sharded = True
 
     def train(self, mode: bool = True) -> ShapesTinyPolicy:
         """Train/eval mode of the current network (the copies stay in eval)."""

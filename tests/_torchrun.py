@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 
@@ -35,3 +37,28 @@ def finish(process: subprocess.Popen, timeout: float = 600) -> str:
     output, _ = process.communicate(timeout=timeout)
     assert process.returncode == 0, output
     return output
+
+
+def kill_job(process: subprocess.Popen) -> None:
+    """SIGKILL torchrun and every rank it started (each rank runs in a session of its own, so killing
+    torchrun's process group would leave them running), and wait until they are gone."""
+    ranks = subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True, text=True).stdout.split()
+    for pid in [*ranks, str(process.pid)]:
+        try:
+            os.kill(int(pid), signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    process.wait(timeout=60)
+    deadline = time.time() + 60  # the ranks are not our children: poll until they are gone
+    for pid in ranks:
+        while _alive(int(pid)) and time.time() < deadline:
+            time.sleep(0.05)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = f"/proc/{pid}/stat"  # Linux: a zombie is dead, it only waits for its parent to reap it
+    return not os.path.exists(stat) or open(stat).read().split()[2] != "Z"

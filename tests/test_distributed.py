@@ -15,8 +15,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from nft_core.checkpoints import RESUME_FILE, latest_checkpoint
-from tests._torchrun import finish, nft_command, start
+from nft_core.checkpoints import RESUME_FILE, latest_checkpoint, read_state
+from tests._torchrun import finish, kill_job, nft_command, start
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="torchrun with gloo: Linux and macOS")
 
@@ -77,7 +77,7 @@ def assert_close_runs(a: Path, b: Path) -> None:
 
 @pytest.fixture(scope="module")
 def one_rank(tmp_path_factory, tiny_checkpoint):
-    """A 4-epoch run of the tiny shapes config on one process, with a micro-batch of 4."""
+    """A 12-epoch run of the tiny shapes config on one process, with a micro-batch of 4."""
     from conftest import FAST_CONFIG
 
     folder = tmp_path_factory.mktemp("one-rank")
@@ -88,7 +88,7 @@ def one_rank(tmp_path_factory, tiny_checkpoint):
     text = FAST_CONFIG.format(checkpoint=tiny_checkpoint)
     config.write_text(text.replace('prompts = "shapes:eval-1"', f'prompts = "{prompts}"'))
     assert str(prompts) in config.read_text()
-    finish(start(command(config, folder / "runs", 1, "train.epochs=4", "train.batch_size=4")))
+    finish(start(command(config, folder / "runs", 1, "train.epochs=12", "train.batch_size=4")))
     run_dir = folder / "runs" / "tiny"
     base = load_file(str(tiny_checkpoint))
     moved = max(float((weights(run_dir)[f"current.{k}"] - v.float()).abs().max()) for k, v in base.items())
@@ -99,7 +99,7 @@ def one_rank(tmp_path_factory, tiny_checkpoint):
 def test_two_gloo_ranks_give_the_one_rank_run(one_rank, tmp_path):
     config, reference = one_rank
     # the same global micro-batch: 2 ranks x 2 samples
-    output = finish(start(command(config, tmp_path, 2, "train.epochs=4", "train.batch_size=2")))
+    output = finish(start(command(config, tmp_path, 2, "train.epochs=12", "train.batch_size=2")))
     assert "2 ranks: each samples 2 and trains 2 of every micro-batch of 4" in output
     assert_close_runs(tmp_path / "tiny", reference)
     assert json.loads((tmp_path / "tiny" / "summary.json").read_text())["status"] == "finished"
@@ -108,7 +108,7 @@ def test_two_gloo_ranks_give_the_one_rank_run(one_rank, tmp_path):
 @pytest.mark.parametrize("ranks", [1, 2])
 def test_a_killed_two_rank_run_resumes_on_any_number_of_ranks(one_rank, tmp_path, ranks):
     config, reference = one_rank
-    overrides = ["train.epochs=4", "log.checkpoint_every=1"]
+    overrides = ["train.epochs=12", "log.checkpoint_every=1"]
     # 2 ranks x 2 or 1 rank x 4: the same global micro-batch of 4
     process = start(command(config, tmp_path, 2, *overrides, "train.batch_size=2"))
     run_dir = tmp_path / "tiny"
@@ -117,8 +117,8 @@ def test_a_killed_two_rank_run_resumes_on_any_number_of_ranks(one_rank, tmp_path
         assert process.poll() is None, process.stdout.read()
         assert time.time() < deadline
         time.sleep(0.02)
-    os.killpg(process.pid, signal.SIGKILL)  # torchrun and both ranks, at once
-    process.wait(timeout=60)
+    kill_job(process)
+    assert not read_state(latest_checkpoint(run_dir))["final"], "the job must be killed mid-run"
     batch = "train.batch_size=4" if ranks == 1 else "train.batch_size=2"
     finish(start(command(config, tmp_path, ranks, *overrides, batch, extra=("--resume", str(run_dir)))))
     assert_close_runs(run_dir, reference)
@@ -142,5 +142,26 @@ def test_a_rank_that_dies_ends_the_job_within_a_minute(one_rank, tmp_path):
         process.wait(timeout=60)
     finally:
         if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
+            kill_job(process)
     assert process.returncode != 0 and time.time() - killed < 60
+
+
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_fsdp2_shards_the_shapes_model_and_trains_as_one_process_does(one_rank, tmp_path, ranks):
+    config, reference = one_rank
+    fsdp = ['train.parallel="fsdp2"', "train.epochs=12", "log.checkpoint_every=1", "train.batch_size=2"]
+    process = start(command(config, tmp_path, 2, *fsdp))
+    run_dir = tmp_path / "tiny"
+    deadline = time.time() + 300
+    while latest_checkpoint(run_dir, resumable=True) is None:
+        assert process.poll() is None, process.stdout.read()
+        assert time.time() < deadline
+        time.sleep(0.02)
+    kill_job(process)
+    assert not read_state(latest_checkpoint(run_dir))["final"], "the job must be killed mid-run"
+    # the checkpoint holds whole tensors: on 2 ranks they are sharded again (moments and EMA included),
+    # on 1 rank (replicate) they load as they are
+    resumed = [*fsdp[:-1], "train.batch_size=2" if ranks == 2 else "train.batch_size=4"]
+    output = finish(start(command(config, tmp_path, ranks, *resumed, extra=("--resume", str(run_dir)))))
+    assert ("parameters sharded over 2 ranks" in output) == (ranks == 2)
+    assert_close_runs(run_dir, reference)

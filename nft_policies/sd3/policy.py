@@ -71,6 +71,8 @@ class SD3Policy:
             for network in self._networks():
                 network.compile()
         self.device = torch.device("cpu")
+        self.sharded = False
+        """Whether `fully_shard` sharded the transformers (FSDP2, full fine-tuning)."""
         self._cache: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
         self._null: tuple[torch.Tensor, torch.Tensor] | None = None
 
@@ -187,7 +189,26 @@ class SD3Policy:
                 pooled_projections=cond["pooled_prompt_embeds"],
                 return_dict=False,
             )[0]
+        if self.sharded and not torch.is_grad_enabled():
+            network.reshard()  # FSDP2 keeps the root's weights gathered for a backward; none follows
         return out.to(x_t.dtype)
+
+    def fully_shard(self, mesh) -> None:
+        """FSDP2 (`train.parallel = "fsdp2"`): each transformer block and the rest of the current, old and
+        reference transformers sharded over `mesh`. Full fine-tuning only: a LoRA is small enough to
+        replicate."""
+        if self.lora is not None:
+            raise UserError(
+                "train.parallel: fsdp2 shards full fine-tuning (policy.lora = false); a LoRA is small, "
+                'use train.parallel = "replicate"'
+            )
+        from torch.distributed.fsdp import fully_shard
+
+        for network in self._networks():
+            for block in network.transformer_blocks:
+                fully_shard(block, mesh=mesh)
+            fully_shard(network, mesh=mesh)
+        self.sharded = True
 
     def _full_network(self, view: str) -> torch.nn.Module:
         if view == "current":
@@ -262,6 +283,18 @@ class SD3Policy:
                 transformer_lora_layers=self.lora.state_dict(),
                 transformer_lora_adapter_metadata=self.lora.metadata(),
             )
+            return
+        if self.sharded:  # the whole weights gathered from their shards (a collective: every rank calls)
+            from safetensors.torch import save_file
+
+            state = {
+                k: getattr(v, "full_tensor", lambda v=v: v)().detach().cpu().contiguous()
+                for k, v in self.transformer.state_dict().items()
+            }
+            target = folder / TRANSFORMER_FOLDER
+            target.mkdir(parents=True, exist_ok=True)
+            self.transformer.save_config(str(target))
+            save_file(state, str(target / "diffusion_pytorch_model.safetensors"))
             return
         self.transformer.save_pretrained(str(folder / TRANSFORMER_FOLDER), safe_serialization=True)
 
