@@ -153,6 +153,12 @@ class TrainConfig(_Strict):
         description="under torchrun: replicate (every rank holds the whole model; gradients summed) or "
         "fsdp2 (parameters, gradients, old copy and EMA sharded over the ranks; policies that support it)",
     )
+    shard_ranks: int | None = Field(
+        None,
+        ge=1,
+        description="with parallel = fsdp2: ranks per shard group; the groups replicate one another (HSDP)."
+        " Default: one node's ranks (torchrun's LOCAL_WORLD_SIZE), so nodes replicate and shard inside",
+    )
     collective_timeout: float = Field(
         600.0,
         gt=0,

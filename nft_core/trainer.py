@@ -11,6 +11,7 @@ import contextlib
 import itertools
 import json
 import math
+import os
 import signal
 import tempfile
 import threading
@@ -179,8 +180,22 @@ class Trainer:
             return False  # one process: nothing to shard over
         from torch.distributed.device_mesh import init_device_mesh
 
-        shard(init_device_mesh(self.device.type, (self.dist.world_size,)))
-        self.echo(f"parallel: fsdp2, the policy's parameters sharded over {self.dist.world_size} ranks")
+        ranks = self.dist.world_size
+        group = self.config.train.shard_ranks or int(os.environ.get("LOCAL_WORLD_SIZE", ranks))
+        if ranks % group:
+            raise ConfigError(f"train.shard_ranks: {group} does not divide the {ranks} ranks")
+        if group == ranks:
+            mesh = init_device_mesh(self.device.type, (ranks,))
+            self.echo(f"parallel: fsdp2, the policy's parameters sharded over {ranks} ranks")
+        else:  # HSDP: shard inside each group, replicate across the groups
+            mesh = init_device_mesh(
+                self.device.type, (ranks // group, group), mesh_dim_names=("replicate", "shard")
+            )
+            self.echo(
+                f"parallel: fsdp2, the policy's parameters sharded over {group} ranks and replicated "
+                f"{ranks // group} times (hybrid)"
+            )
+        shard(mesh)
         return True
 
     def warm_start(self, source: Path) -> Path:

@@ -165,3 +165,12 @@ def test_fsdp2_shards_the_shapes_model_and_trains_as_one_process_does(one_rank, 
     output = finish(start(command(config, tmp_path, ranks, *resumed, extra=("--resume", str(run_dir)))))
     assert ("parameters sharded over 2 ranks" in output) == (ranks == 2)
     assert_close_runs(run_dir, reference)
+
+
+def test_hybrid_fsdp2_shards_in_groups_and_replicates_across_them(one_rank, tmp_path):
+    config, reference = one_rank
+    # 4 ranks: 2 groups of 2 (as 2 nodes of 2 GPUs would be), 1 sample per rank, global micro-batch 4
+    hybrid = ['train.parallel="fsdp2"', "train.shard_ranks=2", "train.epochs=12", "train.batch_size=1"]
+    output = finish(start(command(config, tmp_path, 4, *hybrid)))
+    assert "sharded over 2 ranks and replicated 2 times (hybrid)" in output
+    assert_close_runs(tmp_path / "tiny", reference)
