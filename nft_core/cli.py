@@ -145,10 +145,8 @@ def run(
             if resume == "auto":
                 typer.echo(f"--resume auto: no checkpoint of a run named {loaded.name!r} in {out}; a new run")
         trainer = Trainer(loaded, run_dir, echo=typer.echo)
-        try:
-            summary = trainer.run(resume=checkpoint)
-        finally:
-            trainer.dist.close()
+        summary = trainer.run(resume=checkpoint)
+        trainer.dist.close()  # not after a failure: the other ranks may be stuck in a collective
         run_dir = trainer.run_dir
     except UserError as error:
         fail(error)

@@ -150,6 +150,8 @@ class Distributed:
                 dist.barrier()
 
     def close(self) -> None:
-        """Destroy the process group this process initialised."""
+        """Destroy the process group this process initialised, once every rank is done with it (gloo
+        aborts a rank whose peer tears the connections down while it still uses them)."""
         if self.enabled and dist.is_initialized():
+            dist.barrier()
             dist.destroy_process_group()
