@@ -75,6 +75,15 @@ def assert_close_runs(a: Path, b: Path) -> None:
     assert worst <= TOLERANCE, worst
 
 
+def wait_for_a_checkpoint(process, run_dir: Path, timeout: float = 300) -> None:
+    """Until the running job has written its first resumable checkpoint (it must still be running)."""
+    deadline = time.time() + timeout
+    while latest_checkpoint(run_dir, resumable=True) is None:
+        assert process.poll() is None, process.stdout.read()
+        assert time.time() < deadline, "no checkpoint in time"
+        time.sleep(0.02)
+
+
 @pytest.fixture(scope="module")
 def one_rank(tmp_path_factory, tiny_checkpoint):
     """A 12-epoch run of the tiny shapes config on one process, with a micro-batch of 4."""
@@ -112,11 +121,7 @@ def test_a_killed_two_rank_run_resumes_on_any_number_of_ranks(one_rank, tmp_path
     # 2 ranks x 2 or 1 rank x 4: the same global micro-batch of 4
     process = start(command(config, tmp_path, 2, *overrides, "train.batch_size=2"))
     run_dir = tmp_path / "tiny"
-    deadline = time.time() + 300
-    while latest_checkpoint(run_dir, resumable=True) is None:
-        assert process.poll() is None, process.stdout.read()
-        assert time.time() < deadline
-        time.sleep(0.02)
+    wait_for_a_checkpoint(process, run_dir)
     kill_job(process)
     assert not read_state(latest_checkpoint(run_dir))["final"], "the job must be killed mid-run"
     batch = "train.batch_size=4" if ranks == 1 else "train.batch_size=2"
@@ -127,11 +132,7 @@ def test_a_killed_two_rank_run_resumes_on_any_number_of_ranks(one_rank, tmp_path
 def test_a_rank_that_dies_ends_the_job_within_a_minute(one_rank, tmp_path):
     config, _ = one_rank
     process = start(command(config, tmp_path, 2, "train.epochs=100000", "log.checkpoint_every=1"))
-    deadline = time.time() + 300
-    while latest_checkpoint(tmp_path / "tiny", resumable=True) is None:
-        assert process.poll() is None, process.stdout.read()
-        assert time.time() < deadline
-        time.sleep(0.05)
+    wait_for_a_checkpoint(process, tmp_path / "tiny")
     workers = subprocess.run(
         ["pgrep", "-f", "nft_core.cli run", "-P", str(process.pid)], capture_output=True, text=True
     ).stdout.split()
@@ -152,11 +153,7 @@ def test_fsdp2_shards_the_shapes_model_and_trains_as_one_process_does(one_rank, 
     fsdp = ['train.parallel="fsdp2"', "train.epochs=12", "log.checkpoint_every=1", "train.batch_size=2"]
     process = start(command(config, tmp_path, 2, *fsdp))
     run_dir = tmp_path / "tiny"
-    deadline = time.time() + 300
-    while latest_checkpoint(run_dir, resumable=True) is None:
-        assert process.poll() is None, process.stdout.read()
-        assert time.time() < deadline
-        time.sleep(0.02)
+    wait_for_a_checkpoint(process, run_dir)
     kill_job(process)
     assert not read_state(latest_checkpoint(run_dir))["final"], "the job must be killed mid-run"
     # the checkpoint holds whole tensors: on 2 ranks they are sharded again (moments and EMA included),
