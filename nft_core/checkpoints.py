@@ -3,7 +3,8 @@
 A checkpoint is `checkpoints/step_XXXXX/` holding the policy's EMA weights in its own format (what
 `nft sample` and inference load), `resume.safetensors` (every tensor a resumed run needs: the trained
 and old weights, the EMA, the optimizer's moments, the RNG states) and `state.json` (counters and the
-small, non-tensor state). Nothing is pickled.
+small, non-tensor state). A run sharded with FSDP2 writes the sharded tensors into `resume-shards/`
+instead, each rank its own shards (`nft_core.sharded_state`). Nothing is pickled.
 
 Writing goes to `step_XXXXX.tmp/`; every file is fsynced, then the folder is renamed into place and the
 parent folder fsynced, so a kill or a full disk at any point leaves the previous checkpoints as they
@@ -30,6 +31,7 @@ __all__ = [
     "checkpoint_folders",
     "latest_checkpoint",
     "prune_checkpoints",
+    "read_resume_tensors",
     "read_state",
     "write_checkpoint",
 ]
@@ -110,6 +112,20 @@ def read_state(folder: Path) -> dict[str, Any]:
     if not isinstance(state, dict):
         raise UserError(f"{path}: expected a JSON object")
     return state
+
+
+def read_resume_tensors(folder: Path) -> dict[str, Any]:
+    """Every tensor of a checkpoint's resume state, whole: `resume.safetensors` and, for a run sharded
+    with FSDP2, the shards of its `resume-shards/` folder put together (in this process alone)."""
+    from safetensors.torch import load_file
+
+    from nft_core.sharded_state import SHARDS_FOLDER, load_whole
+
+    tensors: dict[str, Any] = load_file(str(Path(folder) / RESUME_FILE))
+    shards = Path(folder) / SHARDS_FOLDER
+    if shards.is_dir():
+        tensors.update(load_whole(shards))
+    return tensors
 
 
 def checkpoint_folders(run_dir: Path) -> list[Path]:

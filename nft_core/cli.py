@@ -20,7 +20,7 @@ try:  # typer >= 0.2x carries its own copy of click
 except ImportError:  # older typer runs on click itself
     from click import exceptions as cli_errors
 
-from nft_core.errors import UserError
+from nft_core.errors import JobError, UserError
 from nft_core.scaffold import TEMPLATE_DIR, scaffold_plugin
 
 _NO_ARGS = getattr(cli_errors, "NoArgsIsHelpError", ())
@@ -45,6 +45,10 @@ class _OneLineErrors(TyperGroup):
             _print_traceback_if_debugging(error)
             typer.echo(f"error: {error}", err=True)
             sys.exit(2)
+        except JobError as error:
+            _print_traceback_if_debugging(error)
+            typer.echo(f"error: {error}", err=True)
+            sys.exit(1)
         except typer.Abort:
             typer.echo("aborted", err=True)
             sys.exit(1)

@@ -21,6 +21,9 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from nft_core.errors import JobError
+from nft_core.liveness import Heartbeat, failure_line, lost_ranks, post_entered
+
 __all__ = ["Distributed", "full_tensor", "shard_like"]
 
 
@@ -31,9 +34,10 @@ def full_tensor(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def shard_like(value: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    """`value` (a whole tensor) laid out as `reference`: sharded the same way if it is a DTensor."""
+    """`value` (a whole tensor) laid out as `reference`: sharded the same way if it is a DTensor. A value
+    that is a DTensor already (read from a sharded checkpoint into `reference`'s layout) is itself."""
     mesh = getattr(reference, "device_mesh", None)
-    if mesh is None:
+    if mesh is None or getattr(value, "device_mesh", None) is not None:
         return value
     from torch.distributed.tensor import distribute_tensor
 
@@ -48,16 +52,37 @@ class Distributed:
     world_size: int = 1
     local_rank: int = 0
     backend: str | None = None
+    timeout_seconds: float = 0.0
     seconds: dict[str, float] = field(default_factory=lambda: {"collectives": 0.0}, compare=False)
     """Wall seconds this rank spent in collectives (waiting for the others included)."""
+    entered: list[int] = field(default_factory=lambda: [0], compare=False)
+    """How many collectives this rank has entered (posted to the rendezvous store, see `_timed`)."""
+    heartbeat: list[Heartbeat] = field(default_factory=list, compare=False)
 
     @contextmanager
-    def _timed(self) -> Iterator[None]:
+    def _timed(self, operation: str) -> Iterator[None]:
+        """Time one collective; when it fails (a peer died, or hangs past the timeout) raise a `JobError`
+        naming the ranks that were lost (`nft_core.liveness`)."""
+        self.entered[0] += 1
+        post_entered(self.rank, self.entered[0])
         began = time.perf_counter()
         try:
             yield
+        except RuntimeError as error:  # gloo and nccl raise RuntimeError (DistBackendError) subclasses
+            raise self.lost(operation, error) from error
         finally:
             self.seconds["collectives"] += time.perf_counter() - began
+
+    def lost(self, operation: str, error: BaseException) -> JobError:
+        """The one-line `JobError` for a failed collective (this wrapper's, FSDP2's or the checkpoint's):
+        which ranks never reached it or stopped answering, when the rendezvous store can tell."""
+        where = f"rank {self.rank} of {self.world_size}: collective #{self.entered[0]} ({operation})"
+        lost = lost_ranks(self.rank, self.entered[0], self.world_size)
+        if not lost:
+            return JobError(f"{where} failed: {failure_line(error)}")
+        names = "; ".join(f"rank {rank} {why}" for rank, why in sorted(lost.items()))
+        waited = f"waited up to {self.timeout_seconds:.0f} s, train.collective_timeout"
+        return JobError(f"{where} failed: {names} ({waited}): {failure_line(error)}")
 
     @classmethod
     def from_environment(cls, device: str, timeout_seconds: float) -> Distributed:
@@ -71,7 +96,9 @@ class Distributed:
             torch.cuda.set_device(local_rank)
         if not dist.is_initialized():
             dist.init_process_group(backend, timeout=timedelta(seconds=timeout_seconds))
-        return cls(dist.get_rank(), dist.get_world_size(), local_rank, backend)
+        found = cls(dist.get_rank(), dist.get_world_size(), local_rank, backend, timeout_seconds)
+        found.heartbeat.append(Heartbeat(found.rank).start())
+        return found
 
     @property
     def enabled(self) -> bool:
@@ -109,7 +136,7 @@ class Distributed:
         padded = torch.zeros((max(sizes), *wire.shape[1:]), dtype=wire.dtype, device=wire.device)
         padded[: wire.shape[0]] = wire
         parts = [torch.empty_like(padded) for _ in range(self.world_size)]
-        with self._timed():
+        with self._timed("all_gather"):
             dist.all_gather(parts, padded)
         return torch.cat([part[:size] for part, size in zip(parts, sizes, strict=True)]).to(local.device)
 
@@ -118,7 +145,7 @@ class Distributed:
         if not self.enabled:
             return [value]
         found: list[Any] = [None] * self.world_size
-        with self._timed():
+        with self._timed("all_gather_object"):
             dist.all_gather_object(found, value)
         return found
 
@@ -135,7 +162,7 @@ class Distributed:
             by_dtype.setdefault(tensor.dtype, []).append(tensor)
         for group in by_dtype.values():
             flat = torch.cat([self._wire(t).reshape(-1) for t in group])
-            with self._timed():
+            with self._timed("all_reduce"):
                 dist.all_reduce(flat, op=dist.ReduceOp.SUM)
             offset = 0
             for tensor in group:
@@ -146,7 +173,7 @@ class Distributed:
     def barrier(self) -> None:
         """Wait for every rank (e.g. until rank 0 has written a checkpoint)."""
         if self.enabled:
-            with self._timed():
+            with self._timed("barrier"):
                 dist.barrier()
 
     def close(self) -> None:
@@ -154,4 +181,6 @@ class Distributed:
         aborts a rank whose peer tears the connections down while it still uses them)."""
         if self.enabled and dist.is_initialized():
             dist.barrier()
+            for beat in self.heartbeat:
+                beat.stop()
             dist.destroy_process_group()

@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+from nft_core.distributed import shard_like
+
 __all__ = ["ParameterEMA"]
 
 NamedParameters = Iterable[tuple[str, torch.nn.Parameter]]
@@ -119,12 +121,7 @@ class ParameterEMA:
                 raise ValueError(f"EMA state shape mismatch for {name}")
             current = self.shadow[name]
             if hasattr(current, "device_mesh"):  # sharded parameters (FSDP2): the shadow sharded alike
-                from torch.distributed.tensor import distribute_tensor
-
-                local = current.to_local().device
-                self.shadow[name] = distribute_tensor(
-                    value.detach().to(local, torch.float32), current.device_mesh, current.placements
-                )
+                self.shadow[name] = shard_like(value.detach().to(torch.float32), current)
                 continue
             self.shadow[name] = value.detach().to(device=current.device, dtype=torch.float32).clone()
         self.decay = float(state.get("decay", self.decay))

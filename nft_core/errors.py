@@ -1,4 +1,4 @@
-"""Errors a user can fix: the CLI prints them as one line and exits with code 2."""
+"""Errors the CLI prints as one line: a user's (exit code 2) and a job's (exit code 1)."""
 
 
 class UserError(Exception):
@@ -7,3 +7,8 @@ class UserError(Exception):
 
 class ConfigError(UserError):
     """A configuration value is invalid; the message starts with its TOML path."""
+
+
+class JobError(Exception):
+    """The job cannot go on for a reason outside the user's input (a rank died or hangs): one line that
+    names what failed, exit code 1."""

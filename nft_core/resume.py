@@ -16,8 +16,9 @@ import torch
 
 from nft_core.checkpoints import RESUME_FILE, latest_checkpoint, read_state
 from nft_core.config import RunConfig, resolved_config
-from nft_core.distributed import full_tensor, shard_like
+from nft_core.distributed import shard_like
 from nft_core.errors import ConfigError, UserError
+from nft_core.sharded_state import is_sharded
 
 __all__ = [
     "SAFE_TO_CHANGE",
@@ -91,7 +92,8 @@ def optimizer_state(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.T
     for index, entry in state["state"].items():
         for key, value in entry.items():
             if isinstance(value, torch.Tensor):
-                tensors[f"optimizer.{index}.{key}"] = full_tensor(value.detach()).cpu().contiguous()
+                value = value.detach()  # a DTensor (FSDP2) stays sharded: the checkpoint writes its shards
+                tensors[f"optimizer.{index}.{key}"] = value if is_sharded(value) else value.cpu().contiguous()
             else:
                 scalars.setdefault(str(index), {})[key] = value
     groups = [

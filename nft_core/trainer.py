@@ -31,6 +31,7 @@ from nft_core.advantages import advantage_step
 from nft_core.checkpoints import (
     RESUME_FILE,
     STATE_FILE,
+    CheckpointWriteError,
     latest_checkpoint,
     prune_checkpoints,
     read_state,
@@ -61,6 +62,7 @@ from nft_core.resume import (
 from nft_core.reward_set import RewardSet, RewardSetOutput, RewardTerm
 from nft_core.sampling import keyed_noise, keyed_seed, sample_latents
 from nft_core.schedules import lr_factor, parse_decay_schedule
+from nft_core.sharded_state import SHARDS_FOLDER, is_sharded, load_sharded, save_sharded, sharded_layout
 from nft_core.types import Samples, index_cond
 from nft_core.visuals import plot_curves, sample_grid
 
@@ -88,6 +90,16 @@ class TrainState:
 
 def _silent(*_: Any) -> None:
     """The echo of ranks other than 0: one rank prints."""
+
+
+def _from_a_collective(error: BaseException) -> bool:
+    """Whether `error` is a communication failure (a peer died or timed out), not a bug of the run."""
+    if isinstance(error, getattr(torch.distributed, "DistError", ())):
+        return True
+    text = str(error)
+    return isinstance(error, RuntimeError) and any(
+        mark in text for mark in ("gloo", "Timed out", "Connection closed by peer", "NCCL")
+    )
 
 
 def unique_run_dir(root: Path, name: str) -> Path:
@@ -429,18 +441,18 @@ class Trainer:
 
     def checkpoint(self, final: bool = False) -> Path:
         """`checkpoints/step_XXXXX/`: the EMA weights in the policy's format (what inference loads), the
-        resume state (`resume.safetensors`) and `state.json`; complete or absent (`write_checkpoint`).
-        Older checkpoints beyond `log.keep_checkpoints` are deleted after it."""
+        resume state (`resume.safetensors`; under FSDP2 its sharded tensors in `resume-shards/`, each rank
+        writing its own shards) and `state.json`; complete or absent (`write_checkpoint`). Older
+        checkpoints beyond `log.keep_checkpoints` are deleted after it."""
         folder = self.run_dir / "checkpoints" / f"step_{self.state.global_step:05d}"
+        tensors, resume = self.resume_state()
+        shards = {name: value for name, value in tensors.items() if is_sharded(value)}
+        whole = {name: value for name, value in tensors.items() if name not in shards}
         if not self.dist.is_main:
-            if self.sharded:  # the gathers of the sharded state, in rank 0's order; rank 0 writes
-                self.resume_state()
-                with tempfile.TemporaryDirectory() as scratch:
-                    with self.ema.swapped_in(self.policy.trainable_parameters()):
-                        self.policy.save_trainable(scratch)
+            if self.sharded:
+                self._write_shards_with_rank_zero(shards)
             self.dist.barrier()  # every rank holds the same state: rank 0 writes it, the others wait
             return folder
-        tensors, resume = self.resume_state()
         state = {
             "epoch": self.state.epoch,
             "global_step": self.state.global_step,
@@ -452,19 +464,44 @@ class Trainer:
             "eval_score": self._eval_score_now(),
             "resume": resume,
         }
+        staged = False
 
         def fill(staging: Path) -> None:
+            nonlocal staged
+            staged = True
+            if self.sharded:  # the other ranks write their shards into the same staging folder
+                self.dist.gather_objects(str(staging))
+                save_sharded(shards, staging / SHARDS_FOLDER)
             with self.ema.swapped_in(self.policy.trainable_parameters()):
                 self.policy.save_trainable(str(staging))
-            atomic_write_bytes(staging / RESUME_FILE, save(tensors))
+            atomic_write_bytes(staging / RESUME_FILE, save(whole))
             atomic_write_json(staging / STATE_FILE, state)  # last: a folder with it is whole
 
         try:
             path = write_checkpoint(folder, fill)
             prune_checkpoints(self.run_dir, self.config.log.keep_checkpoints, self.config.log.keep_best)
+        except CheckpointWriteError:
+            if self.sharded and not staged:  # tell the other ranks there is no folder to write into
+                self.dist.gather_objects(None)
+            raise
         finally:
             self.dist.barrier()
         return path
+
+    def _write_shards_with_rank_zero(self, shards: dict[str, torch.Tensor]) -> None:
+        """A rank other than 0 under FSDP2: its shards into rank 0's staging folder, then the gathers of
+        the EMA export (in rank 0's order; rank 0 writes the whole weights)."""
+        staging = self.dist.gather_objects(None)[0]
+        if staging is None:
+            return
+        try:
+            save_sharded(shards, Path(staging) / SHARDS_FOLDER)
+        except OSError as error:
+            rank = self.dist.rank
+            raise CheckpointWriteError(f"writing the shards of rank {rank} failed: {error}") from None
+        with tempfile.TemporaryDirectory() as scratch:
+            with self.ema.swapped_in(self.policy.trainable_parameters()):
+                self.policy.save_trainable(scratch)
 
     def _eval_score_now(self) -> float | None:
         """The first reward's score of an evaluation made at this epoch, if one was (for `keep_best`)."""
@@ -481,10 +518,11 @@ class Trainer:
     def resume_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """Everything `restore` needs, as tensors (safetensors) and JSON: the trained and old weights, the
         EMA, the optimizer, lr schedule and loss scaler, every RNG, the prompt drawer, the normalizers,
-        the counters, the metrics lines written so far and the summary of the run's start."""
+        the counters, the metrics lines written so far and the summary of the run's start. Under FSDP2 the
+        sharded tensors are this rank's DTensors (no collective)."""
 
-        def cpu(value: torch.Tensor) -> torch.Tensor:  # whole, when sharded (a collective)
-            return full_tensor(value.detach()).to("cpu").clone().contiguous()
+        def cpu(value: torch.Tensor) -> torch.Tensor:  # a DTensor stays sharded (`checkpoint` writes it)
+            return value.detach() if is_sharded(value) else value.detach().to("cpu").clone().contiguous()
 
         tensors = {f"current.{name}": cpu(p) for name, p in self.policy.trainable_parameters()}
         tensors.update({f"old.{name}": cpu(p) for name, p in self.policy.old_parameters()})
@@ -520,6 +558,8 @@ class Trainer:
             raise UserError(f"{folder}: holds no resume state (written by a version without resume)")
         meta = state["resume"]
         tensors = load_file(str(folder / RESUME_FILE))
+        if (folder / SHARDS_FOLDER).is_dir():
+            tensors.update(self._load_shards(folder / SHARDS_FOLDER))
         self._load_weights(tensors, "current", self.policy.trainable_parameters(), folder)
         self._load_weights(tensors, "old", self.policy.old_parameters(), folder)
         shadow = {name[len("ema.") :]: value for name, value in tensors.items() if name.startswith("ema.")}
@@ -538,6 +578,27 @@ class Trainer:
         )
         self.summary = dict(meta["summary"], run_dir=str(self.run_dir))
         return state
+
+    def _load_shards(self, shards: Path) -> dict[str, torch.Tensor]:
+        """The sharded tensors of an FSDP2 checkpoint, resharded to this run's layout: DTensors like this
+        run's parameters under FSDP2, whole tensors otherwise (any number of ranks)."""
+        references = {f"current.{name}": p for name, p in self.policy.trainable_parameters()}
+        references.update({f"old.{name}": p for name, p in self.policy.old_parameters()})
+        references.update({f"ema.{name}": value for name, value in self.ema.shadow.items()})
+        parameters = [p for group in self.optimizer.param_groups for p in group["params"]]
+        templates = {}
+        for name, (shape, dtype) in sharded_layout(shards).items():
+            if name.startswith("optimizer."):
+                index = int(name.split(".")[1])
+                reference = parameters[index] if index < len(parameters) else None
+            else:
+                reference = references.get(name)
+            if reference is None or reference.shape != shape:
+                found = "not in this policy" if reference is None else f"shape {tuple(shape)}"
+                raise UserError(f"{shards}: does not fit this policy ({name}: {found})")
+            templates[name] = torch.empty_like(reference, dtype=dtype)
+        load_sharded(templates, shards)
+        return templates
 
     @torch.no_grad()
     def _load_weights(self, tensors: dict[str, torch.Tensor], prefix: str, named: Any, folder: Path) -> None:
@@ -742,6 +803,8 @@ class Trainer:
                 return self._loop(started, saved)
             except BaseException as error:
                 self._record_failure(error)
+                if self.dist.enabled and _from_a_collective(error):  # FSDP2's or the checkpoint's
+                    raise self.dist.lost("outside the trainer's", error) from error
                 raise
 
     def _loop(self, started: float, saved: dict[str, Any] | None) -> dict[str, Any]:

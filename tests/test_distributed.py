@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,7 +16,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from nft_core.checkpoints import RESUME_FILE, latest_checkpoint, read_state
+from nft_core.checkpoints import RESUME_FILE, latest_checkpoint, read_resume_tensors, read_state
+from nft_core.sharded_state import SHARDS_FOLDER
 from tests._torchrun import finish, kill_job, nft_command, start
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="torchrun with gloo: Linux and macOS")
@@ -51,7 +53,7 @@ def eval_records(run_dir: Path) -> list[dict]:
 
 
 def weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    state = load_file(str(latest_checkpoint(run_dir) / RESUME_FILE))
+    state = read_resume_tensors(latest_checkpoint(run_dir))
     return {k: v for k, v in state.items() if k.startswith(("current.", "old.", "ema.", "optimizer."))}
 
 
@@ -140,11 +142,12 @@ def test_a_rank_that_dies_ends_the_job_within_a_minute(one_rank, tmp_path):
     killed = time.time()
     os.kill(int(workers[-1]), signal.SIGKILL)
     try:
-        process.wait(timeout=60)
+        output, _ = process.communicate(timeout=60)
     finally:
         if process.poll() is None:
             kill_job(process)
     assert process.returncode != 0 and time.time() - killed < 60
+    assert re.search(r"error: rank 0 of 2: collective #\d+ \(\w+\) failed: rank 1 (never|stopped)", output)
 
 
 @pytest.mark.parametrize("ranks", [1, 2])
@@ -155,9 +158,12 @@ def test_fsdp2_shards_the_shapes_model_and_trains_as_one_process_does(one_rank, 
     run_dir = tmp_path / "tiny"
     wait_for_a_checkpoint(process, run_dir)
     kill_job(process)
-    assert not read_state(latest_checkpoint(run_dir))["final"], "the job must be killed mid-run"
-    # the checkpoint holds whole tensors: on 2 ranks they are sharded again (moments and EMA included),
-    # on 1 rank (replicate) they load as they are
+    killed_at = latest_checkpoint(run_dir)
+    assert not read_state(killed_at)["final"], "the job must be killed mid-run"
+    # each rank wrote its own shards (torch.distributed.checkpoint); no whole trained tensor is stored
+    assert len(list((killed_at / SHARDS_FOLDER).glob("*.safetensors"))) == 2
+    assert not any(k.startswith(("current.", "ema.")) for k in load_file(str(killed_at / RESUME_FILE)))
+    # they are resharded on 2 ranks (moments and EMA included) and read whole on 1 rank (replicate)
     resumed = [*fsdp[:-1], "train.batch_size=2" if ranks == 2 else "train.batch_size=4"]
     output = finish(start(command(config, tmp_path, ranks, *resumed, extra=("--resume", str(run_dir)))))
     assert ("parameters sharded over 2 ranks" in output) == (ranks == 2)
@@ -171,3 +177,24 @@ def test_hybrid_fsdp2_shards_in_groups_and_replicates_across_them(one_rank, tmp_
     output = finish(start(command(config, tmp_path, 4, *hybrid)))
     assert "sharded over 2 ranks and replicated 2 times (hybrid)" in output
     assert_close_runs(tmp_path / "tiny", reference)
+
+
+def test_a_rank_that_hangs_ends_the_job_after_the_collective_timeout(one_rank, tmp_path):
+    config, _ = one_rank
+    overrides = ("train.epochs=100000", "log.checkpoint_every=1", "train.collective_timeout=10")
+    process = start(command(config, tmp_path, 2, *overrides))
+    wait_for_a_checkpoint(process, tmp_path / "tiny")
+    workers = subprocess.run(
+        ["pgrep", "-f", "nft_core.cli run", "-P", str(process.pid)], capture_output=True, text=True
+    ).stdout.split()
+    assert len(workers) == 2, workers
+    stopped = time.time()
+    os.kill(int(workers[-1]), signal.SIGSTOP)  # alive, holding its sockets, never answering
+    try:
+        output, _ = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            kill_job(process)
+    assert process.returncode != 0 and time.time() - stopped < 120
+    # one line naming the rank: it never reached the collective, or reached it and its heartbeat stopped
+    assert re.search(r"error: rank 0 of 2: collective #\d+ \(\w+\) failed: rank 1 (never|stopped)", output)
