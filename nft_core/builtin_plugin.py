@@ -1,5 +1,6 @@
 """Built-in objectives and prompt sources, registered through the same hooks as any plugin."""
 
+from nft_core.flowgrpo import FlowGRPOObjective, FlowGRPOOptions
 from nft_core.hookspecs import hookimpl
 from nft_core.objective import NFTObjective, NFTOptions, RFTObjective, RFTOptions
 from nft_core.prompts import read_prompt_file
@@ -9,6 +10,7 @@ from nft_core.prompts import read_prompt_file
 def register_objectives(register):
     register("nft", NFTObjective, options=NFTOptions)
     register("rft", RFTObjective, options=RFTOptions)
+    register("flowgrpo", FlowGRPOObjective, options=FlowGRPOOptions)
 
 
 @hookimpl

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -18,6 +19,7 @@ from nft_core.errors import ConfigError
 from nft_core.plan import Geometry
 from nft_core.prompts import PromptDrawer, load_prompts
 from nft_core.protocols import Solver
+from nft_core.schedules import parse_decay_schedule
 
 __all__ = ["check_device", "preflight", "train_geometry", "training_times"]
 
@@ -56,6 +58,24 @@ def training_times(config: RunConfig, solver: Solver) -> torch.Tensor:
     if times == "collection":
         return solver.default_grid()[:-1]
     return torch.tensor(sorted(times, reverse=True), dtype=torch.float64)
+
+
+def check_objective(config: RunConfig, objective: Any) -> None:
+    """What a trajectory objective (FlowGRPO) needs of the config: its steps are the collection grid's,
+    and an on-policy one needs the old policy to be the current one when samples are collected."""
+    if getattr(objective, "collects", "clean") != "trajectory":
+        return
+    name, settings = config.objective.name, config.objective
+    if settings.times != "collection":
+        raise ConfigError(
+            f'objective.times: `{name}` trains on the steps of its collection paths: must be "collection" '
+            f"(got {settings.times!r})"
+        )
+    if getattr(objective, "on_policy", False) and parse_decay_schedule(settings.old_decay).constant != 0:
+        raise ConfigError(
+            f"objective.old_decay: `{name}` is on-policy (its ratio is against the policy that sampled): "
+            f'set "none" (old = current at every collection; got {settings.old_decay!r})'
+        )
 
 
 def train_geometry(config: RunConfig, solver: Solver, ranks: int = 1) -> tuple[torch.Tensor, Geometry]:
@@ -120,4 +140,6 @@ def preflight(config: RunConfig, portable: bool = False, ranks: int = 1) -> Geom
         load_prompts(config.eval.prompts, "eval.prompts")
     solver = registry.create("solvers", config.solver.name, config.solver.options(), "solver")
     registry.create("solvers", config.eval.solver.name, config.eval.solver.options(), "eval.solver")
+    objective = registry.create("objectives", config.objective.name, config.objective.options(), "objective")
+    check_objective(config, objective)
     return train_geometry(config, solver, ranks)[1]

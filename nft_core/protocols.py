@@ -145,3 +145,40 @@ class Objective(Protocol):
         stream keyed by the sample and the visit, so the update does not depend on how the samples are
         cut into micro-batches or split across ranks. None: drawn from torch's global generator."""
         ...
+
+
+@runtime_checkable
+class TrajectoryObjective(Protocol):
+    """An objective that trains on sampling paths (FlowGRPO) instead of clean samples: it declares
+    `collects = "trajectory"`, samples them itself, and its loss takes steps of those paths.
+
+    The trainer asks `getattr(objective, "collects", "clean")`: "clean" objectives (NFT, RFT) get only
+    the clean samples (`Objective.loss`); "trajectory" ones get `Samples.trajectory` and the training
+    time `t_k` of the plan becomes the path's step `k` (from `t_k` to `t_{k+1}` of the collection grid).
+    `on_policy = True` says the ratio is against the sampling policy, so the old policy must be the
+    current one when samples are collected (`objective.old_decay = "0"`)."""
+
+    name: str
+    adv_clip: float
+    collects: str
+    on_policy: bool
+
+    def sample(
+        self, policy: Policy, x1: torch.Tensor, cond: Cond, times: torch.Tensor, step_noise: torch.Tensor
+    ) -> Any:
+        """The `Trajectory` of the old view from noise `x1` over `times`, step noises `[N, S, *shape]`."""
+        ...
+
+    def trajectory_loss(
+        self,
+        policy: Policy,
+        states: torch.Tensor,
+        next_states: torch.Tensor,
+        old_log_prob: torch.Tensor,
+        steps: torch.Tensor,
+        times: torch.Tensor,
+        cond: Cond,
+        optimality: torch.Tensor,
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """The loss of a micro-batch of path steps (`steps` `[N]` index `times`)."""
+        ...

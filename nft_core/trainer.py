@@ -48,7 +48,7 @@ from nft_core.metrics import eval_record, train_record
 from nft_core.normalization import make_normalizer
 from nft_core.plan import Geometry, MicroBatch, training_plan
 from nft_core.precision import autocast, resolve_precision
-from nft_core.preflight import train_geometry
+from nft_core.preflight import check_objective, train_geometry
 from nft_core.prompts import PromptDrawer, load_prompts
 from nft_core.protocols import Objective, Policy, Solver
 from nft_core.resume import (
@@ -63,12 +63,12 @@ from nft_core.reward_set import RewardSet, RewardSetOutput, RewardTerm
 from nft_core.sampling import keyed_noise, keyed_seed, sample_latents
 from nft_core.schedules import lr_factor, parse_decay_schedule
 from nft_core.sharded_state import SHARDS_FOLDER, is_sharded, load_sharded, save_sharded, sharded_layout
-from nft_core.types import Samples, index_cond
+from nft_core.types import Cond, Samples, Trajectory, index_cond
 from nft_core.visuals import plot_curves, sample_grid
 
 __all__ = ["Geometry", "TrainState", "Trainer", "unique_run_dir"]
 
-COLLECTION_STREAM, TRAINING_STREAM, SOLVER_STREAM = 1, 2, 3
+COLLECTION_STREAM, TRAINING_STREAM, SOLVER_STREAM, PATH_STREAM = 1, 2, 3, 4
 """Keys of the noise streams: collection noise per sample, training noise per sample and visit, and a
 stochastic solver's draws per rank."""
 
@@ -135,6 +135,9 @@ class Trainer:
             "objectives", config.objective.name, config.objective.options(), "objective"
         )
         self.decay = parse_decay_schedule(config.objective.old_decay)
+        check_objective(config, self.objective)
+        self.trajectories = getattr(self.objective, "collects", "clean") == "trajectory"
+        """Whether the objective trains on sampling paths (FlowGRPO) rather than clean samples."""
         self.rewards = RewardSet([self._reward_term(index) for index in range(len(config.reward))])
         data = config.data
         self.prompts = PromptDrawer(
@@ -264,23 +267,64 @@ class Trainer:
         cond = self.policy.encode_prompts(prompts)
         mine = self.dist.share(len(items))
         noise = keyed_noise(mine, tuple(self.policy.latent_shape), seed, COLLECTION_STREAM, epoch)
-        # a stochastic solver's own draws: rank-dependent, and apart from the plan's shared generator
-        sde = torch.Generator().manual_seed(keyed_seed(seed, SOLVER_STREAM, epoch, self.dist.rank))
-        with self.autocast():
-            latents = sample_latents(
-                self.policy,
-                self.solver,
-                index_cond(cond, slice(mine.start, mine.stop)),
-                noise.to(self.device),
-                view="old",
-                generator=sde,
-                batch_size=self.config.train.sample_batch_size,
-            )
+        my_cond = index_cond(cond, slice(mine.start, mine.stop))
+        trajectory = None
+        if self.trajectories:
+            trajectory = self._collect_paths(mine, my_cond, noise.to(self.device))
+            latents = trajectory.states[:, -1]
+        else:
+            # a stochastic solver's own draws: rank-dependent, and apart from the plan's shared generator
+            sde = torch.Generator().manual_seed(keyed_seed(seed, SOLVER_STREAM, epoch, self.dist.rank))
+            with self.autocast():
+                latents = sample_latents(
+                    self.policy,
+                    self.solver,
+                    my_cond,
+                    noise.to(self.device),
+                    view="old",
+                    generator=sde,
+                    batch_size=self.config.train.sample_batch_size,
+                )
         images = self.policy.decode(latents).cpu()
         latents = self.dist.gather(latents)
+        if trajectory is not None:  # every rank trains on every path's steps
+            trajectory = Trajectory(
+                self.dist.gather(trajectory.states), self.dist.gather(trajectory.log_probs), trajectory.times
+            )
         metadata = [item.metadata for item in items]
         return Samples(
-            latents, images, prompts, metadata, cond, group_ids, local=slice(mine.start, mine.stop)
+            latents,
+            images,
+            prompts,
+            metadata,
+            cond,
+            group_ids,
+            local=slice(mine.start, mine.stop),
+            trajectory=trajectory,
+        )
+
+    def _collect_paths(self, mine: range, cond: Cond, noise: torch.Tensor) -> Trajectory:
+        """A trajectory objective's paths for this rank's samples, in sampling batches; each step's noise
+        is keyed by (seed, epoch, sample), so the paths do not depend on the batches or the ranks."""
+        times = torch.cat([self.train_times, self.train_times.new_zeros(1)]).to(self.device)
+        shape = (len(times) - 1, *self.policy.latent_shape)
+        step_noise = keyed_noise(mine, shape, self.config.train.seed, PATH_STREAM, self.state.epoch)
+        parts = []
+        size = self.config.train.sample_batch_size
+        for start in range(0, len(mine), size):
+            rows = slice(start, start + size)
+            with self.autocast():
+                parts.append(
+                    self.objective.sample(
+                        self.policy,
+                        noise[rows],
+                        index_cond(cond, rows),
+                        times,
+                        step_noise[rows].to(self.device),
+                    )
+                )
+        return Trajectory(
+            torch.cat([p.states for p in parts]), torch.cat([p.log_probs for p in parts]), parts[0].times
         )
 
     def score(self, samples: Samples) -> RewardSetOutput:
@@ -351,15 +395,9 @@ class Trainer:
                 noise = keyed_noise(
                     samples.ids[rows].tolist(), shape, seed, TRAINING_STREAM, epoch, batch.visit
                 )
-                index = rows.to(self.device)
                 with self.autocast():
-                    loss, stats = self.objective.loss(
-                        self.policy,
-                        samples.latents[index],
-                        index_cond(samples.cond, rows),
-                        batch.times[part.to(batch.times.device)],
-                        optimality[index],
-                        noise.to(self.device),
+                    loss, stats = self._micro_batch_loss(
+                        samples, rows, batch.times[part.to(batch.times.device)], optimality, noise
                     )
                 # the accumulated gradient, summed over ranks, is that of the step's mean loss
                 # FSDP2 averages the ranks' gradients: scaled by the ranks, the sum again
@@ -390,6 +428,39 @@ class Trainer:
             for key, value in part.items():
                 totals[key] = totals.get(key, 0.0) + value
         return totals
+
+    def _micro_batch_loss(
+        self,
+        samples: Samples,
+        rows: torch.Tensor,
+        times: torch.Tensor,
+        optimality: torch.Tensor,
+        noise: torch.Tensor,
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """The objective on the samples `rows` at the training `times`: clean samples with their keyed
+        noise, or (trajectory objectives) the path steps that start at those times."""
+        index = rows.to(self.device)
+        cond = index_cond(samples.cond, rows)
+        if not self.trajectories:
+            return self.objective.loss(
+                self.policy, samples.latents[index], cond, times, optimality[index], noise.to(self.device)
+            )
+        path = samples.trajectory
+        assert path is not None
+        grid = path.times.to(times.device, times.dtype)
+        steps = torch.searchsorted(-grid, -times.contiguous()).to(self.device)  # t_k is grid[k]
+        states = path.states[index]
+        arange = torch.arange(len(index), device=self.device)
+        return self.objective.trajectory_loss(
+            self.policy,
+            states[arange, steps],
+            states[arange, steps + 1],
+            path.log_probs[index][arange, steps],
+            steps,
+            path.times.to(self.device),
+            cond,
+            optimality[index],
+        )
 
     def _sum_gradients(self, parameters: list[torch.nn.Parameter]) -> None:
         """Sum the step's gradients over the ranks (each rank's loss was weighted by its share)."""

@@ -32,6 +32,31 @@ def cat_conds(conds: list[Cond]) -> Cond:
     return {key: torch.cat([c[key] for c in conds]) for key in conds[0]}
 
 
+@dataclass(frozen=True)
+class Trajectory:
+    """The sampling paths a trajectory objective (FlowGRPO) trains on: the states at every grid time
+    `[N, S + 1, *shape]` (first the noise, last the sample), each step's log-prob under the sampling
+    policy `[N, S]` and the grid `[S + 1]`."""
+
+    states: torch.Tensor
+    log_probs: torch.Tensor
+    times: torch.Tensor
+
+    def rows(self, index: torch.Tensor) -> Trajectory:
+        """The paths of the samples `index`."""
+        return Trajectory(
+            self.states[index.to(self.states.device)],
+            self.log_probs[index.to(self.log_probs.device)],
+            self.times,
+        )
+
+    @property
+    def stored_bytes_per_sample(self) -> int:
+        """Bytes kept per sample for the update: every state and log-prob."""
+        per = self.states[0].numel() * self.states.element_size()
+        return per + self.log_probs[0].numel() * self.log_probs.element_size()
+
+
 @dataclass
 class PromptItem:
     """One prompt with its optional per-sample metadata (GenEval metadata for GenEval-style sets)."""
@@ -57,6 +82,8 @@ class Samples:
     group_ids: torch.Tensor
     ids: torch.Tensor | None = None
     local: slice | None = None
+    trajectory: Trajectory | None = None
+    """The SDE paths, for an objective that `collects = "trajectory"` (FlowGRPO); else None."""
 
     def __post_init__(self) -> None:
         if self.ids is None:
@@ -82,7 +109,16 @@ class Samples:
             self.group_ids[index.to(self.group_ids.device)],
             self.ids[index],
             slice(0, 0),
+            None if self.trajectory is None else self.trajectory.rows(index),
         )
+
+    @property
+    def stored_bytes_per_sample(self) -> int:
+        """Bytes the update keeps per training sample: the clean latent, or the whole path (trajectory
+        objectives); the conditioning is the same for both and not counted."""
+        if self.trajectory is not None:
+            return self.trajectory.stored_bytes_per_sample
+        return self.latents[0].numel() * self.latents.element_size()
 
 
 @dataclass

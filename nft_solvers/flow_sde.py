@@ -27,19 +27,13 @@ One velocity call per step; strong order 1/2, weak order 1.
 
 from __future__ import annotations
 
-import math
 from itertools import pairwise
 
 import torch
 from pydantic import Field
 
+from nft_core.sde import sde_transition
 from nft_solvers.base import GridSolver, SolverOptions
-
-
-def flowgrpo_std(t: float, noise_level: float, t_next: float) -> float:
-    """`std_t = a sqrt(t / (1 - t))`, with `1 - t` replaced by `1 - t_next` at `t = 1` (FlowGRPO)."""
-    t_denominator = t_next if t >= 1.0 else t
-    return noise_level * math.sqrt(t / (1.0 - t_denominator))
 
 
 class FlowSDEOptions(SolverOptions):
@@ -71,9 +65,7 @@ class FlowSDESolver(GridSolver):
             if a == 0.0 or (last and self.options.deterministic_last_step):
                 x = x + dt * v
                 continue
-            std = flowgrpo_std(t, a, t_next)
-            variance_over_2t = std * std / (2.0 * t)
-            mean = x * (1.0 + variance_over_2t * dt) + v * ((1.0 + variance_over_2t * (1.0 - t)) * dt)
+            mean, step_std, _ = sde_transition(x, v, t, t_next, a, float(times[1]))
             z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-            x = mean + (std * math.sqrt(-dt)) * z
+            x = mean + step_std * z
         return x

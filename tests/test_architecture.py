@@ -29,10 +29,12 @@ CONTRACT = {
     "nft_core.objective",
     "nft_core.options",
     "nft_core.protocols",
+    "nft_core.sde",
     "nft_core.types",
 }
 """The core modules a plugin package may import: interfaces, value types, errors, option validation,
-hook markers, file helpers (atomic writes, prompt files) and the objective's pure math (`forward_noising`)."""
+hook markers, file helpers (atomic writes, prompt files) and pure math: the objective's
+(`forward_noising`) and the FlowGRPO SDE step's (`nft_core.sde`)."""
 FORBIDDEN = {
     "nft_rewards": {"nft_solvers", "nft_policies", "nft_shapes"},
     "nft_solvers": {"nft_rewards", "nft_policies", "nft_shapes"},

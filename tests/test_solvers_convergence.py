@@ -237,7 +237,7 @@ def test_flow_sde_samples_the_data_distribution(deterministic_last_step):
 
 
 def test_flow_sde_first_step_uses_next_time_at_t_equal_one():
-    from nft_solvers.flow_sde import flowgrpo_std
+    from nft_core.sde import flowgrpo_std
 
     assert flowgrpo_std(1.0, 0.7, 0.9) == pytest.approx(0.7 * math.sqrt(1 / 0.1))
     assert flowgrpo_std(0.5, 0.7, 0.4) == pytest.approx(0.7)
