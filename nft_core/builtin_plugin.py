@@ -2,6 +2,7 @@
 
 from nft_core.flowgrpo import FlowGRPOObjective, FlowGRPOOptions
 from nft_core.hookspecs import hookimpl
+from nft_core.monitors import PixelDiversity, PixelDiversityOptions
 from nft_core.objective import NFTObjective, NFTOptions, RFTObjective, RFTOptions
 from nft_core.prompts import read_prompt_file
 
@@ -11,6 +12,16 @@ def register_objectives(register):
     register("nft", NFTObjective, options=NFTOptions)
     register("rft", RFTObjective, options=RFTOptions)
     register("flowgrpo", FlowGRPOObjective, options=FlowGRPOOptions)
+
+
+@hookimpl
+def register_monitors(register):
+    register(
+        "pixel-diversity",
+        PixelDiversity,
+        options=PixelDiversityOptions,
+        description="mean pairwise pixel distance inside each prompt's group of samples",
+    )
 
 
 @hookimpl

@@ -173,21 +173,6 @@ class TrainConfig(_Strict):
     )
 
 
-class EvalConfig(_Strict):
-    """`[eval]`: the fixed, paired evaluation (EMA weights, fixed noise per image)."""
-
-    prompts: str = Field("shapes:eval", description="prompt source or file; never trained on")
-    images_per_prompt: int = Field(1, ge=1)
-    every: int = Field(0, ge=0, description="evaluate every N epochs (0: only before and after)")
-    seed: int = 1234
-    baseline_guidance: list[float] = Field(
-        default_factory=list,
-        description="CFG scales at which the base model is also evaluated (none unless asked: each costs"
-        " one more evaluation at twice the price)",
-    )
-    solver: SolverConfig = Field(default_factory=lambda: SolverConfig(name="euler", steps=40))
-
-
 class RewardConfig(_Strict):
     """One `[[reward]]`: a registered reward, its weight and per-reward normalization."""
 
@@ -220,6 +205,26 @@ class RewardConfig(_Strict):
         return value
 
 
+class EvalConfig(_Strict):
+    """`[eval]`: the fixed, paired evaluation (EMA weights, fixed noise per image)."""
+
+    prompts: str = Field("shapes:eval", description="prompt source or file; never trained on")
+    images_per_prompt: int = Field(1, ge=1)
+    every: int = Field(0, ge=0, description="evaluate every N epochs (0: only before and after)")
+    seed: int = 1234
+    baseline_guidance: list[float] = Field(
+        default_factory=list,
+        description="CFG scales at which the base model is also evaluated (none unless asked: each costs"
+        " one more evaluation at twice the price)",
+    )
+    solver: SolverConfig = Field(default_factory=lambda: SolverConfig(name="euler", steps=40))
+    reward: list[RewardConfig] = Field(
+        default_factory=list,
+        description="`[[eval.reward]]`: monitor rewards, scored at every evaluation and never trained on "
+        "(a trained reward that is being hacked rises while these do not)",
+    )
+
+
 class LogConfig(_Strict):
     """`[log]`: what the run directory gets besides metrics."""
 
@@ -233,6 +238,11 @@ class LogConfig(_Strict):
         True, description="with keep_checkpoints: also keep the checkpoint of the best evaluation score"
     )
     progress: bool = True
+    monitors: list[str] = Field(
+        default_factory=lambda: ["pixel-diversity"],
+        description="registered monitors of each epoch's samples (`nft list monitors`), logged as "
+        "monitor/<name>/<key>: e.g. pixel-diversity, shapes-diversity",
+    )
 
 
 class RunConfig(_Strict):
@@ -256,6 +266,12 @@ class RunConfig(_Strict):
                 raise ValueError(
                     f"reward[{index}]: a second reward named {reward.label!r}; give it an `alias` "
                     "(e.g. two outcomes of one reward)"
+                )
+            seen.add(reward.label)
+        for index, reward in enumerate(self.eval.reward):
+            if reward.label in seen:
+                raise ValueError(
+                    f"eval.reward[{index}]: {reward.label!r} is already a reward's name; give it an `alias`"
                 )
             seen.add(reward.label)
         if all(reward.weight == 0 for reward in self.reward):

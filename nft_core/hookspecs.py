@@ -27,6 +27,11 @@ def register_objectives(register):
 
 
 @hookspec
+def register_monitors(register):
+    """Register monitors: `register(name, factory, options=OptionsModel)`; `factory(**options)` -> Monitor."""
+
+
+@hookspec
 def register_prompt_sources(register):
     """Register prompt sources: `register(name, factory)`; `factory(arg) -> list[PromptItem]`."""
 

@@ -137,6 +137,9 @@ def nft_loss(
         "loss_kl": loss_kl.detach(),
         "w_pos": w_pos.mean(),
         "w_neg": w_neg.mean(),
+        # mean |v - v_old|: at 0 the positive and negative branches coincide and the negative-aware
+        # term has nothing to push against (two implementations saw it sit at 0 for long stretches)
+        "v_old_gap": delta.detach().abs().mean(),
     }
     return total, stats
 

@@ -148,6 +148,26 @@ class Objective(Protocol):
 
 
 @runtime_checkable
+class Monitor(Protocol):
+    """Statistics of an epoch's samples that are watched, never trained on: e.g. the diversity inside
+    each prompt's group, which a reward that is being hacked drives down. `[log] monitors` names them;
+    each key `k` it returns is logged as `monitor/<name>/<k>`."""
+
+    name: str
+
+    def __call__(
+        self,
+        images: torch.Tensor,
+        prompts: Sequence[str],
+        group_ids: torch.Tensor,
+        metadata: Sequence[dict[str, Any]] | None = None,
+    ) -> dict[str, float]:
+        """Images `[N,3,H,W]` in `[0,1]`, their prompts and prompt-group ids `[N]` -> named floats (NaN
+        when there is nothing to measure, e.g. no group with two images)."""
+        ...
+
+
+@runtime_checkable
 class TrajectoryObjective(Protocol):
     """An objective that trains on sampling paths (FlowGRPO) instead of clean samples: it declares
     `collects = "trajectory"`, samples them itself, and its loss takes steps of those paths.

@@ -18,6 +18,7 @@ KINDS = {
     "solvers": "register_solvers",
     "policies": "register_policies",
     "objectives": "register_objectives",
+    "monitors": "register_monitors",
     "prompt_sources": "register_prompt_sources",
 }
 SINGULAR = {
@@ -25,6 +26,7 @@ SINGULAR = {
     "solvers": "solver",
     "policies": "policy",
     "objectives": "objective",
+    "monitors": "monitor",
     "prompt_sources": "prompt source",
 }
 """What one registration of each kind is called in messages (`unknown policy 'sd33'`)."""
@@ -46,7 +48,8 @@ _cache: dict[str, dict[str, Registration]] = {}
 
 
 def registrations(kind: str) -> dict[str, Registration]:
-    """All registrations of one kind (`rewards`, `solvers`, `policies`, `objectives`, `prompt_sources`)."""
+    """All registrations of one kind (`rewards`, `solvers`, `policies`, `objectives`, `monitors`,
+    `prompt_sources`)."""
     if kind in _cache:
         return _cache[kind]
     manager = load_plugins()

@@ -139,6 +139,17 @@ class Trainer:
         self.trajectories = getattr(self.objective, "collects", "clean") == "trajectory"
         """Whether the objective trains on sampling paths (FlowGRPO) rather than clean samples."""
         self.rewards = RewardSet([self._reward_term(index) for index in range(len(config.reward))])
+        self.eval_rewards = {
+            watched.label: registry.create(
+                "rewards", watched.name, watched.options, f"eval.reward[{index}].options"
+            ).to(self.device)
+            for index, watched in enumerate(config.eval.reward)
+        }
+        """Monitor rewards: scored at every evaluation, never trained on."""
+        self.monitors = [
+            registry.create("monitors", name, {}, f"log.monitors[{index}]")
+            for index, name in enumerate(config.log.monitors)
+        ]
         data = config.data
         self.prompts = PromptDrawer(
             load_prompts(data.prompts, "data.prompts"),
@@ -481,7 +492,7 @@ class Trainer:
         self, view: str = "current", guidance: float = 1.0, use_ema: bool = True, label: str = "eval"
     ) -> EvalResult:
         """The fixed paired evaluation (EMA weights swapped in by default)."""
-        rewards = {term.name: term.reward for term in self.rewards.terms}
+        rewards = {term.name: term.reward for term in self.rewards.terms} | self.eval_rewards
         kwargs = dict(
             seed=self.config.eval.seed,
             guidance=guidance,
@@ -826,11 +837,34 @@ class Trainer:
             state.epoch, state.global_step, state.train_seconds, decay, phases, scored, advantages, losses
         )
         record["lr"] = self.optimizer.param_groups[0]["lr"]  # what the next step will use
+        record.update(self.watch(samples))
         if self.dist.enabled:  # part of the phases above: gathers, the gradient sum, waiting for ranks
             record["seconds_collectives"] = self.dist.seconds["collectives"] - waited
             record["ranks"] = self.dist.world_size
         self.log(record)
         return samples, scored, phases
+
+    def watch(self, samples: Samples) -> dict[str, float]:
+        """`monitor/<name>/<key>` of every `[log] monitors` entry on this epoch's samples. Each rank
+        measures its own images (a prompt group split over two ranks counts as two groups); the ranks'
+        values are averaged, NaN ones (nothing to measure) left out."""
+        if not self.monitors:
+            return {}
+        local = samples.local
+        assert local is not None
+        mine = {
+            f"monitor/{monitor.name}/{key}": value
+            for monitor in self.monitors
+            for key, value in monitor(
+                samples.images, samples.prompts[local], samples.group_ids[local], samples.metadata[local]
+            ).items()
+        }
+        parts = self.dist.gather_objects(mine) if self.dist.enabled else [mine]
+        watched = {}
+        for key in mine:
+            values = [part[key] for part in parts if not math.isnan(part[key])]
+            watched[key] = sum(values) / len(values) if values else math.nan
+        return watched
 
     @contextlib.contextmanager
     def _stop_at_epoch_end_on_signals(self) -> Iterator[None]:

@@ -47,7 +47,8 @@ def sample_grid(
 
 
 def plot_curves(records: list[dict], path: str | Path) -> None:
-    """`curves.png`: training reward (raw, per reward), loss and eval scores against wall-clock minutes."""
+    """`curves.png`: training reward (raw, per reward), loss (and mean |v - v_old|), eval scores and the
+    monitors (`monitor/*`) against training minutes."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -55,13 +56,20 @@ def plot_curves(records: list[dict], path: str | Path) -> None:
 
     train = [r for r in records if r.get("kind") == "train"]
     evals = [r for r in records if r.get("kind") == "eval"]
-    figure, axes = plt.subplots(1, 3, figsize=(15, 4))
+    figure, axes = plt.subplots(1, 4, figsize=(20, 4))
     if train:
         minutes = [r["train_minutes"] for r in train]
         for key in train[-1]:
             if key.startswith("reward/") and key.endswith("/raw_mean"):
                 axes[0].plot(minutes, [r.get(key) for r in train], label=key.split("/")[1])
-        axes[1].plot(minutes, [r.get("loss") for r in train], color="tab:red")
+        axes[1].plot(minutes, [r.get("loss") for r in train], color="tab:red", label="loss")
+        if any("v_old_gap" in r for r in train):
+            gap = axes[1].twinx()
+            gap.plot(minutes, [r.get("v_old_gap") for r in train], color="tab:gray", label="|v - v_old|")
+            gap.set_ylabel("mean |v - v_old|", fontsize=8)
+        for key in train[-1]:
+            if key.startswith("monitor/"):
+                axes[3].plot(minutes, [r.get(key) for r in train], label=key[len("monitor/") :])
     axes[0].set(title="training reward (raw mean)", xlabel="training minutes")
     axes[1].set(title="loss", xlabel="training minutes")
     if evals:
@@ -74,6 +82,7 @@ def plot_curves(records: list[dict], path: str | Path) -> None:
                     minutes, [r.get(key) for r in evals], linestyle=":", alpha=0.6, label=key.split("/")[-1]
                 )
     axes[2].set(title="eval (EMA, CFG-free)", xlabel="training minutes")
+    axes[3].set(title="monitors (never trained on)", xlabel="training minutes")
     for axis in axes:
         axis.grid(alpha=0.3)
         if axis.get_legend_handles_labels()[0]:

@@ -59,6 +59,18 @@ def register_rewards(register):
 
 
 @hookimpl
+def register_monitors(register):
+    from nft_shapes.monitor import ShapesDiversity, ShapesDiversityOptions
+
+    register(
+        "shapes-diversity",
+        ShapesDiversity,
+        options=ShapesDiversityOptions,
+        description="colour and layout entropy of the groups whose prompt leaves them free",
+    )
+
+
+@hookimpl
 def register_prompt_sources(register):
     register("shapes", shapes_prompts)
 
