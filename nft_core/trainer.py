@@ -837,6 +837,7 @@ class Trainer:
             state.epoch, state.global_step, state.train_seconds, decay, phases, scored, advantages, losses
         )
         record["lr"] = self.optimizer.param_groups[0]["lr"]  # what the next step will use
+        record["samples/stored_bytes_per_sample"] = samples.stored_bytes_per_sample
         record.update(self.watch(samples))
         if self.dist.enabled:  # part of the phases above: gathers, the gradient sum, waiting for ranks
             record["seconds_collectives"] = self.dist.seconds["collectives"] - waited
