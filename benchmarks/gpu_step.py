@@ -71,8 +71,8 @@ def build(config: dict[str, Any], device: torch.device, lora: bool):
     """The transformer (frozen weights in bf16, trained ones in fp32) and a `velocity(view, ...)`."""
     from diffusers import SD3Transformer2DModel
 
-    from nft_policies.sd3.adapters import LoraViews
-    from nft_policies.sd3.options import LoraOptions
+    from nft_policies.base.lora import LoraViews
+    from nft_policies.base.options import LoraOptions
 
     torch.manual_seed(0)
     transformer = SD3Transformer2DModel(**config).to(device)

@@ -367,12 +367,15 @@ def plugin_new(
 
 
 def build_app() -> typer.Typer:
-    """The app with `nft sample` and every plugin's commands added (a broken plugin is reported)."""
+    """The app with `nft sample`, `nft export` and every plugin's commands added (a broken plugin is
+    reported)."""
+    from nft_core.export import add_export_command
     from nft_core.plugins import load_plugins
     from nft_core.sample import add_sample_command
 
     if not any(info.name == "sample" for info in app.registered_commands):
         add_sample_command(app)
+        add_export_command(app)
         load_plugins().hook.register_commands(app=app)  # once: a second call would add them again
     return app
 

@@ -101,11 +101,29 @@ def append_jsonl(path: str | Path, record: dict[str, Any]) -> None:
         handle.flush()
 
 
+KNOWN_PROMPT_FILES = {
+    ("geneval", "evaluation_metadata.jsonl"): "prompts/evaluation_metadata.jsonl of djghosh13/geneval",
+    ("ocr", "train.txt"): "the reference's dataset/ocr/train.txt (NVlabs/DiffusionNFT)",
+    ("ocr", "test.txt"): "the reference's dataset/ocr/test.txt (NVlabs/DiffusionNFT)",
+    ("pickscore", "train.txt"): "the reference's dataset/pickscore/train.txt (NVlabs/DiffusionNFT)",
+    ("pickscore", "test.txt"): "the reference's dataset/pickscore/test.txt (NVlabs/DiffusionNFT)",
+}
+"""Prompt files the presets name and do not ship (licences and size), with where to get each."""
+
+
+def missing_prompt_file(path: Path) -> str:
+    """The one line for a prompt file that is not there: where to get it when a preset names it."""
+    source = KNOWN_PROMPT_FILES.get((path.parent.name, path.name))
+    if source is not None:
+        return f"{path}: prompt file not found; download {source} and put it there (examples/README.md)"
+    return f"{path}: prompt file not found"
+
+
 def read_prompt_file(path: str | Path) -> list[PromptItem]:
     """`.txt`: one prompt per non-empty line. `.jsonl`: GenEval metadata lines with `prompt`."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"{path}: prompt file not found")
+        raise UserError(missing_prompt_file(path))
     lines = path.read_text(encoding="utf-8").splitlines()
     if path.suffix == ".jsonl":
         items = []

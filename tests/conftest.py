@@ -1,4 +1,4 @@
-"""Shared fixtures: a tiny random shapes-tiny checkpoint and a fast run config."""
+"""Shared fixtures: a tiny random shapes-tiny checkpoint, a fast run config, a toy reward."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from tests._toy_reward import brightness_reward  # noqa: F401 (a fixture for the policy tests)
 
 # Tiny models are much faster on one thread than on two oversubscribed ones (measured: ~100x on small layers).
 os.environ.setdefault("OMP_NUM_THREADS", "1")

@@ -453,7 +453,7 @@ def test_sample_writes_flat_and_geneval_layouts(lora_run, tmp_path):
 
 # ---- errors and presets -----------------------------------------------------------------------------
 def test_missing_or_wrong_checkpoints_give_one_line_errors(model_dir, tmp_path, monkeypatch):
-    from nft_policies.sd3.loading import resolve_folder
+    from nft_policies.base.loading import resolve_folder
 
     with pytest.raises(UserError, match="does not exist"):
         make_policy(tmp_path / "nowhere")
@@ -489,7 +489,7 @@ def test_missing_or_wrong_checkpoints_give_one_line_errors(model_dir, tmp_path, 
 def test_weights_dir_layout_is_found_before_the_hub(model_dir, tmp_path, monkeypatch):
     import shutil
 
-    from nft_policies.sd3.loading import resolve_folder
+    from nft_policies.base.loading import resolve_folder
 
     shutil.copytree(model_dir, tmp_path / "org" / "tiny")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -500,7 +500,7 @@ def test_weights_dir_layout_is_found_before_the_hub(model_dir, tmp_path, monkeyp
 @pytest.mark.parametrize("preset", PRESETS, ids=[p.stem for p in PRESETS])
 def test_presets_validate_without_loading_weights(preset, monkeypatch):
     from nft_core.cli import build_app
-    from nft_policies.sd3 import loading
+    from nft_policies.base import loading
 
     def forbidden(*args, **kwargs):
         raise AssertionError("validation must not load weights")
@@ -655,3 +655,35 @@ def test_full_finetuning_sharded_with_fsdp2_on_two_gloo_ranks_matches_one_proces
     for name, value in saved.items():
         if f"ema.{name}" in two:
             torch.testing.assert_close(value, two[f"ema.{name}"], rtol=0, atol=0)
+
+
+def test_nft_export_writes_a_diffusers_lora_and_a_merged_pipeline(lora_run, model_dir, tmp_path):
+    from diffusers import StableDiffusion3Pipeline
+
+    from nft_core.cli import build_app
+
+    trainer, _, _, _ = lora_run
+    for args in (["--out", str(tmp_path / "lora")], ["--out", str(tmp_path / "merged"), "--merge"]):
+        result = runner.invoke(build_app(), ["export", str(trainer.run_dir), *args])
+        assert result.exit_code == 0, result.output
+    call = dict(
+        prompt=PROMPTS[:1],
+        num_inference_steps=2,
+        guidance_scale=1.0,
+        height=RESOLUTION,
+        width=RESOLUTION,
+        max_sequence_length=MAX_SEQUENCE_LENGTH,
+        output_type="pt",
+    )
+
+    def images(pipeline):
+        return pipeline(**call, generator=torch.Generator().manual_seed(0)).images
+
+    base = stock_pipeline(model_dir)
+    before = images(base)
+    base.load_lora_weights(str(tmp_path / "lora"))
+    with_lora = images(base)
+    assert (with_lora - before).abs().max() > 1e-4
+    merged = StableDiffusion3Pipeline.from_pretrained(str(tmp_path / "merged"))
+    merged.set_progress_bar_config(disable=True)
+    torch.testing.assert_close(images(merged), with_lora, rtol=0, atol=1e-4)

@@ -2,83 +2,36 @@
 
 Conventions (verified against `StableDiffusion3Pipeline` in tests/test_sd3_policy.py): our `t in [0, 1]`
 is the scheduler's sigma, the transformer's `timestep` is `t * num_train_timesteps` (1000), and its output
-is the flow velocity `eps - x0` of `x_t = (1 - t) x0 + t eps`, the same `v` the objective uses.
+is the flow velocity `eps - x0` of `x_t = (1 - t) x0 + t eps`, the same `v` the objective uses. What every
+flow-transformer policy shares is in `nft_policies.base.policy`.
 """
 
 from __future__ import annotations
 
-import copy
-from collections import OrderedDict
-from collections.abc import Iterable, Sequence
-from contextlib import nullcontext
-from pathlib import Path
-from typing import Any
-
 import torch
 
 from nft_core.errors import UserError
-from nft_core.protocols import VIEWS
-from nft_core.types import PRECISION_DTYPES, Cond
-from nft_policies.sd3.adapters import LoraViews
-from nft_policies.sd3.loading import load_pipeline
+from nft_core.types import Cond
+from nft_policies.base.policy import LORA_FILE, TRANSFORMER_FOLDER, FlowTransformerPolicy
 from nft_policies.sd3.options import SD3Options
 
-LORA_FILE = "pytorch_lora_weights.safetensors"
-TRANSFORMER_FOLDER = "transformer"
 
-
-def _frozen(module: torch.nn.Module) -> torch.nn.Module:
-    module.requires_grad_(False)
-    return module.eval()
-
-
-class SD3Policy:
+class SD3Policy(FlowTransformerPolicy):
     """SD3 transformer with LoRA adapters `default` / `old` (reference = adapters off) or full copies.
 
-    Text encoders and VAE are frozen; prompt embeddings are computed once per prompt and cached on the
-    CPU; images are decoded through the VAE (scaling and shift factors) to `[0, 1]`.
+    Text encoders and VAE are frozen; prompt embeddings (`prompt_embeds [N, L, D]`, `pooled_prompt_embeds
+    [N, P]`) are computed once per prompt and cached on the CPU; images are decoded through the VAE.
     """
 
     name = "sd3"
+    Options = SD3Options
 
-    def __init__(self, **options: Any) -> None:
-        self.options = SD3Options(**options)
-        opts = self.options
-        self.compute_dtype = PRECISION_DTYPES[opts.precision]
-        self.pipeline = load_pipeline(
-            opts.model, opts.revision, opts.weights_dir, opts.t5, self.compute_dtype
-        )
-        for part in ("text_encoder", "text_encoder_2", "text_encoder_3", "vae"):
-            if getattr(self.pipeline, part, None) is not None:
-                _frozen(getattr(self.pipeline, part))
-        self.transformer = self.pipeline.transformer
-        self.latent_shape = self._latent_shape(opts.resolution)
+    def __init__(self, **options) -> None:
+        super().__init__(**options)
         self.num_train_timesteps = float(self.pipeline.scheduler.config.num_train_timesteps)
-        self.lora: LoraViews | None = None
-        self.old_transformer: torch.nn.Module | None = None
-        self.reference_transformer: torch.nn.Module | None = None
-        if opts.lora_options is not None:
-            self.lora = LoraViews(self.transformer, opts.lora_options)
-            self._cast_frozen_weights(self.transformer)
-        else:
-            self.transformer.requires_grad_(True)
-            self.old_transformer = _frozen(copy.deepcopy(self.transformer))
-            if opts.keep_reference:
-                self.reference_transformer = _frozen(copy.deepcopy(self.transformer).to(self.compute_dtype))
-        if opts.gradient_checkpointing:
-            self.transformer.enable_gradient_checkpointing()
-        if opts.compile:
-            for network in self._networks():
-                network.compile()
-        self.device = torch.device("cpu")
-        self.sharded = False
-        """Whether `fully_shard` sharded the transformers (FSDP2, full fine-tuning)."""
-        self._cache: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
-        self._null: tuple[torch.Tensor, torch.Tensor] | None = None
 
-    # ---- set-up -------------------------------------------------------------------------------------
     def _latent_shape(self, resolution: int) -> tuple[int, int, int]:
-        vae_scale = 2 ** (len(self.pipeline.vae.config.block_out_channels) - 1)
+        vae_scale = self._vae_scale()
         config = self.transformer.config
         multiple = vae_scale * config.patch_size
         if resolution % multiple:
@@ -95,29 +48,8 @@ class SD3Policy:
             )
         return (config.in_channels, side, side)
 
-    def _cast_frozen_weights(self, transformer: torch.nn.Module) -> None:
-        """Frozen base weights in the autocast dtype; the LoRA weights stay float32."""
-        assert self.lora is not None
-        if self.compute_dtype == torch.float32:
-            return
-        lora = {id(p) for p in (*self.lora.trained.values(), *self.lora.old.values())}
-        for parameter in transformer.parameters():
-            if id(parameter) not in lora and parameter.is_floating_point():
-                parameter.data = parameter.data.to(self.compute_dtype)
-
-    def _networks(self) -> list[torch.nn.Module]:
-        return [
-            n for n in (self.transformer, self.old_transformer, self.reference_transformer) if n is not None
-        ]
-
-    def _autocast(self):
-        if self.compute_dtype == torch.float32:
-            return nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.compute_dtype)
-
-    # ---- prompts ------------------------------------------------------------------------------------
     @torch.no_grad()
-    def _encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _encode(self, prompts: list[str]) -> dict[str, torch.Tensor]:
         embeds, _, pooled, _ = self.pipeline.encode_prompt(
             prompt=prompts,
             prompt_2=None,
@@ -126,234 +58,21 @@ class SD3Policy:
             do_classifier_free_guidance=False,
             max_sequence_length=self.options.max_sequence_length,
         )
-        return embeds.cpu(), pooled.cpu()
+        return {"prompt_embeds": embeds.cpu(), "pooled_prompt_embeds": pooled.cpu()}
 
-    def _lookup(self, prompts: Sequence[str]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """Embeddings of each distinct prompt: from the LRU cache, the rest encoded in batches."""
-        found: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        missing = []
-        for prompt in dict.fromkeys(prompts):
-            if prompt in self._cache:
-                self._cache.move_to_end(prompt)
-                found[prompt] = self._cache[prompt]
-            else:
-                missing.append(prompt)
-        step = self.options.text_batch_size
-        for start in range(0, len(missing), step):
-            batch = missing[start : start + step]
-            embeds, pooled = self._encode(batch)
-            for row, prompt in enumerate(batch):
-                found[prompt] = (embeds[row].clone(), pooled[row].clone())
-                if self.options.prompt_cache_size:
-                    self._cache[prompt] = found[prompt]
-        while len(self._cache) > self.options.prompt_cache_size:
-            self._cache.popitem(last=False)
-        return found
+    def _forward(
+        self, network: torch.nn.Module, x_t: torch.Tensor, t: torch.Tensor, cond: Cond
+    ) -> torch.Tensor:
+        return network(
+            hidden_states=x_t,
+            timestep=t * self.num_train_timesteps,
+            encoder_hidden_states=cond["prompt_embeds"],
+            pooled_projections=cond["pooled_prompt_embeds"],
+            return_dict=False,
+        )[0]
 
-    def encode_prompts(self, prompts: Sequence[str]) -> Cond:
-        """`prompt_embeds [N, L, D]` and `pooled_prompt_embeds [N, P]` on the policy's device."""
-        found = self._lookup(prompts)
-        return {
-            "prompt_embeds": torch.stack([found[p][0] for p in prompts]).to(self.device),
-            "pooled_prompt_embeds": torch.stack([found[p][1] for p in prompts]).to(self.device),
-        }
-
-    def null_cond(self, batch_size: int) -> Cond:
-        """The empty prompt's embeddings (SD3's unconditional input for classifier-free guidance)."""
-        if self._null is None:
-            embeds, pooled = self._encode([""])
-            self._null = (embeds[0], pooled[0])
-        embeds, pooled = self._null
-        return {
-            "prompt_embeds": embeds.to(self.device).expand(batch_size, *embeds.shape),
-            "pooled_prompt_embeds": pooled.to(self.device).expand(batch_size, *pooled.shape),
-        }
-
-    # ---- the network --------------------------------------------------------------------------------
-    def velocity(self, view: str, x_t: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:
-        """The transformer's output (the velocity `eps - x0`) of one view at `(x_t, t)`."""
-        if view not in VIEWS:
-            raise ValueError(f"unknown policy view {view!r}; allowed: {', '.join(VIEWS)}")
-        timestep = (
-            t.to(device=x_t.device, dtype=torch.float32).expand(x_t.shape[0]) * self.num_train_timesteps
-        )
-        if self.lora is not None:
-            network, switch = self.transformer, self.lora.use(view)
-        else:
-            network, switch = self._full_network(view), nullcontext()
-        with switch, self._autocast():
-            out = network(
-                hidden_states=x_t,
-                timestep=timestep,
-                encoder_hidden_states=cond["prompt_embeds"],
-                pooled_projections=cond["pooled_prompt_embeds"],
-                return_dict=False,
-            )[0]
-        if self.sharded and not torch.is_grad_enabled():
-            network.reshard()  # FSDP2 keeps the root's weights gathered for a backward; none follows
-        return out.to(x_t.dtype)
-
-    def fully_shard(self, mesh) -> None:
-        """FSDP2 (`train.parallel = "fsdp2"`): each transformer block and the rest of the current, old and
-        reference transformers sharded over `mesh`. Full fine-tuning only: a LoRA is small enough to
-        replicate."""
-        if self.lora is not None:
-            raise UserError(
-                "train.parallel: fsdp2 shards full fine-tuning (policy.lora = false); a LoRA is small, "
-                'use train.parallel = "replicate"'
-            )
-        from torch.distributed.fsdp import fully_shard
-
-        for network in self._networks():
-            for block in network.transformer_blocks:
-                fully_shard(block, mesh=mesh)
-            fully_shard(network, mesh=mesh)
-        self.sharded = True
-
-    def _full_network(self, view: str) -> torch.nn.Module:
-        if view == "current":
-            return self.transformer
-        if view == "old":
-            assert self.old_transformer is not None
-            return self.old_transformer
-        if self.reference_transformer is None:
-            raise UserError(
-                "the reference view is needed (objective.kl_weight > 0) but policy.keep_reference = false"
-            )
-        return self.reference_transformer
-
-    @torch.no_grad()
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Latents -> images `[N, 3, H, W]` in `[0, 1]` through the VAE (in batches)."""
-        vae = self.pipeline.vae
-        scaling = vae.config.scaling_factor
-        shift = getattr(vae.config, "shift_factor", None) or 0.0
-        images = []
-        for chunk in latents.split(self.options.decode_batch_size):
-            z = chunk.to(device=self.device, dtype=vae.dtype) / scaling + shift
-            decoded = vae.decode(z, return_dict=False)[0]
-            images.append((decoded.float() / 2 + 0.5).clamp(0, 1))
-        return torch.cat(images)
-
-    # ---- training state -----------------------------------------------------------------------------
-    def trainable_parameters(self) -> Iterable[tuple[str, torch.nn.Parameter]]:
-        """LoRA: the `default` adapter's weights; full fine-tuning: every transformer weight."""
-        if self.lora is not None:
-            return list(self.lora.trained.items())
-        return list(self.transformer.named_parameters())
-
-    def old_parameters(self) -> Iterable[tuple[str, torch.Tensor]]:
-        """LoRA: the `old` adapter's weights under their `default` twins' names; full: the old copy."""
-        if self.lora is not None:
-            return list(self.lora.old.items())
-        assert self.old_transformer is not None
-        return list(self.old_transformer.named_parameters())
-
-    @torch.no_grad()
-    def refresh_old(self, decay: float) -> None:
-        """`old <- decay * old + (1 - decay) * current`."""
-        if self.lora is not None:
-            self.lora.refresh(decay)
-            return
-        assert self.old_transformer is not None
-        for old, new in zip(self.old_transformer.parameters(), self.transformer.parameters(), strict=True):
-            old.lerp_(new.to(old.dtype), 1.0 - decay)
-
-    def train(self, mode: bool = True) -> SD3Policy:
-        """Train/eval mode of the trained transformer (frozen parts stay in eval)."""
-        self.transformer.train(mode)
-        return self
-
-    def to(self, device: torch.device | str) -> SD3Policy:
-        """Move every component (dtypes unchanged)."""
-        self.device = torch.device(device)
-        self.pipeline.to(self.device)
-        for network in self._networks():
-            network.to(self.device)
-        return self
-
-    def save_trainable(self, directory: str) -> None:
-        """LoRA: `pytorch_lora_weights.safetensors` (diffusers' `load_lora_weights`); full: `transformer/`."""
-        folder = Path(directory)
-        if self.lora is not None:
-            from diffusers import StableDiffusion3Pipeline
-
-            StableDiffusion3Pipeline.save_lora_weights(
-                str(folder),
-                transformer_lora_layers=self.lora.state_dict(),
-                transformer_lora_adapter_metadata=self.lora.metadata(),
-            )
-            return
-        if self.sharded:  # the whole weights gathered from their shards (a collective: every rank calls)
-            from safetensors.torch import save_file
-
-            state = {
-                k: getattr(v, "full_tensor", lambda v=v: v)().detach().cpu().contiguous()
-                for k, v in self.transformer.state_dict().items()
-            }
-            target = folder / TRANSFORMER_FOLDER
-            target.mkdir(parents=True, exist_ok=True)
-            self.transformer.save_config(str(target))
-            save_file(state, str(target / "diffusion_pytorch_model.safetensors"))
-            return
-        self.transformer.save_pretrained(str(folder / TRANSFORMER_FOLDER), safe_serialization=True)
-
-    def load_trainable(self, directory: str) -> None:
-        """Load what `save_trainable` wrote into `current` and `old` (reference stays the base model)."""
-        folder = Path(directory)
-        if self.lora is not None:
-            self._load_lora(folder)
-            return
-        source = folder / TRANSFORMER_FOLDER
-        if not (source / "config.json").is_file():
-            raise UserError(f"{folder}: no {TRANSFORMER_FOLDER}/ weights (a full fine-tuning checkpoint)")
-        from diffusers import SD3Transformer2DModel
-
-        state = SD3Transformer2DModel.from_pretrained(str(source)).state_dict()
-        try:
-            self.transformer.load_state_dict(state)
-        except RuntimeError as error:
-            raise UserError(
-                f"{source}: does not fit this model: {str(error).splitlines()[0][:200]}"
-            ) from None
-        assert self.old_transformer is not None
-        self.old_transformer.load_state_dict(state)
-
-    def _load_lora(self, folder: Path) -> None:
-        assert self.lora is not None
-        from safetensors import safe_open
-        from safetensors.torch import load_file
-
-        path = folder / LORA_FILE
-        if not path.is_file():
-            raise UserError(f"{folder}: no {LORA_FILE} (a LoRA checkpoint of the sd3 policy)")
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-        self._check_lora_metadata(path, metadata)
-        prefix = "transformer."
-        state = {k.removeprefix(prefix): v for k, v in load_file(str(path)).items() if k.startswith(prefix)}
-        if not state:
-            raise UserError(f"{path}: holds no transformer LoRA weights")
-        self.lora.load_state_dict(state, str(path))
-
-    def _check_lora_metadata(self, path: Path, metadata: dict[str, str]) -> None:
-        """Rank and alpha set the LoRA's scale: a checkpoint saved with others would load silently wrong."""
-        import json
-
-        assert self.lora is not None
-        raw = metadata.get("lora_adapter_metadata")
-        if not raw:
-            return
-        saved = json.loads(raw)
-        if not isinstance(saved, dict):
-            return
-        ours = self.lora.metadata()
-        for key in ("r", "lora_alpha"):
-            value = saved.get(f"transformer.{key}")
-            if value is not None and float(value) != float(ours[key]):
-                raise UserError(
-                    f"{path}: saved with {key} = {value}, the policy has {ours[key]} (make policy.lora match)"
-                )
+    def _blocks(self, network: torch.nn.Module) -> list[torch.nn.Module]:
+        return list(network.transformer_blocks)
 
 
 __all__ = ["LORA_FILE", "TRANSFORMER_FOLDER", "SD3Policy"]

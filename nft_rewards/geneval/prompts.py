@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from nft_core.errors import UserError
-from nft_core.io import read_prompt_file
+from nft_core.io import missing_prompt_file, read_prompt_file
 from nft_core.types import PromptItem
 
 NUMBERS = ("zero", "one", "two", "three", "four")
@@ -149,8 +149,9 @@ def _normalize(prompt: str) -> str:
 def _excluded_prompts(path: str) -> set[str]:
     """The normalized prompts of a GenEval metadata `.jsonl` (its `prompt` fields) or a `.txt` file."""
     if not Path(path).is_file():
+        where = missing_prompt_file(Path(path)).removeprefix(f"{path}: prompt file not found")
         raise UserError(
-            f"geneval:...,exclude={path}: file not found (a .jsonl of GenEval metadata or a .txt)"
+            f"geneval:...,exclude={path}: file not found (a .jsonl of GenEval metadata or a .txt){where}"
         )
     return {_normalize(item.prompt) for item in read_prompt_file(path)}
 

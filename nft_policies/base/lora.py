@@ -19,7 +19,7 @@ import torch
 
 from nft_core.errors import UserError
 from nft_core.protocols import VIEWS
-from nft_policies.sd3.options import LoraOptions
+from nft_policies.base.options import DEFAULT_TARGET_MODULES, LoraOptions
 
 TRAINED, OLD = "default", "old"
 _ADAPTER = re.compile(r"\.lora_[A-Za-z_]+\.([^.]+)(?:\.|$)")
@@ -40,7 +40,7 @@ def lora_config(options: LoraOptions):
         lora_alpha=options.alpha,
         init_lora_weights="gaussian" if options.init == "gaussian" else True,
         lora_dropout=options.dropout,
-        target_modules=list(options.target_modules),
+        target_modules=list(options.target_modules or DEFAULT_TARGET_MODULES),
     )
 
 

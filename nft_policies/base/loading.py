@@ -1,4 +1,5 @@
-"""Find and load a `StableDiffusion3Pipeline`: a local diffusers folder or a hub id, never a deep traceback.
+"""Find and load a diffusers pipeline of a policy's family: a local folder or a hub id, never a deep
+traceback.
 
 A hub id `org/name` is looked up, in order, in `<weights_dir>/<org>/<name>/` (the `weights_dir` option,
 else `$NFT_WEIGHTS_DIR`, as for the rewards) and the Hugging Face cache (downloading into it unless
@@ -9,15 +10,24 @@ from __future__ import annotations
 
 import json
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from nft_core.errors import UserError
 from nft_rewards.weights import is_hub_id
 
-PIPELINE_CLASS = "StableDiffusion3Pipeline"
-REQUIRED = ("transformer", "vae", "scheduler", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")
-T5_PARTS = ("text_encoder_3", "tokenizer_3")
+
+@dataclass(frozen=True)
+class PipelineSpec:
+    """What a policy needs of a pipeline folder: the diffusers class named in `model_index.json`, the
+    component folders it must hold, and the ones an option may leave out (with that option's hint)."""
+
+    policy: str
+    pipeline_class: str
+    required: tuple[str, ...]
+    optional: tuple[str, ...] = ()
+    optional_hint: str = ""
 
 
 def _download_hint(model: str, directory: Path | None) -> str:
@@ -29,8 +39,9 @@ def _download_hint(model: str, directory: Path | None) -> str:
     )
 
 
-def check_folder(folder: Path, model: str, t5: bool) -> None:
-    """A diffusers SD3 folder: `model_index.json` naming the SD3 pipeline and the component subfolders."""
+def check_folder(folder: Path, model: str, spec: PipelineSpec, with_optional: bool = True) -> None:
+    """A diffusers folder of `spec`'s family: `model_index.json` naming its pipeline class and the
+    component subfolders (the optional ones too, unless `with_optional` is false)."""
     index = folder / "model_index.json"
     if not index.is_file():
         raise UserError(
@@ -40,16 +51,18 @@ def check_folder(folder: Path, model: str, t5: bool) -> None:
         class_name = json.loads(index.read_text(encoding="utf-8")).get("_class_name")
     except (json.JSONDecodeError, AttributeError):
         raise UserError(f"policy.model: {index} is not valid JSON") from None
-    if class_name != PIPELINE_CLASS:
+    if class_name != spec.pipeline_class:
         raise UserError(
-            f"policy.model: {model!r} holds a {class_name} pipeline; the sd3 policy needs {PIPELINE_CLASS}"
+            f"policy.model: {model!r} holds a {class_name} pipeline; the {spec.policy} policy needs "
+            f"{spec.pipeline_class}"
         )
-    parts = REQUIRED + (T5_PARTS if t5 else ())
+    parts = spec.required + (spec.optional if with_optional else ())
     missing = [part for part in parts if not (folder / part).is_dir()]
     if missing:
+        only_optional = spec.optional_hint and set(missing) <= set(spec.optional)
         raise UserError(
             f"policy.model: {folder} lacks the component folder(s) {', '.join(missing)}"
-            + (" (set t5 = false to run without the T5 encoder)" if set(missing) <= set(T5_PARTS) else "")
+            + (f" ({spec.optional_hint})" if only_optional else "")
         )
 
 
@@ -71,9 +84,9 @@ def resolve_folder(model: str, revision: str | None = None, weights_dir: str | N
         return directory / model
     offline = hub_offline()
     try:
-        from diffusers import StableDiffusion3Pipeline
+        from diffusers import DiffusionPipeline
 
-        return Path(StableDiffusion3Pipeline.download(model, revision=revision, local_files_only=offline))
+        return Path(DiffusionPipeline.download(model, revision=revision, local_files_only=offline))
     except Exception as error:  # any hub or cache failure becomes one line that says what to do
         why = (
             "offline and not in the Hugging Face cache"
@@ -85,22 +98,33 @@ def resolve_folder(model: str, revision: str | None = None, weights_dir: str | N
         ) from None
 
 
-def load_pipeline(model: str, revision: str | None, weights_dir: str | None, t5: bool, frozen_dtype: Any):
-    """The pipeline: transformer and VAE in float32, the text encoders in `frozen_dtype`."""
+def load_pipeline(
+    spec: PipelineSpec,
+    model: str,
+    revision: str | None,
+    weights_dir: str | None,
+    frozen_dtype: Any,
+    with_optional: bool = True,
+):
+    """The pipeline of `spec`'s class: transformer and VAE in float32, the text encoders in
+    `frozen_dtype`; without `with_optional`, the optional components are not loaded (None)."""
+    import diffusers
     import torch
-    from diffusers import StableDiffusion3Pipeline
 
     folder = resolve_folder(model, revision, weights_dir)
-    check_folder(folder, model, t5)
-    extra: dict[str, Any] = {} if t5 else {"text_encoder_3": None, "tokenizer_3": None}
+    check_folder(folder, model, spec, with_optional)
+    extra: dict[str, Any] = {} if with_optional else dict.fromkeys(spec.optional)
     dtypes = {"default": frozen_dtype, "transformer": torch.float32, "vae": torch.float32}
+    pipeline_class = getattr(diffusers, spec.pipeline_class)
     try:
         with warnings.catch_warnings():  # newer diffusers renamed `torch_dtype` to `dtype`; both take a dict
             warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
-            return StableDiffusion3Pipeline.from_pretrained(str(folder), torch_dtype=dtypes, **extra)
+            return pipeline_class.from_pretrained(str(folder), torch_dtype=dtypes, **extra)
     except (OSError, ValueError, KeyError, RuntimeError) as error:
         first = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
-        raise UserError(f"policy.model: cannot load the SD3 pipeline from {folder}: {first}") from None
+        raise UserError(
+            f"policy.model: cannot load the {spec.pipeline_class} pipeline from {folder}: {first}"
+        ) from None
 
 
-__all__ = ["check_folder", "load_pipeline", "resolve_folder"]
+__all__ = ["PipelineSpec", "check_folder", "is_hub_id", "load_pipeline", "resolve_folder"]

@@ -1,0 +1,50 @@
+"""A toy reward for short runs on tiny random models: the images' mean brightness.
+
+JPEG size moves in whole bytes, and a few small steps of a tiny model often leave it where it was;
+brightness moves with every pixel. Registered for a test by the `brightness_reward` fixture.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import pytest
+import torch
+
+from nft_core import plugins, registry
+from nft_core.hookspecs import hookimpl
+from nft_rewards.base import BaseReward, RewardOptions
+
+
+class Brightness(BaseReward):
+    """The mean pixel value of each image, in [0, 1]: brighter scores higher."""
+
+    name: ClassVar[str] = "brightness"
+    Options = RewardOptions
+
+    def __init__(self, options: RewardOptions | None = None) -> None:
+        super().__init__(options or RewardOptions())
+        self.native_range = (0.0, 1.0)
+
+    def score_batch(
+        self, images: torch.Tensor, prompts: list[str], metadata: Any
+    ) -> tuple[torch.Tensor, dict]:
+        return images.float().mean(dim=(1, 2, 3)), {}
+
+
+class _ToyPlugin:
+    @staticmethod
+    @hookimpl
+    def register_rewards(register):
+        register("brightness", Brightness.from_options, options=RewardOptions, description="mean brightness")
+
+
+@pytest.fixture(scope="module")
+def brightness_reward():
+    """Register the `brightness` reward for the tests of a module."""
+    plugins.load_plugins()
+    plugins.pm.register(_ToyPlugin, name="nft-toy-brightness")
+    registry.clear_cache()
+    yield
+    plugins.pm.unregister(name="nft-toy-brightness")
+    registry.clear_cache()
