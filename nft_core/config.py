@@ -240,7 +240,7 @@ class LogConfig(_Strict):
     progress: bool = True
     monitors: list[str] = Field(
         default_factory=lambda: ["pixel-diversity"],
-        description="registered monitors of each epoch's samples (`nft list monitors`), logged as "
+        description="registered monitors of each epoch's samples (`nft plugins` lists them), logged as "
         "monitor/<name>/<key>: e.g. pixel-diversity, shapes-diversity",
     )
 
