@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from tests._rewards_tiny import clip_tokenizer
-from tests._sd3_tiny import t5_tokenizer
+from tests._sd3_tiny import clip_text_encoder, t5_encoder, t5_tokenizer, tiny_vae
 
 RESOLUTION = 32
 MAX_SEQUENCE_LENGTH = 16
@@ -22,36 +22,11 @@ MAX_SEQUENCE_LENGTH = 16
 
 def build_tiny_flux(seed: int = 0, guidance_embeds: bool = True):
     """The pipeline, randomly initialised with `seed`."""
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
-    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
 
     torch.manual_seed(seed)
     tokenizer, tokenizer_2 = clip_tokenizer(), t5_tokenizer()
-    clip = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=32,
-            intermediate_size=37,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            max_position_embeddings=77,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    )
-    t5 = T5EncoderModel(
-        T5Config(
-            vocab_size=len(tokenizer_2),
-            d_model=32,
-            d_kv=8,
-            d_ff=37,
-            num_layers=2,
-            num_heads=4,
-            relative_attention_num_buckets=8,
-            decoder_start_token_id=0,
-        )
-    )
+    clip, t5 = clip_text_encoder(tokenizer, projection=False), t5_encoder(tokenizer_2, 32)
     transformer = FluxTransformer2DModel(
         patch_size=1,
         in_channels=16,
@@ -64,19 +39,7 @@ def build_tiny_flux(seed: int = 0, guidance_embeds: bool = True):
         guidance_embeds=guidance_embeds,
         axes_dims_rope=(2, 2, 4),
     )
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=["DownEncoderBlock2D"] * 2,
-        up_block_types=["UpDecoderBlock2D"] * 2,
-        block_out_channels=[8, 16],
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=4,
-        sample_size=RESOLUTION,
-        scaling_factor=0.36,
-        shift_factor=0.11,
-    )
+    vae = tiny_vae(0.36, 0.11)
     scheduler = FlowMatchEulerDiscreteScheduler(
         use_dynamic_shifting=True,
         base_image_seq_len=16,

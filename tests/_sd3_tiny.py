@@ -27,8 +27,9 @@ def t5_tokenizer():
     return T5Tokenizer(vocab=pieces, extra_ids=0, model_max_length=512)
 
 
-def _clip_encoder(tokenizer):
-    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+def clip_text_encoder(tokenizer, projection: bool = True):
+    """A 2-layer CLIP text encoder (hidden 32), with a 32-d projection (SD3) or without (FLUX)."""
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     config = CLIPTextConfig(
         vocab_size=len(tokenizer),
@@ -42,26 +43,18 @@ def _clip_encoder(tokenizer):
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-    return CLIPTextModelWithProjection(config)
+    return CLIPTextModelWithProjection(config) if projection else CLIPTextModel(config)
 
 
-def build_tiny_sd3(seed: int = 0):
-    """The pipeline, randomly initialised with `seed`."""
-    from diffusers import (
-        AutoencoderKL,
-        FlowMatchEulerDiscreteScheduler,
-        SD3Transformer2DModel,
-        StableDiffusion3Pipeline,
-    )
+def t5_encoder(tokenizer, d_model: int):
+    """A 2-layer T5 encoder of width `d_model`."""
     from transformers import T5Config, T5EncoderModel
 
-    torch.manual_seed(seed)
-    tokenizer, tokenizer_2, tokenizer_3 = clip_tokenizer(), clip_tokenizer(), t5_tokenizer()
-    t5 = T5EncoderModel(
+    return T5EncoderModel(
         T5Config(
-            vocab_size=len(tokenizer_3),
-            d_model=64,
-            d_kv=16,
+            vocab_size=len(tokenizer),
+            d_model=d_model,
+            d_kv=d_model // 4,
             d_ff=64,
             num_layers=2,
             num_heads=4,
@@ -69,6 +62,34 @@ def build_tiny_sd3(seed: int = 0):
             decoder_start_token_id=0,
         )
     )
+
+
+def tiny_vae(scaling_factor: float, shift_factor: float):
+    """A 2-level KL VAE: 4 latent channels, downscale 2."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D"] * 2,
+        up_block_types=["UpDecoderBlock2D"] * 2,
+        block_out_channels=[8, 16],
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=4,
+        sample_size=RESOLUTION,
+        scaling_factor=scaling_factor,
+        shift_factor=shift_factor,
+    )
+
+
+def build_tiny_sd3(seed: int = 0):
+    """The pipeline, randomly initialised with `seed`."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+
+    torch.manual_seed(seed)
+    tokenizer, tokenizer_2, tokenizer_3 = clip_tokenizer(), clip_tokenizer(), t5_tokenizer()
+    t5 = t5_encoder(tokenizer_3, 64)
     transformer = SD3Transformer2DModel(
         sample_size=16,
         patch_size=2,
@@ -81,26 +102,14 @@ def build_tiny_sd3(seed: int = 0):
         caption_projection_dim=32,
         pooled_projection_dim=64,
     )
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=["DownEncoderBlock2D"] * 2,
-        up_block_types=["UpDecoderBlock2D"] * 2,
-        block_out_channels=[8, 16],
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=4,
-        sample_size=RESOLUTION,
-        scaling_factor=1.5,
-        shift_factor=0.06,
-    )
+    vae = tiny_vae(1.5, 0.06)
     return StableDiffusion3Pipeline(
         transformer=transformer,
         scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
         vae=vae,
-        text_encoder=_clip_encoder(tokenizer),
+        text_encoder=clip_text_encoder(tokenizer),
         tokenizer=tokenizer,
-        text_encoder_2=_clip_encoder(tokenizer_2),
+        text_encoder_2=clip_text_encoder(tokenizer_2),
         tokenizer_2=tokenizer_2,
         text_encoder_3=t5,
         tokenizer_3=tokenizer_3,

@@ -201,42 +201,19 @@ def test_the_exported_lora_loads_into_the_stock_pipeline_and_the_merged_export_e
 ):
     from diffusers import FluxPipeline
 
-    from nft_core.cli import build_app
+    from tests._export_check import check_export
 
-    trainer, summary = flux_run
-    run_dir = trainer.run_dir
-    result = runner.invoke(build_app(), ["export", str(run_dir), "--out", str(tmp_path / "lora")])
-    assert result.exit_code == 0, result.output
-    assert (tmp_path / "lora" / "pytorch_lora_weights.safetensors").is_file()
-    result = runner.invoke(
-        build_app(), ["export", str(run_dir), "--out", str(tmp_path / "merged"), "--merge"]
-    )
-    assert result.exit_code == 0, result.output
-    args = dict(
+    call = dict(
         prompt=PROMPTS[:1],
         num_inference_steps=2,
         guidance_scale=3.5,
         height=RESOLUTION,
         width=RESOLUTION,
         max_sequence_length=MAX_SEQUENCE_LENGTH,
-        output_type="pt",
     )
-
-    def images(pipeline):
-        return pipeline(**args, generator=torch.Generator().manual_seed(0)).images
-
-    base = stock_pipeline(model_dir)
-    before = images(base)
-    base.load_lora_weights(str(tmp_path / "lora"))
-    with_lora = images(base)
-    assert (with_lora - before).abs().max() > 1e-4, "the LoRA changes the stock pipeline's output"
-    merged = FluxPipeline.from_pretrained(str(tmp_path / "merged"))
-    merged.set_progress_bar_config(disable=True)
-    torch.testing.assert_close(images(merged), with_lora, rtol=0, atol=1e-4)
+    check_export(flux_run[0].run_dir, model_dir, FluxPipeline, call, tmp_path)
     index = json.loads((tmp_path / "merged" / "model_index.json").read_text())
     assert index["_class_name"] == "FluxPipeline"
-    again = runner.invoke(build_app(), ["export", str(run_dir), "--out", str(tmp_path / "lora")])
-    assert again.exit_code == 2 and "not empty" in again.output
 
 
 FLUX_PRESETS = sorted((Path(__file__).resolve().parents[1] / "examples").glob("flux1-dev-*.toml"))

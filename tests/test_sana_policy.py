@@ -8,13 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
 from nft_core.testing import check_policy
 from tests._sana_tiny import MAX_SEQUENCE_LENGTH, RESOLUTION, sana_options, save_tiny_sana
 
 PROMPTS = ["a red circle", "two blue squares", "a green triangle", "one yellow star"]
-runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
@@ -157,12 +155,8 @@ def test_the_exported_lora_loads_into_the_stock_pipeline_and_the_merged_export_e
 ):
     from diffusers import SanaPipeline
 
-    from nft_core.cli import build_app
+    from tests._export_check import check_export
 
-    trainer, _ = sana_run
-    for args in (["--out", str(tmp_path / "lora")], ["--out", str(tmp_path / "merged"), "--merge"]):
-        result = runner.invoke(build_app(), ["export", str(trainer.run_dir), *args])
-        assert result.exit_code == 0, result.output
     call = dict(
         prompt=PROMPTS[:1],
         num_inference_steps=2,
@@ -171,17 +165,5 @@ def test_the_exported_lora_loads_into_the_stock_pipeline_and_the_merged_export_e
         width=RESOLUTION,
         max_sequence_length=MAX_SEQUENCE_LENGTH,
         complex_human_instruction=None,
-        output_type="pt",
     )
-
-    def images(pipeline):
-        return pipeline(**call, generator=torch.Generator().manual_seed(0)).images
-
-    base = stock_pipeline(model_dir)
-    before = images(base)
-    base.load_lora_weights(str(tmp_path / "lora"))
-    with_lora = images(base)
-    assert (with_lora - before).abs().max() > 1e-4
-    merged = SanaPipeline.from_pretrained(str(tmp_path / "merged"))
-    merged.set_progress_bar_config(disable=True)
-    torch.testing.assert_close(images(merged), with_lora, rtol=0, atol=1e-4)
+    check_export(sana_run[0].run_dir, model_dir, SanaPipeline, call, tmp_path)

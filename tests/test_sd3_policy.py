@@ -660,12 +660,8 @@ def test_full_finetuning_sharded_with_fsdp2_on_two_gloo_ranks_matches_one_proces
 def test_nft_export_writes_a_diffusers_lora_and_a_merged_pipeline(lora_run, model_dir, tmp_path):
     from diffusers import StableDiffusion3Pipeline
 
-    from nft_core.cli import build_app
+    from tests._export_check import check_export
 
-    trainer, _, _, _ = lora_run
-    for args in (["--out", str(tmp_path / "lora")], ["--out", str(tmp_path / "merged"), "--merge"]):
-        result = runner.invoke(build_app(), ["export", str(trainer.run_dir), *args])
-        assert result.exit_code == 0, result.output
     call = dict(
         prompt=PROMPTS[:1],
         num_inference_steps=2,
@@ -673,17 +669,5 @@ def test_nft_export_writes_a_diffusers_lora_and_a_merged_pipeline(lora_run, mode
         height=RESOLUTION,
         width=RESOLUTION,
         max_sequence_length=MAX_SEQUENCE_LENGTH,
-        output_type="pt",
     )
-
-    def images(pipeline):
-        return pipeline(**call, generator=torch.Generator().manual_seed(0)).images
-
-    base = stock_pipeline(model_dir)
-    before = images(base)
-    base.load_lora_weights(str(tmp_path / "lora"))
-    with_lora = images(base)
-    assert (with_lora - before).abs().max() > 1e-4
-    merged = StableDiffusion3Pipeline.from_pretrained(str(tmp_path / "merged"))
-    merged.set_progress_bar_config(disable=True)
-    torch.testing.assert_close(images(merged), with_lora, rtol=0, atol=1e-4)
+    check_export(lora_run[0].run_dir, model_dir, StableDiffusion3Pipeline, call, tmp_path)
