@@ -527,14 +527,15 @@ class Trainer:
         writing its own shards) and `state.json`; complete or absent (`write_checkpoint`). Older
         checkpoints beyond `log.keep_checkpoints` are deleted after it."""
         folder = self.run_dir / "checkpoints" / f"step_{self.state.global_step:05d}"
+        if not self.dist.is_main:
+            if self.sharded:  # only a sharded rank has state of its own to write (its shards)
+                tensors, _ = self.resume_state()
+                self._write_shards_with_rank_zero({n: v for n, v in tensors.items() if is_sharded(v)})
+            self.dist.barrier()  # every rank holds the same state: rank 0 writes it, the others wait
+            return folder
         tensors, resume = self.resume_state()
         shards = {name: value for name, value in tensors.items() if is_sharded(value)}
         whole = {name: value for name, value in tensors.items() if name not in shards}
-        if not self.dist.is_main:
-            if self.sharded:
-                self._write_shards_with_rank_zero(shards)
-            self.dist.barrier()  # every rank holds the same state: rank 0 writes it, the others wait
-            return folder
         state = {
             "epoch": self.state.epoch,
             "global_step": self.state.global_step,
