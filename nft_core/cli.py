@@ -21,6 +21,7 @@ except ImportError:  # older typer runs on click itself
     from click import exceptions as cli_errors
 
 from nft_core.errors import JobError, UserError
+from nft_core.options import parse_option
 from nft_core.scaffold import TEMPLATE_DIR, scaffold_plugin
 
 _NO_ARGS = getattr(cli_errors, "NoArgsIsHelpError", ())
@@ -74,10 +75,18 @@ DEBUG_ENV = "NFT_DEBUG"
 
 @app.callback()
 def _options(
+    ctx: typer.Context,
     debug: bool = typer.Option(False, "--debug", help="print the traceback behind a one-line error"),
 ) -> None:
     """DiffusionNFT: online RL for flow-matching image models."""
     _debug["on"] = debug
+    ctx.obj = {"load_reward": _load_reward}  # plugins' commands build any registered reward with it
+
+
+def _load_reward(name: str, **options: Any) -> Any:
+    from nft_core import api
+
+    return api.load_reward(name, **options)
 
 
 _debug = {"on": False}
@@ -220,18 +229,6 @@ def plugins() -> None:
         )
     errors = [vars(error) for error in plugin_module.load_errors]
     typer.echo(json.dumps({"plugins": listing, "errors": errors}, indent=2))
-
-
-def parse_option(text: str) -> tuple[str, Any]:
-    """`key=value`, the value read as a JSON literal (`1e-3`, `true`, `"x"`), else kept as a string."""
-    key, sep, value = text.partition("=")
-    if not sep or not key.strip():
-        raise UserError(f"--option expects key=value, got {text!r}")
-    try:
-        parsed = json.loads(value)
-    except json.JSONDecodeError:
-        parsed = value
-    return key.strip(), parsed
 
 
 def _reward(name: str, options: list[str] | None, device: str):

@@ -14,9 +14,9 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from nft_core.errors import ConfigError
+from nft_core.errors import ConfigError, UserError
 
-__all__ = ["explain", "toml_json", "toml_path", "validate_options"]
+__all__ = ["explain", "parse_option", "toml_json", "toml_path", "validate_options"]
 
 Model = TypeVar("Model", bound=BaseModel)
 
@@ -200,3 +200,16 @@ def validate_options(
     except ValidationError as error:
         line = explain(error, model, path)
         raise ConfigError(f"{owner}: {line}" if owner else line) from None
+
+
+def parse_option(text: str) -> tuple[str, Any]:
+    """`key=value` of a command line's `-o/--set`, the value read as a JSON literal (`1e-3`, `true`, `"x"`),
+    else kept as a string."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise UserError(f"--option expects key=value, got {text!r}")
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError:
+        parsed = value
+    return key.strip(), parsed

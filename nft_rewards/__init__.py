@@ -29,6 +29,7 @@ BUILTIN_REWARDS: dict[str, str] = {
     "geneval": "nft_rewards.geneval.reward:GenEvalReward",
     "jpeg-compressibility": "nft_rewards.jpeg:JpegCompressibility",
     "jpeg-incompressibility": "nft_rewards.jpeg:JpegIncompressibility",
+    "remote": "nft_rewards.remote:RemoteReward",
 }
 """Name -> `module:Class`; each class carries its pydantic `Options` and builds with `from_options`."""
 

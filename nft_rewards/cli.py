@@ -1,4 +1,5 @@
-"""`nft weights download REWARD [--dir DIR]` / `nft weights list`: the built-in rewards' checkpoints.
+"""`nft weights download REWARD [--dir DIR]` / `nft weights list`: the built-in rewards' checkpoints;
+`nft reward serve NAME` (nft_rewards.serving).
 
 Added to the `nft` Typer app by `nft_rewards.plugin.register_commands`. (`nft score` and `nft eval`,
 which score with any registered reward, built-in or installed, live with the core's commands.)
@@ -65,9 +66,12 @@ def _group(app: typer.Typer, name: str, help_text: str) -> typer.Typer:
 
 
 def add_commands(app: typer.Typer) -> None:
-    """Add `weights download|list` to the `nft` Typer app."""
+    """Add `weights download|list` and `reward serve` to the `nft` Typer app."""
     weights = _group(app, "weights", "Reward model weights.")
     if any(info.name == "download" for info in weights.registered_commands):
         return  # added by an earlier build of the app
     weights.command("download")(weights_download_command)
     weights.command("list")(weights_list_command)
+    from nft_rewards.serving.command import serve_command
+
+    _group(app, "reward", "Serve a reward over HTTP (docs/serving.md).").command("serve")(serve_command)

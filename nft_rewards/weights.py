@@ -82,6 +82,7 @@ WEIGHTS: dict[str, tuple[HubFiles, ...]] = {
     "ocr": (),
     "jpeg-compressibility": (),
     "jpeg-incompressibility": (),
+    "remote": (),  # the served reward needs its weights where the server runs
 }
 """Per reward, the hub files its default options need (`nft weights download REWARD` fetches them)."""
 

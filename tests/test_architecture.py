@@ -31,9 +31,10 @@ CONTRACT = {
     "nft_core.protocols",
     "nft_core.sde",
     "nft_core.types",
+    "nft_core.wire",
 }
 """The core modules a plugin package may import: interfaces, value types, errors, option validation,
-hook markers, file helpers (atomic writes, prompt files) and pure math: the objective's
+hook markers, file helpers (atomic writes, prompt files), the reward-serving wire format and pure math: the objective's
 (`forward_noising`) and the FlowGRPO SDE step's (`nft_core.sde`)."""
 FORBIDDEN = {
     "nft_rewards": {"nft_solvers", "nft_policies", "nft_shapes"},

@@ -1,0 +1,14 @@
+"""Serving a reward over HTTP, so heavy rewards run in their own environment (docs/serving.md).
+
+    nft reward serve geneval --set detector=mmdet --port 8765         # or:
+    python -m nft_rewards.serving geneval --set detector=mmdet --port 8765
+
+The wire format is `nft_core.wire` (safetensors bodies, JSON headers, no pickle); the client is the
+`remote` reward (`nft_rewards.remote`). Needs the `serve` extra (starlette, uvicorn).
+"""
+
+from __future__ import annotations
+
+from nft_rewards.serving.server import TOKEN_ENV, check_bind, is_loopback, serve
+
+__all__ = ["TOKEN_ENV", "check_bind", "is_loopback", "serve"]
