@@ -36,7 +36,11 @@ class _PluginTable(BaseModel):
 class PolicyConfig(_PluginTable):
     """`[policy]`: `name`, `init_from`, plus the policy's own options (e.g. `checkpoint`)."""
 
-    name: str = "shapes-tiny"
+    name: str = Field(
+        "shapes-tiny",
+        description="the registered policy (shapes-tiny, sd3, flux, sana or a plugin's); every other key "
+        "of the table is that policy's option",
+    )
     init_from: str | None = Field(
         None,
         description="warm start: a run directory (its newest checkpoint) or a checkpoint folder whose "
@@ -47,15 +51,27 @@ class PolicyConfig(_PluginTable):
 class SolverConfig(_PluginTable):
     """`[solver]` (collection) or `[eval.solver]`: `name` plus the solver's options (`steps`, `shift`)."""
 
-    name: str = "dpm2"
+    name: str = Field(
+        "dpm2",
+        description="the registered solver (euler, heun, dpm2, flow-sde, diffusers or a plugin's); every "
+        "other key of the table is that solver's option (steps, shift, ...)",
+    )
 
 
 class ObjectiveConfig(_PluginTable):
     """`[objective]`: the advantage step and the loop's knobs here; every other key (`beta`, `kl_weight`,
     `adv_clip`, ...) is the objective's own option, validated by it."""
 
-    name: str = "nft"
-    adv_mode: Literal["all", "positive", "negative", "binary", "one"] = "all"
+    name: str = Field(
+        "nft",
+        description="the registered objective (nft, rft, flowgrpo or a plugin's); every key of the table "
+        "not declared here (beta, kl_weight, adv_clip, ...) is that objective's option",
+    )
+    adv_mode: Literal["all", "positive", "negative", "binary", "one"] = Field(
+        "all",
+        description="what the clipped advantages A become: all (A), positive (max(A, 0)), negative "
+        "(min(A, 0)), binary (sign(A)), one (1 where A > 0, else 0)",
+    )
     global_std: bool = Field(True, description="advantage std over the whole batch (reference) or per prompt")
     old_decay: str = Field("linear-0.001-0.5", description="old-policy refresh decay schedule")
     times: str | list[float] = Field(
@@ -110,7 +126,7 @@ class DataConfig(_Strict):
     """`[data]`: training prompts and the epoch's geometry."""
 
     prompts: str = Field("shapes:train", description="a prompt source `name:arg` or a .txt/.jsonl file")
-    prompts_per_epoch: int = Field(8, ge=1)
+    prompts_per_epoch: int = Field(8, ge=1, description="P: prompts drawn for each epoch")
     images_per_prompt: int = Field(8, ge=2, description="group size K of per-prompt advantages")
     balance_tags: bool = Field(True, description="draw prompts tag-balanced when metadata has a `tag`")
     tag_weights: dict[str, int] = Field(
@@ -130,23 +146,34 @@ class DataConfig(_Strict):
 class TrainConfig(_Strict):
     """`[train]`: optimisation and run limits."""
 
-    lr: float = Field(3e-4, gt=0)
+    lr: float = Field(3e-4, gt=0, description="AdamW learning rate (reference 3e-4)")
     lr_schedule: Literal[LR_SCHEDULES] = Field(
         "constant", description="learning rate over the run's optimizer steps (train.epochs of them)"
     )
     lr_final: float = Field(0.0, ge=0, le=1, description="cosine / linear: the last step's share of lr")
-    weight_decay: float = Field(1e-4, ge=0)
-    betas: tuple[float, float] = (0.9, 0.999)
-    adam_eps: float = Field(1e-8, gt=0)
-    epochs: int = Field(100, ge=1)
+    weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay (reference 1e-4)")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas")
+    adam_eps: float = Field(1e-8, gt=0, description="AdamW epsilon")
+    epochs: int = Field(
+        100, ge=1, description="the budget in epochs of collection and update (resuming with more trains on)"
+    )
     max_minutes: float | None = Field(None, gt=0, description="stop after this much training wall-clock")
-    optimizer_steps_per_epoch: int = Field(1, ge=1)
+    optimizer_steps_per_epoch: int = Field(
+        1, ge=1, description="AdamW steps per epoch; the epoch's micro-batches are split evenly among them"
+    )
     inner_epochs: int = Field(1, ge=1, description="passes over the epoch's samples (fresh noise each pass)")
     batch_size: int = Field(32, ge=1, description="micro-batch of the update (per device)")
     sample_batch_size: int = Field(64, ge=1, description="micro-batch of sampling")
-    grad_clip: float = Field(1.0, gt=0)
-    seed: int = 0
-    device: str = "cpu"
+    overlap_scoring: bool = Field(
+        True,
+        description="score each finished sampling micro-batch on a worker thread while the next one is "
+        "sampled (false: after it, in the same thread; the scores are the same either way)",
+    )
+    grad_clip: float = Field(1.0, gt=0, description="gradient norm clipped to this before each step")
+    seed: int = Field(0, description="seed of every random draw: prompts, sampling and training noise, plan")
+    device: str = Field(
+        "cpu", description="torch device: cpu or cuda (under torchrun each rank takes cuda:LOCAL_RANK)"
+    )
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice)")
     parallel: Literal["replicate", "fsdp2"] = Field(
         "replicate",
@@ -176,14 +203,24 @@ class TrainConfig(_Strict):
 class RewardConfig(_Strict):
     """One `[[reward]]`: a registered reward, its weight and per-reward normalization."""
 
-    name: str
+    name: str = Field(description="the registered reward (`nft plugins` lists them)")
     alias: str | None = Field(None, description="name in metrics and composition (default: `name`)")
-    weight: float = 1.0
+    weight: float = Field(1.0, description="weight of this reward's normalized score in the sum")
     normalize: str = Field("none", description=f"one of {', '.join(NORMALIZERS)}")
-    scale: float = 1.0
-    shift: float = 0.0
-    momentum: float = Field(0.99, ge=0, lt=1)
-    options: dict[str, Any] = Field(default_factory=dict)
+    scale: float = Field(1.0, description="normalize = affine: scale * raw + shift")
+    shift: float = Field(0.0, description="normalize = affine: scale * raw + shift")
+    momentum: float = Field(
+        0.99, ge=0, lt=1, description="normalize = running-zscore: momentum of the running mean and variance"
+    )
+    required: bool = Field(
+        True,
+        description="false: a reward that cannot be built (e.g. its server is down) is skipped with a "
+        "warning, and an epoch where its calls fail leaves it out of the total instead of dropping samples",
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="the reward's own options (`[reward.options]`), checked by the reward's options model",
+    )
 
     @property
     def label(self) -> str:
@@ -209,15 +246,19 @@ class EvalConfig(_Strict):
     """`[eval]`: the fixed, paired evaluation (EMA weights, fixed noise per image)."""
 
     prompts: str = Field("shapes:eval", description="prompt source or file; never trained on")
-    images_per_prompt: int = Field(1, ge=1)
+    images_per_prompt: int = Field(1, ge=1, description="images sampled per evaluation prompt")
     every: int = Field(0, ge=0, description="evaluate every N epochs (0: only before and after)")
-    seed: int = 1234
+    seed: int = Field(1234, description="seed of the fixed noise: an image gets the same noise every time")
     baseline_guidance: list[float] = Field(
         default_factory=list,
         description="CFG scales at which the base model is also evaluated (none unless asked: each costs"
         " one more evaluation at twice the price)",
     )
-    solver: SolverConfig = Field(default_factory=lambda: SolverConfig(name="euler", steps=40))
+    solver: SolverConfig = Field(
+        default_factory=lambda: SolverConfig(name="euler", steps=40),
+        description="`[eval.solver]`: the evaluation solver, a table like `[solver]` "
+        "(default: euler, 40 steps)",
+    )
     reward: list[RewardConfig] = Field(
         default_factory=list,
         description="`[[eval.reward]]`: monitor rewards, scored at every evaluation and never trained on "
@@ -229,7 +270,7 @@ class LogConfig(_Strict):
     """`[log]`: what the run directory gets besides metrics."""
 
     grid_every: int = Field(5, ge=0, description="sample grid every N epochs (0: never)")
-    grid_images: int = Field(32, ge=1)
+    grid_images: int = Field(32, ge=1, description="images in each sample grid")
     checkpoint_every: int = Field(0, ge=0, description="checkpoint every N epochs (0: only at the end)")
     keep_checkpoints: int = Field(
         0, ge=0, description="keep the newest N checkpoints (0: all); older ones are deleted"
@@ -237,7 +278,7 @@ class LogConfig(_Strict):
     keep_best: bool = Field(
         True, description="with keep_checkpoints: also keep the checkpoint of the best evaluation score"
     )
-    progress: bool = True
+    progress: bool = Field(True, description="progress bars on the console (rank 0 only)")
     monitors: list[str] = Field(
         default_factory=lambda: ["pixel-diversity"],
         description="registered monitors of each epoch's samples (`nft plugins` lists them), logged as "
@@ -248,15 +289,21 @@ class LogConfig(_Strict):
 class RunConfig(_Strict):
     """A whole run."""
 
-    name: str = "run"
-    policy: PolicyConfig = Field(default_factory=PolicyConfig)
-    solver: SolverConfig = Field(default_factory=SolverConfig)
-    objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
-    data: DataConfig = Field(default_factory=DataConfig)
-    train: TrainConfig = Field(default_factory=TrainConfig)
-    eval: EvalConfig = Field(default_factory=EvalConfig)
-    log: LogConfig = Field(default_factory=LogConfig)
-    reward: list[RewardConfig] = Field(min_length=1)
+    name: str = Field("run", description="the run directory's name: runs/<name> (or -2, -3, ... if taken)")
+    policy: PolicyConfig = Field(default_factory=PolicyConfig, description="`[policy]`: the trained model")
+    solver: SolverConfig = Field(
+        default_factory=SolverConfig, description="`[solver]`: the solver that collects each epoch's samples"
+    )
+    objective: ObjectiveConfig = Field(
+        default_factory=ObjectiveConfig, description="`[objective]`: the advantage step and the training loss"
+    )
+    data: DataConfig = Field(default_factory=DataConfig, description="`[data]`: prompts, epoch geometry")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="`[train]`: optimisation, limits")
+    eval: EvalConfig = Field(default_factory=EvalConfig, description="`[eval]`: the fixed, paired evaluation")
+    log: LogConfig = Field(default_factory=LogConfig, description="`[log]`: grids, checkpoints, monitors")
+    reward: list[RewardConfig] = Field(
+        min_length=1, description="`[[reward]]`: the trained rewards (one or more), summed by weight"
+    )
 
     @model_validator(mode="after")
     def _unique_reward_labels(self) -> RunConfig:

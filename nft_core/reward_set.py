@@ -18,7 +18,7 @@ import torch
 from nft_core.advantages import prompt_group_ids
 from nft_core.protocols import Reward
 
-__all__ = ["RewardSet", "RewardSetOutput", "RewardTerm", "combine"]
+__all__ = ["RewardSet", "RewardSetOutput", "RewardTerm", "combine", "concat_raw"]
 
 
 @dataclass
@@ -29,6 +29,8 @@ class RewardTerm:
     reward: Reward
     weight: float
     normalizer: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    required: bool = True
+    """False: when its call fails (twice) the term leaves that batch's total instead of its samples."""
 
 
 @dataclass
@@ -49,6 +51,8 @@ class RewardSetOutput:
     """Per reward whose call raised: how many times it raised (2: the retry failed too)."""
     errors: dict[str, str] = field(default_factory=dict)
     """Per reward whose call raised: the last error, one line."""
+    left_out: list[str] = field(default_factory=list)
+    """Optional rewards (`required = False`) whose call failed twice: not in `total` or `valid`."""
 
     def __post_init__(self) -> None:
         if self.valid is None:
@@ -172,14 +176,24 @@ class RewardSet:
         n = len(group_ids)
         groups = _cpu_long(group_ids)
         out.valid = torch.ones(n, dtype=torch.bool)
+        out.left_out = [
+            term.name for term in self.terms if not term.required and out.failed_calls.get(term.name, 0) > 1
+        ]
+        counted = [term for term in self.terms if term.name not in out.left_out]
         for term in self.terms:
             finite = torch.isfinite(out.raw[term.name])
             out.invalid[term.name] = int((~finite).sum())
-            out.valid &= finite
+            if term in counted:
+                out.valid &= finite
+        if not counted:
+            out.valid[:] = False
         keep = out.valid.nonzero(as_tuple=True)[0]
         everything = len(keep) == n
         for term in self.terms:
             scores = out.raw[term.name]
+            if term not in counted:
+                out.normalized[term.name] = torch.full((n,), math.nan)
+                continue
             oriented = scores if term.reward.higher_is_better else -scores
             norm = torch.full((n,), math.nan)
             if len(keep):
@@ -192,7 +206,11 @@ class RewardSet:
                     )
                 norm = part if everything else norm.index_put((keep,), part)
             out.normalized[term.name] = norm
-        out.total = combine(out.normalized, self.weights)
+        if counted:
+            names = [term.name for term in counted]
+            out.total = combine({k: out.normalized[k] for k in names}, {k: self.weights[k] for k in names})
+        else:
+            out.total = torch.full((n,), math.nan)
         return out
 
     @staticmethod
@@ -224,6 +242,35 @@ class RewardSet:
         for term in self.terms:
             if term.name in state and hasattr(term.normalizer, "load_state_dict"):
                 term.normalizer.load_state_dict(state[term.name])
+
+
+def concat_raw(parts: Sequence[RewardSetOutput]) -> RewardSetOutput:
+    """The `raw_scores` of consecutive slices of a batch as one `raw_scores` of the whole batch: scores and
+    details concatenated, seconds summed, the worst failure count and the last error of each reward."""
+    if not parts:
+        raise ValueError("concat_raw needs at least one part")
+    names = list(parts[0].raw)
+
+    def detail(part: RewardSetOutput, name: str, key: str) -> torch.Tensor:
+        found = part.details.get(name, {}).get(key)  # absent where that part's call failed
+        return torch.full((len(part.raw[name]),), math.nan) if found is None else found
+
+    details = {}
+    for name in names:
+        keys = dict.fromkeys(key for part in parts for key in part.details.get(name, {}))
+        details[name] = {key: torch.cat([detail(part, name, key) for part in parts]) for key in keys}
+    raw = {name: torch.cat([part.raw[name] for part in parts]) for name in names}
+    n = len(raw[names[0]]) if names else 0
+    out = RewardSetOutput(
+        raw=raw, normalized={}, total=torch.empty(0), details=details, valid=torch.ones(n, dtype=torch.bool)
+    )
+    for part in parts:
+        for name, seconds in part.seconds.items():
+            out.seconds[name] = out.seconds.get(name, 0.0) + seconds
+        for name, calls in part.failed_calls.items():
+            out.failed_calls[name] = max(out.failed_calls.get(name, 0), calls)
+        out.errors.update(part.errors)
+    return out
 
 
 def _cpu_long(x: Any) -> torch.Tensor:

@@ -46,6 +46,7 @@ from nft_core.io import append_jsonl, atomic_write_bytes, atomic_write_json, ato
 from nft_core.machine import machine_facts
 from nft_core.metrics import eval_record, train_record
 from nft_core.normalization import make_normalizer
+from nft_core.overlap import OverlappedScoring
 from nft_core.plan import Geometry, MicroBatch, training_plan
 from nft_core.precision import autocast, resolve_precision
 from nft_core.preflight import check_objective, train_geometry
@@ -138,7 +139,12 @@ class Trainer:
         check_objective(config, self.objective)
         self.trajectories = getattr(self.objective, "collects", "clean") == "trajectory"
         """Whether the objective trains on sampling paths (FlowGRPO) rather than clean samples."""
-        self.rewards = RewardSet([self._reward_term(index) for index in range(len(config.reward))])
+        terms = [self._reward_term(index) for index in range(len(config.reward))]
+        if not any(terms):
+            raise ConfigError("reward: none of the [[reward]] entries could be built; nothing to train on")
+        self.rewards = RewardSet([term for term in terms if term is not None])
+        self._scoring: OverlappedScoring | None = None
+        self.scoring_seconds: dict[str, float] = {}
         self.eval_rewards = {
             watched.label: registry.create(
                 "rewards", watched.name, watched.options, f"eval.reward[{index}].options"
@@ -245,18 +251,26 @@ class Trainer:
         native = "computes bf16 natively" if self.precision == "bf16" else "has no native bf16"
         return f" (train.precision = auto: {where} {native})"
 
-    def _reward_term(self, index: int) -> RewardTerm:
+    def _reward_term(self, index: int) -> RewardTerm | None:
+        """The `[[reward]]` entry `index` built; None (and a warning) for an optional one that fails to."""
         reward_config = self.config.reward[index]
-        reward = registry.create(
-            "rewards", reward_config.name, reward_config.options, f"reward[{index}].options"
-        )
+        try:
+            reward = registry.create(
+                "rewards", reward_config.name, reward_config.options, f"reward[{index}].options"
+            )
+        except Exception as error:
+            if reward_config.required:
+                raise
+            self.echo(f"warning: reward[{index}] {reward_config.label!r} (required = false) skipped: {error}")
+            return None
         normalizer = make_normalizer(
             reward_config.normalize,
             scale=reward_config.scale,
             shift=reward_config.shift,
             momentum=reward_config.momentum,
         )
-        return RewardTerm(reward_config.label, reward.to(self.device), reward_config.weight, normalizer)
+        label, weight, required = reward_config.label, reward_config.weight, reward_config.required
+        return RewardTerm(label, reward.to(self.device), weight, normalizer, required)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """Autocast of the policy's forward passes in collection and update to `self.precision`."""
@@ -283,26 +297,42 @@ class Trainer:
         if self.trajectories:
             trajectory = self._collect_paths(mine, my_cond, noise.to(self.device))
             latents = trajectory.states[:, -1]
+        metadata = [item.metadata for item in items]
+        scoring = OverlappedScoring(self.rewards, self.config.train.overlap_scoring, self.device)
+        my_prompts, my_metadata = prompts[mine.start : mine.stop], metadata[mine.start : mine.stop]
+        size = self.config.train.sample_batch_size
+        if trajectory is not None:
+            images = self.policy.decode(latents).cpu()
+            for start in range(0, len(mine), size):
+                rows = slice(start, start + size)
+                scoring.submit(images[rows], my_prompts[rows], my_metadata[rows])
         else:
             # a stochastic solver's own draws: rank-dependent, and apart from the plan's shared generator
             sde = torch.Generator().manual_seed(keyed_seed(seed, SOLVER_STREAM, epoch, self.dist.rank))
-            with self.autocast():
-                latents = sample_latents(
-                    self.policy,
-                    self.solver,
-                    my_cond,
-                    noise.to(self.device),
-                    view="old",
-                    generator=sde,
-                    batch_size=self.config.train.sample_batch_size,
-                )
-        images = self.policy.decode(latents).cpu()
+            noise = noise.to(self.device)
+            latent_parts, image_parts = [], []
+            for start in range(0, len(mine), size):  # each micro-batch is scored while the next is sampled
+                rows = slice(start, start + size)
+                with self.autocast():
+                    part = sample_latents(
+                        self.policy,
+                        self.solver,
+                        index_cond(my_cond, rows),
+                        noise[rows],
+                        view="old",
+                        generator=sde,
+                        batch_size=size,
+                    )
+                latent_parts.append(part)
+                image_parts.append(self.policy.decode(part).cpu())
+                scoring.submit(image_parts[-1], my_prompts[rows], my_metadata[rows])
+            latents, images = torch.cat(latent_parts), torch.cat(image_parts)
+        self._scoring = scoring
         latents = self.dist.gather(latents)
         if trajectory is not None:  # every rank trains on every path's steps
             trajectory = Trajectory(
                 self.dist.gather(trajectory.states), self.dist.gather(trajectory.log_probs), trajectory.times
             )
-        metadata = [item.metadata for item in items]
         return Samples(
             latents,
             images,
@@ -343,7 +373,15 @@ class Trainer:
         the whole epoch on every rank (so prompt groups and running statistics see every sample)."""
         local = samples.local
         assert local is not None
-        raw = self.rewards.raw_scores(samples.images, samples.prompts[local], samples.metadata[local])
+        scoring, self._scoring = self._scoring, None
+        if scoring is None:  # samples that `collect` did not just score
+            scoring = OverlappedScoring(self.rewards, overlap=False)
+            scoring.submit(samples.images, samples.prompts[local], samples.metadata[local])
+        raw = scoring.result()
+        self.scoring_seconds = {
+            "seconds/scoring": scoring.seconds_scoring,
+            "seconds/scoring_unhidden": scoring.seconds_unhidden,
+        }
         if self.dist.enabled:
             raw.raw = {name: self.dist.gather(scores) for name, scores in raw.raw.items()}
             raw.details = {
@@ -817,9 +855,13 @@ class Trainer:
         valid = scored.valid
         assert valid is not None
         for name, error in scored.errors.items():
+            consequence = ""
+            if scored.failed_calls[name] > 1:
+                optional = name in scored.left_out
+                consequence = "; left out of this epoch's total" if optional else "; its samples are excluded"
             self.echo(
                 f"warning: epoch {state.epoch}: reward {name!r} raised {scored.failed_calls[name]} time(s), "
-                f"last: {error}" + ("; its samples are excluded" if scored.failed_calls[name] > 1 else "")
+                f"last: {error}{consequence}"
             )
         if valid.any():
             kept = samples if valid.all() else samples.subset(valid)
@@ -838,6 +880,7 @@ class Trainer:
             state.epoch, state.global_step, state.train_seconds, decay, phases, scored, advantages, losses
         )
         record["lr"] = self.optimizer.param_groups[0]["lr"]  # what the next step will use
+        record.update(self.scoring_seconds)  # this rank's: the rewards' time, and what sampling did not hide
         record["samples/stored_bytes_per_sample"] = samples.stored_bytes_per_sample
         record.update(self.watch(samples))
         if self.dist.enabled:  # part of the phases above: gathers, the gradient sum, waiting for ranks
