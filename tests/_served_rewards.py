@@ -20,7 +20,8 @@ class FlakyOptions(RewardOptions):
 
 class Flaky(BaseReward):
     """Mean brightness plus the image index inside its call's batch as a detail; raises on the prompt
-    "boom" (a reward failing on one request's input), or always with `fail`."""
+    "boom" (a reward failing on one request's input), or always with `fail`; scores NaN for the prompt
+    "nan" (a per-sample failure)."""
 
     name: ClassVar[str] = "flaky"
     Options = FlakyOptions
@@ -33,7 +34,9 @@ class Flaky(BaseReward):
         time.sleep(self.options.delay)
         if self.options.fail or "boom" in prompts:
             raise RuntimeError("boom prompt")
-        return images.float().mean(dim=(1, 2, 3)), {"size": torch.full((len(prompts),), float(len(prompts)))}
+        scores = images.float().mean(dim=(1, 2, 3))
+        scores[[prompt == "nan" for prompt in prompts]] = float("nan")  # a per-sample failure
+        return scores, {"size": torch.full((len(prompts),), float(len(prompts)))}
 
 
 def flaky(**options: Any) -> Flaky:

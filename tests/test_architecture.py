@@ -34,8 +34,8 @@ CONTRACT = {
     "nft_core.wire",
 }
 """The core modules a plugin package may import: interfaces, value types, errors, option validation,
-hook markers, file helpers (atomic writes, prompt files), the reward-serving wire format and pure math: the objective's
-(`forward_noising`) and the FlowGRPO SDE step's (`nft_core.sde`)."""
+hook markers, file helpers (atomic writes, prompt files), the reward-serving wire format (`nft_core.wire`)
+and pure math: the objective's (`forward_noising`) and the FlowGRPO SDE step's (`nft_core.sde`)."""
 FORBIDDEN = {
     "nft_rewards": {"nft_solvers", "nft_policies", "nft_shapes"},
     "nft_solvers": {"nft_rewards", "nft_policies", "nft_shapes"},

@@ -183,6 +183,13 @@ def test_bad_requests_get_one_line_4xx_and_the_server_keeps_serving(flaky_server
     torch.testing.assert_close(scores, expected, rtol=0, atol=1e-6)
 
 
+def test_per_sample_nan_scores_pass_through_so_the_trainer_drops_only_those_samples(flaky_server):
+    remote = nft_rewards.load("remote", url=flaky_server.url)
+    images = torch.rand(3, 3, 8, 8)
+    scores = remote(images, ["ok", "nan", "ok"]).scores
+    assert torch.isnan(scores[1]) and torch.isfinite(scores[[0, 2]]).all()
+
+
 def test_reward_exception_is_a_500_for_that_request_alone(flaky_server):
     answer = post(flaky_server.url, encode_request(torch.rand(2, 3, 8, 8), ["ok", "boom"]))
     assert answer.status_code == 500 and "RuntimeError: boom prompt" in answer.json()["error"]
