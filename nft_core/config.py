@@ -73,21 +73,36 @@ class ObjectiveConfig(_PluginTable):
         "(min(A, 0)), binary (sign(A)), one (1 where A > 0, else 0)",
     )
     global_std: bool = Field(True, description="advantage std over the whole batch (reference) or per prompt")
-    old_decay: str = Field("linear-0.001-0.5", description="old-policy refresh decay schedule")
+    old_decay: str = Field(
+        "linear-0.001-0.5",
+        description="old-policy refresh after each epoch, old <- d old + (1 - d) current with d by "
+        "optimizer step: none or type0 (d = 0), linear-<rate>-<max> (type1 = linear-0.001-0.5), "
+        "delayed-<start>-<rate>-<max> (type2 = delayed-75-0.0075-0.999), constant-<d>",
+    )
     times: str | list[float] = Field(
         "collection",
         description='the times the update trains at: "collection" (the [solver] grid without its final 0,'
         " as the reference) or a list of times in (0, 1]",
     )
     timestep_fraction: float = Field(
-        0.99, gt=0, le=1, description="fraction of those times trained per sample (each in a random order)"
+        0.99,
+        gt=0,
+        le=1,
+        description="the share of those times each sample trains at, each sample in a random order of its "
+        "own (reference 0.99)",
     )
     trained_times: int | None = Field(
         None,
         ge=1,
-        description="how many of those times each sample is trained at (instead of timestep_fraction)",
+        description="how many of those times each sample is trained at, instead of timestep_fraction (e.g. 2 "
+        "in the embedded default)",
     )
-    ema_decay: float = Field(0.9, ge=0, lt=1, description="EMA of the trained weights for eval/checkpoints")
+    ema_decay: float = Field(
+        0.9,
+        ge=0,
+        lt=1,
+        description="EMA decay of the trained weights per optimizer step (evaluation and checkpoints use it)",
+    )
 
     @field_validator("times")
     @classmethod
@@ -125,13 +140,18 @@ class ObjectiveConfig(_PluginTable):
 class DataConfig(_Strict):
     """`[data]`: training prompts and the epoch's geometry."""
 
-    prompts: str = Field("shapes:train", description="a prompt source `name:arg` or a .txt/.jsonl file")
+    prompts: str = Field(
+        "shapes:train",
+        description="a prompt source `name:arg` (e.g. shapes:train, geneval:train-300) or a .txt / GenEval "
+        ".jsonl file",
+    )
     prompts_per_epoch: int = Field(8, ge=1, description="P: prompts drawn for each epoch")
     images_per_prompt: int = Field(8, ge=2, description="group size K of per-prompt advantages")
     balance_tags: bool = Field(True, description="draw prompts tag-balanced when metadata has a `tag`")
     tag_weights: dict[str, int] = Field(
         default_factory=dict,
-        description="with balance_tags: each tag's share of the epoch's prompts, relative (unlisted: 1)",
+        description="with balance_tags: each tag's relative share of the epoch's prompts, e.g. "
+        "{ position = 2 } (unlisted tags: 1)",
     )
 
     @field_validator("tag_weights")
@@ -148,7 +168,9 @@ class TrainConfig(_Strict):
 
     lr: float = Field(3e-4, gt=0, description="AdamW learning rate (reference 3e-4)")
     lr_schedule: Literal[LR_SCHEDULES] = Field(
-        "constant", description="learning rate over the run's optimizer steps (train.epochs of them)"
+        "constant",
+        description="constant (the reference), or cosine / linear from lr down to lr_final x lr at the last "
+        "of the run's epochs x optimizer_steps_per_epoch steps (metrics.jsonl logs lr)",
     )
     lr_final: float = Field(0.0, ge=0, le=1, description="cosine / linear: the last step's share of lr")
     weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay (reference 1e-4)")
@@ -157,13 +179,18 @@ class TrainConfig(_Strict):
     epochs: int = Field(
         100, ge=1, description="the budget in epochs of collection and update (resuming with more trains on)"
     )
-    max_minutes: float | None = Field(None, gt=0, description="stop after this much training wall-clock")
+    max_minutes: float | None = Field(
+        None,
+        gt=0,
+        description="also stop after this much training wall-clock (evaluations not counted; the epochs it "
+        "buys depend on the machine)",
+    )
     optimizer_steps_per_epoch: int = Field(
         1, ge=1, description="AdamW steps per epoch; the epoch's micro-batches are split evenly among them"
     )
     inner_epochs: int = Field(1, ge=1, description="passes over the epoch's samples (fresh noise each pass)")
     batch_size: int = Field(32, ge=1, description="micro-batch of the update (per device)")
-    sample_batch_size: int = Field(64, ge=1, description="micro-batch of sampling")
+    sample_batch_size: int = Field(64, ge=1, description="micro-batch of sampling (per device)")
     overlap_scoring: bool = Field(
         True,
         description="score each finished sampling micro-batch on a worker thread while the next one is "
@@ -204,7 +231,11 @@ class RewardConfig(_Strict):
     """One `[[reward]]`: a registered reward, its weight and per-reward normalization."""
 
     name: str = Field(description="the registered reward (`nft plugins` lists them)")
-    alias: str | None = Field(None, description="name in metrics and composition (default: `name`)")
+    alias: str | None = Field(
+        None,
+        description="name in metrics and composition (default: `name`); one reward can appear twice under "
+        "two aliases, e.g. two outcomes",
+    )
     weight: float = Field(1.0, description="weight of this reward's normalized score in the sum")
     normalize: str = Field("none", description=f"one of {', '.join(NORMALIZERS)}")
     scale: float = Field(1.0, description="normalize = affine: scale * raw + shift")
