@@ -15,6 +15,7 @@ from nft_core.normalization import NORMALIZERS
 from nft_core.options import explain, toml_json, toml_path
 from nft_core.precision import REQUESTS, resolve_precision
 from nft_core.schedules import LR_SCHEDULES, parse_decay_schedule
+from nft_core.tracking import check_trackers
 
 
 class _Strict(BaseModel):
@@ -315,6 +316,16 @@ class LogConfig(_Strict):
         description="registered monitors of each epoch's samples (`nft plugins` lists them), logged as "
         "monitor/<name>/<key>: e.g. pixel-diversity, shapes-diversity",
     )
+    trackers: list[str] = Field(
+        default_factory=list,
+        description="registered experiment trackers that get every metrics.jsonl record and sample grid "
+        "(rank 0; `nft plugins` lists them): tensorboard, wandb (docs/trackers.md)",
+    )
+    tracker_options: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="`[log.tracker_options.<name>]`: a tracker's options, e.g. "
+        '[log.tracker_options.wandb] project = "nft"',
+    )
 
 
 class RunConfig(_Strict):
@@ -469,6 +480,7 @@ def validate(data: dict[str, Any], source: str = "config") -> RunConfig:
         for kind, name, options, table, options_path in checks:
             registry.get(kind, name, f"{table}.name")
             registry.check_options(kind, name, options, options_path, toml=True)
+        check_trackers(config.log.trackers, config.log.tracker_options)
     except ConfigError as error:
         raise ConfigError(f"{source}: {error}") from None
     return config

@@ -32,6 +32,12 @@ def register_monitors(register):
 
 
 @hookspec
+def register_loggers(register):
+    """Register experiment trackers: `register(name, factory, options=OptionsModel, description=...)`;
+    `factory(**options)` -> Tracker (`[log] trackers` names them; docs/trackers.md)."""
+
+
+@hookspec
 def register_prompt_sources(register):
     """Register prompt sources: `register(name, factory)`; `factory(arg) -> list[PromptItem]`."""
 

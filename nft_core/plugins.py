@@ -21,10 +21,11 @@ DEFAULT_PLUGINS = (
     "nft_core.builtin_plugin",
     "nft_shapes.plugin",
     "nft_policies.plugin",
+    "nft_trackers.plugin",
 )
 """The built-in plugins, by module name: the only place the core names the packages it ships with; they
 are imported by the manager and registered exactly as an installed plugin is."""
-BUILTIN_PACKAGES = ("nft_core", "nft_solvers", "nft_rewards", "nft_shapes", "nft_policies")
+BUILTIN_PACKAGES = ("nft_core", "nft_solvers", "nft_rewards", "nft_shapes", "nft_policies", "nft_trackers")
 
 pm = pluggy.PluginManager("nft")
 pm.add_hookspecs(hookspecs)

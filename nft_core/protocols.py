@@ -1,4 +1,5 @@
-"""The small interfaces every reward, solver, policy and objective implements (docs/plugins.md).
+"""The small interfaces every reward, solver, policy, objective, monitor and tracker implements
+(docs/plugins.md, docs/trackers.md).
 
 `nft_core.testing` holds each to its contract (`check_reward`, `check_solver`, `check_policy`);
 `nft_rewards.base.BaseReward` and `nft_solvers.base.GridSolver` implement the bookkeeping once.
@@ -7,8 +8,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+import numpy as np
 import torch
 
 from nft_core.types import Aggregate, Cond, RewardOutput
@@ -164,6 +167,41 @@ class Monitor(Protocol):
     ) -> dict[str, float]:
         """Images `[N,3,H,W]` in `[0,1]`, their prompts and prompt-group ids `[N]` -> named floats (NaN
         when there is nothing to measure, e.g. no group with two images)."""
+        ...
+
+
+@runtime_checkable
+class Tracker(Protocol):
+    """An experiment tracker (TensorBoard, W&B, ...) that gets what a run writes, on rank 0 only.
+
+    `[log] trackers` names them. The trainer calls `start` once, before anything else, then
+    `log_scalars` with the numbers of every `metrics.jsonl` record (its keys, step = the record's epoch;
+    an evaluation shares its epoch's step), `log_image` with every sample grid it writes, and `finish`
+    last, also when the run fails. A tracker that raises in `start` is left out of the run with a
+    warning; one that raises later is disabled with a warning; the run goes on either way. The
+    constructor (`factory(**options)`) validates the options and should not touch files or the network."""
+
+    name: str
+
+    def start(self, run_dir: Path, config: dict[str, Any], run_name: str, first_step: int = 0) -> None:
+        """Open the tracker's run: `run_dir` is the run directory, `config` the resolved config (TOML
+        types) and `run_name` the run directory's name. `first_step` is the first step this process
+        logs: 0 for a new run; for a resumed one, the epoch after its checkpoint (steps at or after it
+        that an earlier process logged are being redone)."""
+        ...
+
+    def log_scalars(self, step: int, scalars: dict[str, float]) -> None:
+        """Named numbers at `step` (keys as in metrics.jsonl: `reward/total_mean`, `eval/<reward>/score`;
+        NaN where a record held a non-finite value)."""
+        ...
+
+    def log_image(self, step: int, tag: str, image: str | Path | np.ndarray) -> None:
+        """An image at `step` under `tag` (`samples/epoch`, `samples/eval_before`): a PNG file's path or
+        an `[H, W, 3]` uint8 array."""
+        ...
+
+    def finish(self, status: str) -> None:
+        """Flush and close the tracker's run; `status` is the run's (`finished`, `interrupted`, `failed`)."""
         ...
 
 

@@ -19,6 +19,7 @@ KINDS = {
     "policies": "register_policies",
     "objectives": "register_objectives",
     "monitors": "register_monitors",
+    "loggers": "register_loggers",
     "prompt_sources": "register_prompt_sources",
 }
 SINGULAR = {
@@ -27,6 +28,7 @@ SINGULAR = {
     "policies": "policy",
     "objectives": "objective",
     "monitors": "monitor",
+    "loggers": "tracker",
     "prompt_sources": "prompt source",
 }
 """What one registration of each kind is called in messages (`unknown policy 'sd33'`)."""
@@ -49,7 +51,7 @@ _cache: dict[str, dict[str, Registration]] = {}
 
 def registrations(kind: str) -> dict[str, Registration]:
     """All registrations of one kind (`rewards`, `solvers`, `policies`, `objectives`, `monitors`,
-    `prompt_sources`)."""
+    `loggers` (experiment trackers), `prompt_sources`)."""
     if kind in _cache:
         return _cache[kind]
     manager = load_plugins()

@@ -20,7 +20,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 CORE = "nft_core"
-PLUGIN_PACKAGES = ("nft_rewards", "nft_solvers", "nft_policies", "nft_shapes")
+PLUGIN_PACKAGES = ("nft_rewards", "nft_solvers", "nft_policies", "nft_shapes", "nft_trackers")
 PACKAGES = (CORE, *PLUGIN_PACKAGES)
 CONTRACT = {
     "nft_core.errors",
