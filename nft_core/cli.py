@@ -342,6 +342,29 @@ def eval_(
     typer.echo(summary.report or f"{reward}: {len(found.files)} images, score {summary.score:.6g}")
 
 
+@app.command()
+def report(
+    run_dir: Path = typer.Argument(..., help="run directory (it holds summary.json)"),
+    other: Path | None = typer.Argument(None, help="a second run directory: the two side by side"),
+    out: Path | None = typer.Option(
+        None,
+        "--out",
+        help="HTML file to write (default: RUN_DIR/report.html; two runs: RUN_DIR/compare-<OTHER>.html)",
+    ),
+) -> None:
+    """One self-contained HTML page of a run (or two compared): scores, per-tag tables, curves, grids,
+    phase times, monitors, status, machine and config; it makes no network request (docs/report.md)."""
+    from nft_core.report import write_comparison, write_report
+
+    try:
+        if out is not None:
+            _check_out_file(out)
+        written = write_report(run_dir, out) if other is None else write_comparison(run_dir, other, out)
+    except UserError as error:
+        fail(error)
+    typer.echo(f"report: {written}")
+
+
 plugin_app = typer.Typer(
     help="Write plugins: `nft plugin new NAME` scaffolds a package.", no_args_is_help=True
 )

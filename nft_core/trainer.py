@@ -64,8 +64,9 @@ from nft_core.reward_set import RewardSet, RewardSetOutput, RewardTerm
 from nft_core.sampling import keyed_noise, keyed_seed, sample_latents
 from nft_core.schedules import lr_factor, parse_decay_schedule
 from nft_core.sharded_state import SHARDS_FOLDER, is_sharded, load_sharded, save_sharded, sharded_layout
+from nft_core.tracking import Trackers
 from nft_core.types import Cond, Samples, Trajectory, index_cond
-from nft_core.visuals import plot_curves, sample_grid
+from nft_core.visuals import plot_curves, sample_grid, spread_over_tags, total_reward_legend
 
 __all__ = ["Geometry", "TrainState", "Trainer", "unique_run_dir"]
 
@@ -156,6 +157,10 @@ class Trainer:
             registry.create("monitors", name, {}, f"log.monitors[{index}]")
             for index, name in enumerate(config.log.monitors)
         ]
+        self.trackers = Trackers.build(
+            config.log.trackers, config.log.tracker_options, self.echo, enabled=self.dist.is_main
+        )
+        """`[log] trackers`: each metrics record and sample grid also goes to them (rank 0)."""
         data = config.data
         self.prompts = PromptDrawer(
             load_prompts(data.prompts, "data.prompts"),
@@ -551,13 +556,36 @@ class Trainer:
         """Progress bars: where `log.progress` asks for them, on rank 0 only."""
         return self.config.log.progress and self.dist.is_main
 
-    def write_grid(self, name: str, images: torch.Tensor, prompts: list[str], scores: torch.Tensor) -> None:
-        """A grid of the first images (this rank's; rank 0 writes) captioned with prompt and total reward."""
+    def write_grid(
+        self,
+        name: str,
+        images: torch.Tensor,
+        prompts: list[str],
+        scores: torch.Tensor,
+        tags: list[str | None] | None = None,
+        label: str | None = None,
+    ) -> None:
+        """A grid of up to `log.grid_images` of this rank's images (rank 0 writes), each captioned with its
+        prompt and score. Without `tags` (training): the first images, the score their total reward, which
+        the grid's title spells out. With `tags` (evaluation): the tags take turns (`spread_over_tags`) and
+        the score is the reward named `label`."""
         if not self.dist.is_main:
             return
-        count = min(self.config.log.grid_images, len(prompts))
-        captions = [f"{prompts[i]} | {scores[i]:.2f}" for i in range(count)]
-        sample_grid(images[:count], captions, self.run_dir / "samples" / f"{name}.png")
+        shown = min(len(prompts), images.shape[0])
+        count = min(self.config.log.grid_images, shown)
+        if tags is None:
+            chosen = list(range(count))
+            normalizers = {reward.label: reward.normalize for reward in self.config.reward}
+            terms = [(term.name, term.weight, normalizers[term.name]) for term in self.rewards.terms]
+            title = total_reward_legend(terms)
+            captions = [f"{prompts[i]}\ntotal {scores[i]:.2f}" for i in chosen]
+        else:
+            chosen = spread_over_tags(tags[:shown], prompts[:shown], count)
+            title = f"{name}: {count} of {len(prompts)} images, tags taking turns; score = {label} per image"
+            texts = [f"[{tags[i]}] {prompts[i]}" if tags[i] else prompts[i] for i in chosen]
+            captions = [f"{text}\n{label} {scores[i]:.2f}" for text, i in zip(texts, chosen, strict=True)]
+        sample_grid(images[chosen], captions, self.run_dir / "samples" / f"{name}.png", title=title)
+        self.trackers.image(self.state.epoch, self.run_dir / "samples" / f"{name}.png")
 
     def checkpoint(self, final: bool = False) -> Path:
         """`checkpoints/step_XXXXX/`: the EMA weights in the policy's format (what inference loads), the
@@ -748,6 +776,7 @@ class Trainer:
         self.state.records.append(record)
         if self.dist.is_main:
             append_jsonl(self.run_dir / "metrics.jsonl", record)
+            self.trackers.log(record)
 
     def evaluation(self, label: str, **kwargs: Any) -> EvalResult:
         """Run and print one evaluation; its wall time counts as the `evaluation` phase."""
@@ -766,7 +795,8 @@ class Trainer:
 
     def _grid_from_eval(self, name: str, result: EvalResult) -> None:
         first = self.rewards.terms[0].name
-        self.write_grid(name, result.images, [i.prompt for i in self.eval_items], result.per_image[first])
+        prompts, tags = [i.prompt for i in self.eval_items], [i.metadata.get("tag") for i in self.eval_items]
+        self.write_grid(name, result.images, prompts, result.per_image[first], tags=tags, label=first)
 
     # ---- the loop ------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -817,14 +847,14 @@ class Trainer:
             plot_curves(self.state.records, self.run_dir / "curves.png")
 
     def finish(self, started: float) -> dict[str, Any]:
-        """Evaluate the EMA weights, write the last checkpoint, the curves and `summary.json`."""
+        """Evaluate the EMA weights, write the last checkpoint, the curves, `summary.json` and the report."""
         after = self.evaluation("after")
         self._log_eval(after, "after")
         self._grid_from_eval("eval_after", after)
         checkpoint = self.checkpoint(final=True)
         self._plot_curves()
         epochs = self.state.epoch + 1
-        return self.write_summary(
+        summary = self.write_summary(
             "finished",
             eval_after=after.scores,
             epochs=epochs,
@@ -837,6 +867,11 @@ class Trainer:
             machine=machine_facts(self.device),
             checkpoint=str(checkpoint),
         )
+        if self.dist.is_main:  # a failure to write it is a warning line, never a failed run
+            from nft_core.report import write_report_after_run
+
+            write_report_after_run(self.run_dir, self.echo)
+        return summary
 
     def train_epoch(self) -> tuple[Samples, RewardSetOutput, dict[str, float]]:
         """One epoch of `state.epoch`: collect, score, advantages, update, refresh; logs its record.
@@ -948,6 +983,8 @@ class Trainer:
                 atomic_write_text(config_file, tomli_w.dumps(resolved_config(self.config)))
             self._announce()
             self.echo(f"resumed from {resume} (epoch {self.state.epoch}, step {self.state.global_step})")
+        first_step = 0 if resume is None else self.state.epoch + 1
+        self.trackers.start(self.run_dir, resolved_config(self.config), self.run_dir.name, first_step)
         with self._stop_at_epoch_end_on_signals():
             try:
                 return self._loop(started, saved)
@@ -956,6 +993,8 @@ class Trainer:
                 if self.dist.enabled and _from_a_collective(error):  # FSDP2's or the checkpoint's
                     raise self.dist.lost("outside the trainer's", error) from error
                 raise
+            finally:  # the status `finish`, `interrupted` or `_record_failure` wrote
+                self.trackers.finish(str(self.summary.get("status", "finished")))
 
     def _loop(self, started: float, saved: dict[str, Any] | None) -> dict[str, Any]:
         config, state = self.config, self.state
