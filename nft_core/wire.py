@@ -127,7 +127,8 @@ def encode_request(
 
 
 def _read(body: bytes, limits: Limits) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """The tensors and the `nft` JSON header of a safetensors body, checked only for being well formed."""
+    """The tensors and the `nft` JSON header of a safetensors body, checked for being well formed and of
+    this protocol (requests and answers alike)."""
     if len(body) > limits.max_body_bytes:
         raise WireError(f"body of {len(body)} bytes exceeds the limit of {limits.max_body_bytes}", 413)
     if len(body) < 8:
@@ -150,7 +151,9 @@ def _read(body: bytes, limits: Limits) -> tuple[dict[str, torch.Tensor], dict[st
         raise WireError(f"the {_HEADER_KEY!r} header is not valid JSON: {error}") from None
     if not isinstance(header, dict):
         raise WireError(f"the {_HEADER_KEY!r} header must be a JSON object")
-    if "protocol" in header and header["protocol"] != PROTOCOL:
+    if "protocol" not in header:
+        raise WireError(f"header field 'protocol' must be {PROTOCOL}")
+    if header["protocol"] != PROTOCOL:
         raise WireError(f"protocol {header['protocol']!r} is not supported; this server speaks {PROTOCOL}")
     try:
         tensors = load_tensors(body)
@@ -186,8 +189,6 @@ def decode_request(body: bytes, limits: Limits = Limits()) -> ScoreRequest:
     """Validate a `/score` body strictly (format, protocol, shape, dtype, counts, finite values in range,
     prompt lengths, limits) and return the images as float in [0, 1]; any fault is a `WireError`."""
     tensors, header = _read(body, limits)
-    if header.get("protocol") != PROTOCOL:
-        raise WireError(f"header field 'protocol' must be {PROTOCOL}")
     if set(tensors) != {"images"}:
         raise WireError(f"body must hold exactly one tensor 'images'; got {sorted(tensors)}")
     images = tensors["images"]
@@ -269,8 +270,6 @@ def decode_aggregate_request(
 ) -> tuple[RewardOutput, list[str], list[dict[str, Any]] | None]:
     """Validate an `/aggregate` body: `scores` `[N]` (and details) with N prompts and metadata."""
     tensors, header = _read(body, limits)
-    if header.get("protocol") != PROTOCOL:
-        raise WireError(f"header field 'protocol' must be {PROTOCOL}")
     scores = tensors.get("scores")
     if scores is None or scores.ndim != 1:
         raise WireError("body must hold a one-dimensional 'scores' tensor")

@@ -12,6 +12,7 @@ import contextlib
 import hmac
 import json
 import math
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.applications import Starlette
@@ -115,46 +116,43 @@ def build_app(
         counts = {"calls": batcher.calls, "merged_calls": batcher.merged_calls}
         return JSONResponse({"status": "ok", "protocol": PROTOCOL, "name": info["name"], **counts})
 
+    def guarded(work: Callable[[Request], Awaitable[Response]], what: str) -> Callable:
+        """An endpoint that wants the token and maps faults: the request's a 4xx, the reward's a 500."""
+
+        async def endpoint(request: Request) -> Response:
+            if not authorized(request):
+                return _error("missing or wrong token (send Authorization: Bearer TOKEN)", 401)
+            try:
+                return await work(request)
+            except WireError as error:
+                return _error(str(error), error.status)
+            except UserError as error:  # the reward's own input checks: still the request's fault
+                return _error(str(error), 400)
+            except Exception as error:
+                return _error(f"reward {info['name']!r} {what}: {type(error).__name__}: {error}", 500)
+
+        return endpoint
+
     async def describe_endpoint(request: Request) -> Response:
-        if not authorized(request):
-            return _error("missing or wrong token (send Authorization: Bearer TOKEN)", 401)
         return JSONResponse(info)
 
     async def score(request: Request) -> Response:
-        if not authorized(request):
-            return _error("missing or wrong token (send Authorization: Bearer TOKEN)", 401)
-        try:
-            decoded = decode_request(await _body(request, limits), limits)
-            if info["needs_metadata"] and decoded.metadata is None:
-                raise WireError(f"reward {info['name']!r} needs one metadata object per image; got null")
-            output = await asyncio.wrap_future(batcher.submit(decoded))
-            return Response(encode_output(output), media_type=CONTENT_TYPE)
-        except WireError as error:
-            return _error(str(error), error.status)
-        except UserError as error:  # the reward's own input checks: still the request's fault
-            return _error(str(error), 400)
-        except Exception as error:
-            return _error(f"reward {info['name']!r} failed: {type(error).__name__}: {error}", 500)
+        decoded = decode_request(await _body(request, limits), limits)
+        if info["needs_metadata"] and decoded.metadata is None:
+            raise WireError(f"reward {info['name']!r} needs one metadata object per image; got null")
+        output = await asyncio.wrap_future(batcher.submit(decoded))
+        return Response(encode_output(output), media_type=CONTENT_TYPE)
 
     async def aggregate(request: Request) -> Response:
-        if not authorized(request):
-            return _error("missing or wrong token (send Authorization: Bearer TOKEN)", 401)
-        try:
-            output, prompts, metadata = decode_aggregate_request(await _body(request, limits), limits)
-            summary: Aggregate = await asyncio.to_thread(reward.aggregate, output, prompts, metadata)
-            return JSONResponse(aggregate_to_json(summary))
-        except WireError as error:
-            return _error(str(error), error.status)
-        except UserError as error:
-            return _error(str(error), 400)
-        except Exception as error:
-            return _error(f"reward {info['name']!r} aggregate failed: {type(error).__name__}: {error}", 500)
+        output, prompts, metadata = decode_aggregate_request(await _body(request, limits), limits)
+        summary: Aggregate = await asyncio.to_thread(reward.aggregate, output, prompts, metadata)
+        return JSONResponse(aggregate_to_json(summary))
 
     routes = [
         Route("/health", health, methods=["GET"]),
-        Route("/info", describe_endpoint, methods=["GET"]),
-        Route("/score", score, methods=["POST"]),
-        Route("/aggregate", aggregate, methods=["POST"]),
+        Route("/info", guarded(describe_endpoint, "failed"), methods=["GET"]),
+        Route("/score", guarded(score, "failed"), methods=["POST"]),
+        Route("/aggregate", guarded(aggregate, "aggregate failed"), methods=["POST"]),
     ]
 
     @contextlib.asynccontextmanager

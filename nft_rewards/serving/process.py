@@ -6,6 +6,7 @@ with RewardServer("ocr", {"use_angle_cls": False}) as server:
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -41,8 +42,6 @@ class RewardServer:
         startup_timeout: float = 120.0,
         program: list[str] | None = None,
     ) -> None:
-        import json
-
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         pairs = [f"{key}={json.dumps(value)}" for key, value in (options or {}).items()]
