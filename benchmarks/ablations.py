@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from nft_vs_flowgrpo import RFT, merged, run_one, summarize  # noqa: E402
 
-from nft_core.machine import machine_facts  # noqa: E402
+from nft_core.outputs.machine import machine_facts  # noqa: E402
 
 GROUPS: dict[str, dict[str, dict[str, Any]]] = {
     "beta": {"beta 0.3": {"objective.beta": 0.3}, "beta 3": {"objective.beta": 3.0}},

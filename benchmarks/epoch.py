@@ -38,10 +38,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from nft_core.config import load_config  # noqa: E402
-from nft_core.machine import machine_facts  # noqa: E402
-from nft_core.precision import autocast, native_bf16  # noqa: E402
+from nft_core.loop.collect import TRAINING_STREAM  # noqa: E402
+from nft_core.loop.precision import autocast, native_bf16  # noqa: E402
+from nft_core.loop.trainer import Trainer  # noqa: E402
+from nft_core.outputs.machine import machine_facts  # noqa: E402
 from nft_core.sampling import keyed_noise  # noqa: E402
-from nft_core.trainer import TRAINING_STREAM, Trainer  # noqa: E402
 
 DEFAULT_CONFIG = ROOT / "examples" / "shapes-geneval.toml"
 NETWORKS = ("model", "old_model", "reference_model")
@@ -102,7 +103,7 @@ def minimal_training(trainer: Trainer, samples, optimality: torch.Tensor, plan) 
     beta, clip, kl_weight = objective.beta, objective.adv_clip, objective.kl_weight
     model.train(True)
     for step in plan:
-        trainer.optimizer.zero_grad(set_to_none=True)
+        trainer.updater.optimizer.zero_grad(set_to_none=True)
         for batch in step:
             index = batch.index
             x0, t, r = samples.latents[index], batch.times.float(), optimality[index].float()
@@ -127,7 +128,7 @@ def minimal_training(trainer: Trainer, samples, optimality: torch.Tensor, plan) 
             loss = loss + kl_weight * (v - v_ref).square().mean()
             (loss * len(index) / batch.step_samples).backward()
         torch.nn.utils.clip_grad_norm_(parameters, trainer.config.train.grad_clip)
-        trainer.optimizer.step()
+        trainer.updater.optimizer.step()
         with torch.no_grad():
             shadows = list(trainer.ema.shadow.values())
             torch._foreach_lerp_(shadows, [p.detach() for p in parameters], 1.0 - trainer.ema.decay)
@@ -165,9 +166,9 @@ def measure(
             trainer.policy.model.load_state_dict(start_weights)
             # no hooks in a lever's timing: a compiled network would trace (and recompile for) them
             recorder = SamplingRecorder(trainer) if minimal_loop else None
-            samples, scored, phases = trainer.train_epoch()
-            for phase, seconds in phases.items():
-                timings[phase].append(seconds)
+            record, samples, scored = trainer.train_epoch()
+            for phase in timings:
+                timings[phase].append(record[f"seconds/{phase}"])
             if recorder is None:
                 continue
             recorder.close()
@@ -175,8 +176,8 @@ def measure(
             began = time.perf_counter()
             minimal_sampling(calls, trainer.precision, trainer.device)
             minimal["sampling"].append(time.perf_counter() - began)
-            optimality, _ = trainer.advantages(samples, scored.total)
-            plan = trainer.plan(samples)  # a fresh draw of the same geometry
+            optimality, _ = trainer.optimality(samples, scored.total)
+            plan = trainer.updater.plan(samples)  # a fresh draw of the same geometry
             trainer.policy.model.load_state_dict(start_weights)
             began = time.perf_counter()
             minimal_training(trainer, samples, optimality, plan)

@@ -33,8 +33,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from nft_core.machine import machine_facts  # noqa: E402
-from nft_core.objective import forward_noising, nft_loss  # noqa: E402
+from nft_core.flow import forward_noising  # noqa: E402
+from nft_core.objective import nft_loss  # noqa: E402
+from nft_core.outputs.machine import machine_facts  # noqa: E402
 
 SD35_MEDIUM = {
     "sample_size": 128,

@@ -26,8 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from nft_core.config import load_config, resolved_config  # noqa: E402
-from nft_core.resume import flatten_config as flatten  # noqa: E402
-from nft_core.trainer import PHASES  # noqa: E402
+from nft_core.outputs.observer import PHASES  # noqa: E402
+from nft_core.state.resume import flatten_config as flatten  # noqa: E402
 
 IGNORED_KEYS = {"name", "train.max_minutes"}
 """Keys (besides `log.*`) that name or bound a run rather than change its training."""

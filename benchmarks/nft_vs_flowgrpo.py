@@ -46,7 +46,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from learning_curves import curve  # noqa: E402
 
-from nft_core.machine import machine_facts  # noqa: E402
+from nft_core.outputs.machine import machine_facts  # noqa: E402
 
 FLOWGRPO_RECIPE: dict[str, Any] = {
     "objective": {

@@ -33,8 +33,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from nft_core.machine import machine_facts  # noqa: E402
-from nft_core.objective import NFTObjective, forward_noising  # noqa: E402
+from nft_core.flow import forward_noising  # noqa: E402
+from nft_core.objective import NFTObjective  # noqa: E402
+from nft_core.outputs.machine import machine_facts  # noqa: E402
 
 
 def build(folder: Path, layers: int) -> Path:

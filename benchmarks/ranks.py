@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from nft_core.machine import machine_facts  # noqa: E402
+from nft_core.outputs.machine import machine_facts  # noqa: E402
 
 SHORT = ['eval.prompts="shapes:eval-1"', "eval.solver.steps=2", "log.grid_every=0", "log.progress=false"]
 LAYOUTS = {
@@ -35,7 +35,14 @@ LAYOUTS = {
 
 def run_layout(ranks: int, overrides: list[str], epochs: int, folder: Path) -> dict:
     """One run; the median epoch seconds (phases and collectives) after the first epoch."""
-    nft = ["-m", "nft_core.cli", "run", str(ROOT / "examples" / "shapes-geneval.toml"), "--out", str(folder)]
+    nft = [
+        "-m",
+        "nft_core.cli",
+        "run",
+        str(ROOT / "examples" / "shapes-geneval.toml"),
+        "--out",
+        str(folder),
+    ]
     for override in [*SHORT, f"train.epochs={epochs}", *overrides]:
         nft += ["--set", override]
     launcher = (

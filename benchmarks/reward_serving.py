@@ -36,10 +36,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import nft_rewards  # noqa: E402
-from nft_core.machine import machine_facts  # noqa: E402
+from nft_core.outputs.machine import machine_facts  # noqa: E402
 from nft_rewards.serving.process import RewardServer  # noqa: E402
 
-NFT = [sys.executable, "-c", "from nft_core.cli import main; main()"]
+NFT = [sys.executable, "-c", "from nft_core.cli.app import main; main()"]
 
 
 def render_text(text: str, width: int = 320, height: int = 96) -> torch.Tensor:

@@ -25,7 +25,7 @@ from safetensors.torch import load_file
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from nft_core.machine import machine_facts  # noqa: E402
+from nft_core.outputs.machine import machine_facts  # noqa: E402
 
 TIMING = ("seconds/", "images_per_second", "train_minutes")
 

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from nft_core.objective import forward_noising
+from nft_core.flow import forward_noising
 from nft_shapes.grammar import train_prompts
 from nft_shapes.model import TinyUNet
 from nft_shapes.policy import SHIPPED_CHECKPOINT, encode_tokens, load_network

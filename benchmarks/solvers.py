@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import nft_solvers  # noqa: E402
-from nft_core.evaluation import evaluate, paired_difference  # noqa: E402
+from nft_core.loop.evaluation import evaluate, paired_difference  # noqa: E402
 from nft_core.sampling import noise_for, sample_latents  # noqa: E402
 from nft_shapes.plugin import shapes_prompts  # noqa: E402
 from nft_shapes.policy import ShapesTinyPolicy  # noqa: E402
@@ -123,7 +123,7 @@ def train_table(epochs: int | None, solver_steps: int, runs: Path | None) -> lis
     import tempfile
 
     from nft_core.config import load_config, resolved_config
-    from nft_core.trainer import Trainer
+    from nft_core.loop.trainer import Trainer
 
     rows = []
     with tempfile.TemporaryDirectory() as scratch:

@@ -2,9 +2,9 @@
 
 from nft_core.flowgrpo import FlowGRPOObjective, FlowGRPOOptions
 from nft_core.hookspecs import hookimpl
-from nft_core.monitors import PixelDiversity, PixelDiversityOptions
+from nft_core.loop.prompts import read_prompt_file
 from nft_core.objective import NFTObjective, NFTOptions, RFTObjective, RFTOptions
-from nft_core.prompts import read_prompt_file
+from nft_core.outputs.monitors import PixelDiversity, PixelDiversityOptions
 
 
 @hookimpl

@@ -11,11 +11,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from nft_core import registry
 from nft_core.errors import ConfigError
+from nft_core.loop.precision import REQUESTS, resolve_precision
 from nft_core.normalization import NORMALIZERS
 from nft_core.options import explain, toml_json, toml_path
-from nft_core.precision import REQUESTS, resolve_precision
+from nft_core.outputs.tracking import check_trackers
 from nft_core.schedules import LR_SCHEDULES, parse_decay_schedule
-from nft_core.tracking import check_trackers
 
 
 class _Strict(BaseModel):

@@ -77,12 +77,6 @@ class ParameterEMA:
             shadow.mul_(d).add_(value, alpha=1.0 - d)
         self.num_updates += 1
 
-    @torch.no_grad()
-    def copy_to(self, named_parameters: NamedParameters) -> None:
-        """Write the EMA values into the live parameters (cast to their dtype and device)."""
-        for shadow, param in self._match(named_parameters):
-            param.copy_(shadow.to(device=param.device, dtype=param.dtype))
-
     @contextmanager
     def swapped_in(self, named_parameters: NamedParameters) -> Iterator[None]:
         """Evaluate with the EMA weights inside the block; the live weights are restored exactly after."""

@@ -22,7 +22,7 @@ from nft_core.sampling import policy_velocity
 from nft_core.sde import gaussian_log_prob, sde_transition
 from nft_core.types import Cond, Trajectory
 
-__all__ = ["FlowGRPOObjective", "FlowGRPOOptions", "clipped_policy_loss", "sde_trajectory"]
+__all__ = ["FlowGRPOObjective", "FlowGRPOOptions", "clipped_policy_loss", "path_steps", "sde_trajectory"]
 
 
 def sde_trajectory(
@@ -53,6 +53,20 @@ def sde_trajectory(
             log_probs.append(gaussian_log_prob(x, mean, std))
         states.append(x)
     return Trajectory(torch.stack(states, dim=1), torch.stack(log_probs, dim=1), times.detach().cpu().clone())
+
+
+def path_steps(
+    path: Trajectory, rows: torch.Tensor, times: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The steps of the paths `rows` that start at the training `times` `[N]` (each a time of the path's
+    grid: time `t_k` is step `k`, from `t_k` to `t_{k+1}`): `(states, next_states, old_log_probs, steps)`."""
+    device = path.states.device
+    index = rows.to(device)
+    grid = path.times.to(times.device, times.dtype)
+    steps = torch.searchsorted(-grid, -times.contiguous()).to(device)  # t_k is grid[k]
+    states = path.states[index]
+    arange = torch.arange(len(index), device=device)
+    return states[arange, steps], states[arange, steps + 1], path.log_probs[index][arange, steps], steps
 
 
 def clipped_policy_loss(

@@ -32,9 +32,14 @@ def register_monitors(register):
 
 
 @hookspec
-def register_loggers(register):
+def register_trackers(register):
     """Register experiment trackers: `register(name, factory, options=OptionsModel, description=...)`;
     `factory(**options)` -> Tracker (`[log] trackers` names them; docs/trackers.md)."""
+
+
+@hookspec
+def register_loggers(register):
+    """Deprecated name of `register_trackers` (still honoured, with a warning)."""
 
 
 @hookspec

@@ -1,8 +1,7 @@
 """The DiffusionNFT objective (docs/algorithm.md step 5) and the positive-only RFT baseline.
 
 `nft_loss` is the pure math on tensors; `NFTObjective` / `RFTObjective` draw the forward-process noise
-and query the policy's views, then call it. Conventions (rectified flow): `x_t = (1 - t) x0 + t eps`,
-the network predicts `v = eps - x0`, so `x0_hat = x_t - t v`.
+(`nft_core.flow`) and query the policy's views, then call it.
 """
 
 from __future__ import annotations
@@ -12,45 +11,11 @@ from typing import Any
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from nft_core.flow import draw_noise, expand_time, forward_noising
 from nft_core.protocols import Policy
 from nft_core.types import Cond, index_cond
 
-__all__ = [
-    "NFTObjective",
-    "NFTOptions",
-    "RFTObjective",
-    "RFTOptions",
-    "draw_noise",
-    "expand_time",
-    "forward_noising",
-    "nft_loss",
-    "rft_loss",
-]
-
-
-def expand_time(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """Reshape per-sample times `[N]` to `[N, 1, ..., 1]` so they broadcast over `like`'s non-batch dims."""
-    if t.ndim != 1 or t.shape[0] != like.shape[0]:
-        raise ValueError(f"t must have shape [N] = [{like.shape[0]}], got {tuple(t.shape)}")
-    return t.reshape(-1, *([1] * (like.ndim - 1)))
-
-
-def draw_noise(like: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """`eps ~ N(0, I)` shaped like `like`, on its device and dtype, drawn with `generator`.
-
-    A generator on another device (a CPU generator for CUDA latents) draws on its own device and the
-    noise is moved, so a CPU seed gives the same noise whatever the training device.
-    """
-    if generator is not None and generator.device != like.device:
-        noise = torch.randn(like.shape, generator=generator, device=generator.device, dtype=like.dtype)
-        return noise.to(like.device)
-    return torch.randn(like.shape, generator=generator, device=like.device, dtype=like.dtype)
-
-
-def forward_noising(x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-    """`x_t = (1 - t) x0 + t eps` with `t` of shape `[N]`."""
-    tb = expand_time(t, x0).to(x0.dtype)
-    return (1 - tb) * x0 + tb * eps
+__all__ = ["NFTObjective", "NFTOptions", "RFTObjective", "RFTOptions", "nft_loss", "rft_loss"]
 
 
 def _compute_dtype(*tensors: torch.Tensor) -> torch.dtype:

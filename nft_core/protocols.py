@@ -126,6 +126,38 @@ class Policy(Protocol):
 
 
 @runtime_checkable
+class ShardablePolicy(Protocol):
+    """A policy whose networks FSDP2 can shard (`train.parallel = "fsdp2"`)."""
+
+    def fully_shard(self, mesh: Any) -> None:
+        """Shard the current, old and reference networks over the device mesh `mesh`."""
+        ...
+
+
+@runtime_checkable
+class ExportablePolicy(Protocol):
+    """A policy that writes a checkpoint's weights for use without this project (`nft export`)."""
+
+    def export(self, checkpoint: str, out: str, merge: bool = False) -> list[str]:
+        """Write the checkpoint folder's weights into the new folder `out`; returns the files written."""
+        ...
+
+
+@runtime_checkable
+class Stateful(Protocol):
+    """Something a checkpoint saves and a resumed run restores (a stateful normalizer, an optimizer's
+    adapter, the run's counters: `nft_core.state`)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """A flat dict: tensors, and JSON values (numbers, strings, lists, dicts)."""
+        ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what `state_dict` returned (the tensors may come back on the CPU)."""
+        ...
+
+
+@runtime_checkable
 class Objective(Protocol):
     """A training loss over collected samples: `nft` is the product, others are baselines."""
 
@@ -210,11 +242,12 @@ class TrajectoryObjective(Protocol):
     """An objective that trains on sampling paths (FlowGRPO) instead of clean samples: it declares
     `collects = "trajectory"`, samples them itself, and its loss takes steps of those paths.
 
-    The trainer asks `getattr(objective, "collects", "clean")`: "clean" objectives (NFT, RFT) get only
-    the clean samples (`Objective.loss`); "trajectory" ones get `Samples.trajectory` and the training
-    time `t_k` of the plan becomes the path's step `k` (from `t_k` to `t_{k+1}` of the collection grid).
-    `on_policy = True` says the ratio is against the sampling policy, so the old policy must be the
-    current one when samples are collected (`objective.old_decay = "0"`)."""
+    The collector is chosen once from this declaration (`nft_core.loop.collect.collector_for`): other
+    objectives (NFT, RFT) get only the clean samples (`Objective.loss`); trajectory ones get
+    `Samples.trajectory` and the training time `t_k` of the plan becomes the path's step `k` (from `t_k`
+    to `t_{k+1}` of the collection grid). `on_policy = True` says the ratio is against the sampling
+    policy, so the old policy must be the current one when samples are collected
+    (`objective.old_decay = "none"`)."""
 
     name: str
     adv_clip: float

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import difflib
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -10,6 +10,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from nft_core.errors import ConfigError, UserError
+from nft_core.lookup import lookup
 from nft_core.options import explain, validate_options
 from nft_core.plugins import load_plugins, plugin_distribution
 
@@ -19,16 +20,18 @@ KINDS = {
     "policies": "register_policies",
     "objectives": "register_objectives",
     "monitors": "register_monitors",
-    "loggers": "register_loggers",
+    "trackers": "register_trackers",
     "prompt_sources": "register_prompt_sources",
 }
+DEPRECATED_HOOKS = {"register_loggers": "register_trackers"}
+"""Old hook names still honoured (with a DeprecationWarning) -> the name that replaced them."""
 SINGULAR = {
     "rewards": "reward",
     "solvers": "solver",
     "policies": "policy",
     "objectives": "objective",
     "monitors": "monitor",
-    "loggers": "tracker",
+    "trackers": "tracker",
     "prompt_sources": "prompt source",
 }
 """What one registration of each kind is called in messages (`unknown policy 'sd33'`)."""
@@ -51,13 +54,23 @@ _cache: dict[str, dict[str, Registration]] = {}
 
 def registrations(kind: str) -> dict[str, Registration]:
     """All registrations of one kind (`rewards`, `solvers`, `policies`, `objectives`, `monitors`,
-    `loggers` (experiment trackers), `prompt_sources`)."""
+    `trackers`, `prompt_sources`)."""
     if kind in _cache:
         return _cache[kind]
     manager = load_plugins()
     found: dict[str, Registration] = {}
-    hook = getattr(manager.hook, KINDS[kind])
-    for impl in reversed(hook.get_hookimpls()):  # registration order: first registered first
+    impls = list(reversed(getattr(manager.hook, KINDS[kind]).get_hookimpls()))
+    for old_name, new_name in DEPRECATED_HOOKS.items():
+        if KINDS[kind] == new_name:
+            for impl in reversed(getattr(manager.hook, old_name).get_hookimpls()):
+                warnings.warn(
+                    f"plugin {impl.plugin_name!r} implements {old_name}, the old name of {new_name}; "
+                    f"rename it (the old name goes in a later release)",
+                    DeprecationWarning,
+                    stacklevel=2,
+                )
+                impls.append(impl)
+    for impl in impls:  # registration order: first registered first
 
         def register(
             name: str,
@@ -96,12 +109,7 @@ def get(kind: str, name: str, path: str) -> Registration:
     """Look up a registered name; an unknown one is a ConfigError that lists what is available and,
     for a near miss (a typo), suggests the closest name."""
     available = registrations(kind)
-    if name not in available:
-        names = ", ".join(sorted(available)) or "none"
-        close = difflib.get_close_matches(str(name), list(available), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ConfigError(f"{path}: unknown {SINGULAR[kind]} {name!r}; available: {names}{hint}")
-    return available[name]
+    return lookup(available, name, SINGULAR[kind], path, ConfigError, sorted(available))
 
 
 def check_options(kind: str, name: str, options: dict[str, Any], path: str, toml: bool = False) -> None:

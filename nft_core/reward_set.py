@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from nft_core.advantages import prompt_group_ids
-from nft_core.protocols import Reward
+from nft_core.protocols import Reward, Stateful
 
 __all__ = ["RewardSet", "RewardSetOutput", "RewardTerm", "combine", "concat_raw"]
 
@@ -230,17 +230,18 @@ class RewardSet:
                 out.errors[term.name] = f"{type(error).__name__}: {error}"
         return None
 
-    def normalizer_state(self) -> dict[str, Any]:
+    def state_dict(self) -> dict[str, Any]:
         """States of the stateful normalizers (running z-score), by reward name, for checkpoints."""
         return {
             term.name: term.normalizer.state_dict()
             for term in self.terms
-            if hasattr(term.normalizer, "state_dict")
+            if isinstance(term.normalizer, Stateful)
         }
 
-    def load_normalizer_state(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore `state_dict`'s normalizer states."""
         for term in self.terms:
-            if term.name in state and hasattr(term.normalizer, "load_state_dict"):
+            if term.name in state and isinstance(term.normalizer, Stateful):
                 term.normalizer.load_state_dict(state[term.name])
 
 

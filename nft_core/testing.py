@@ -11,6 +11,9 @@
     def test_my_policy_keeps_the_contract(tmp_path):
         check_policy(MyPolicy(...), tmp_path)
 
+    def test_installed_plugin_is_listed_by_nft_plugins():
+        check_listed("nft-my-reward", {"rewards": ["my-reward"]})
+
 Every failed check raises `ConformanceError` (an `AssertionError`, so pytest shows it as a failed
 assertion) whose message names the object and says what is wrong. The contract is docs/plugins.md's.
 """
@@ -29,6 +32,7 @@ from nft_core.types import Aggregate
 
 __all__ = [
     "ConformanceError",
+    "check_listed",
     "check_policy",
     "check_reward",
     "check_solver",
@@ -327,6 +331,33 @@ def _check_mismatch_raises(
 
 
 # ---- solvers ---------------------------------------------------------------------------------------
+
+
+def check_listed(plugin: str, registers: dict[str, list[str]], version: str | None = None) -> dict[str, Any]:
+    """The installed plugin (entry-point name `plugin`) is what `nft plugins` lists, in a fresh process
+    that loads it alone (`NFT_LOAD_PLUGINS`): its distribution of the same name with a version (`version`
+    if given), and exactly the names `registers` by kind. Returns its entry."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "NFT_LOAD_PLUGINS": plugin}
+    command = [sys.executable, "-m", "nft_core.cli", "plugins"]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, check=False)
+    _ensure(result.returncode == 0, plugin, f"`nft plugins` failed: {result.stderr.strip()[-500:]}")
+    listing = json.loads(result.stdout)
+    entry = next((p for p in listing["plugins"] if p["name"] == plugin), None)
+    _ensure(entry is not None, plugin, f"not installed: pip install -e . ({listing['errors']})")
+    assert entry is not None
+    _ensure(entry["distribution"] == plugin, plugin, f"comes from distribution {entry['distribution']!r}")
+    _ensure(
+        bool(entry["version"]) and version in (None, entry["version"]),
+        plugin,
+        f"version {entry['version']!r}",
+    )
+    _ensure(entry["registers"] == registers, plugin, f"registers {entry['registers']}, want {registers}")
+    return entry
 
 
 def point_mass_velocity(x0: torch.Tensor, noise: torch.Tensor) -> Callable[..., torch.Tensor]:

@@ -152,3 +152,14 @@ class Aggregate:
     def mean(cls, output: RewardOutput) -> Aggregate:
         """The plain mean of the scores: the aggregation of any reward that declares no other."""
         return cls(score=float(output.scores.float().mean()))
+
+
+@dataclass
+class EvalResult:
+    """Per reward: its summary entry (`score`, `mean`, detail means, its tables), its per-tag breakdown,
+    and the images and per-image values it came from."""
+
+    scores: dict[str, dict[str, Any]] = field(default_factory=dict)
+    per_tag: dict[str, dict[str, float]] = field(default_factory=dict)
+    images: torch.Tensor | None = None
+    per_image: dict[str, torch.Tensor] = field(default_factory=dict)

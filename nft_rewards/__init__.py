@@ -36,15 +36,10 @@ BUILTIN_REWARDS: dict[str, str] = {
 
 def reward_class(name: str) -> type:
     """The class of a built-in reward (imports its module, not its model library)."""
-    if name not in BUILTIN_REWARDS:
-        import difflib
+    from nft_core.lookup import lookup
 
-        from nft_core.errors import UserError
-
-        close = difflib.get_close_matches(name, list(BUILTIN_REWARDS), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise UserError(f"unknown reward {name!r}; available: {', '.join(BUILTIN_REWARDS)}{hint}")
-    module, _, attribute = BUILTIN_REWARDS[name].partition(":")
+    target = lookup(BUILTIN_REWARDS, name, "reward")
+    module, _, attribute = target.partition(":")
     return getattr(importlib.import_module(module), attribute)
 
 

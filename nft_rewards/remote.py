@@ -7,9 +7,9 @@
 
 At construction it reads the server's `/info` (native range, direction, determinism, metadata need,
 aggregation), so it declares exactly what the served reward declares. Each call sends the images
-losslessly (`nft_core.wire`, float in its own dtype by default) and returns the served reward's scores,
-details and notes unchanged. Timeouts, dropped connections and 5xx answers are retried with a short
-back-off; a 4xx (the request itself is wrong) is not.
+losslessly (`nft_rewards.serving.wire`, float in its own dtype by default) and returns the served
+reward's scores, details and notes unchanged. Timeouts, dropped connections and 5xx answers are retried
+with a short back-off; a 4xx (the request itself is wrong) is not.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ from pydantic import Field
 
 from nft_core.errors import UserError
 from nft_core.types import Aggregate, RewardOutput
-from nft_core.wire import (
+from nft_rewards.base import BaseReward, RewardOptions
+from nft_rewards.serving.wire import (
     CONTENT_TYPE,
     TOKEN_ENV,
     WireError,
@@ -33,7 +34,6 @@ from nft_core.wire import (
     encode_aggregate_request,
     encode_request,
 )
-from nft_rewards.base import BaseReward, RewardOptions
 
 __all__ = ["RemoteOptions", "RemoteReward"]
 

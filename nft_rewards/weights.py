@@ -14,12 +14,12 @@ cache is consulted.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from nft_core.errors import UserError
+from nft_core.weights import WEIGHTS_ENV, hub_offline, is_hub_id, weights_dir
 
 __all__ = [
     "WEIGHTS",
@@ -32,8 +32,6 @@ __all__ = [
     "resolve_repo",
     "weights_dir",
 ]
-
-WEIGHTS_ENV = "NFT_WEIGHTS_DIR"
 
 MODEL_FILES = (("config.json",), ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin"))
 """A transformers model folder: its config and one weights file (or shard index)."""
@@ -85,31 +83,6 @@ WEIGHTS: dict[str, tuple[HubFiles, ...]] = {
     "remote": (),  # the served reward needs its weights where the server runs
 }
 """Per reward, the hub files its default options need (`nft weights download REWARD` fetches them)."""
-
-
-def weights_dir(option: str | None = None) -> Path | None:
-    """The weights directory: the option if given, else `$NFT_WEIGHTS_DIR`, else None."""
-    value = option or os.environ.get(WEIGHTS_ENV) or None
-    return Path(value).expanduser() if value else None
-
-
-def hub_offline() -> bool:
-    """True when the environment forbids hub access (`HF_HUB_OFFLINE` / `TRANSFORMERS_OFFLINE`)."""
-    return any(
-        os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on")
-        for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
-    )
-
-
-def is_hub_id(reference: str) -> bool:
-    """Whether `reference` has the form of a hub id `org/name` (not a path such as `./x`, `/x`, `~/x`)."""
-    parts = reference.split("/")
-    return (
-        len(parts) == 2
-        and all(parts)
-        and not reference.startswith((".", "~"))
-        and not os.path.isabs(reference)
-    )
 
 
 def _describe(groups: Sequence[Sequence[str]]) -> str:

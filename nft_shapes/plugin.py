@@ -98,9 +98,9 @@ def register_commands(app):
         token_init_std: float | None = typer.Option(
             None, help="token embedding init std (shipped: 1.0; 0.02 lets word order through a transformer)"
         ),
-        position_code: bool | None = typer.Option(
+        position_embedding: bool | None = typer.Option(
             None,
-            "--position-code/--no-position-code",
+            "--position-embedding/--no-position-embedding",
             help="2D position code before attention (shipped: on)",
         ),
         text_encoder: str | None = typer.Option(
@@ -149,7 +149,7 @@ def register_commands(app):
                     "seed": seed,
                     "text_layers": text_layers,
                     "token_init_std": token_init_std,
-                    "position_embedding": position_code,
+                    "position_embedding": position_embedding,
                     "text_encoder": text_encoder,
                     "timesteps": timesteps,
                     "logit_mean": logit_mean,

@@ -30,8 +30,8 @@ import torch
 from tqdm import tqdm
 
 from nft_core.errors import UserError
+from nft_core.flow import forward_noising
 from nft_core.io import atomic_write_text
-from nft_core.objective import forward_noising
 from nft_shapes.grammar import TAGS, train_prompts
 from nft_shapes.model import TinyUNet, TinyUNetConfig, check_text_encoder
 from nft_shapes.policy import (

@@ -17,7 +17,8 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from nft_core.errors import ConfigError, UserError
+from nft_core.errors import ConfigError
+from nft_core.lookup import lookup
 from nft_core.options import explain
 from nft_solvers.base import GridSolver, SolverOptions, VelocityCall
 from nft_solvers.diffusers_adapter import DiffusersSolver
@@ -57,9 +58,7 @@ def load(name: str, **options: Any):
 
 
 def _solver_class(name: str) -> type:
-    if name not in BUILTIN_SOLVERS:
-        raise UserError(f"unknown solver {name!r}; available: {', '.join(BUILTIN_SOLVERS)}")
-    return BUILTIN_SOLVERS[name]
+    return lookup(BUILTIN_SOLVERS, name, "solver")
 
 
 __all__ = [

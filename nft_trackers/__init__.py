@@ -1,7 +1,7 @@
 """Experiment trackers for `[log] trackers`: TensorBoard and Weights & Biases (docs/trackers.md).
 
 Each implements `nft_core.protocols.Tracker`; `nft_trackers.plugin` registers them through the
-`register_loggers` hook. The tracker libraries are optional (`pip install "diffusion-nft[tensorboard]"`,
+`register_trackers` hook. The tracker libraries are optional (`pip install "diffusion-nft[tensorboard]"`,
 `"diffusion-nft[wandb]"`) and imported only when a run starts the tracker.
 """
 

@@ -1,4 +1,4 @@
-"""The built-in experiment trackers as an `nft` plugin (the `register_loggers` hook)."""
+"""The built-in experiment trackers as an `nft` plugin (the `register_trackers` hook)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from nft_trackers.wandb_tracker import WandbOptions, WandbTracker
 
 
 @hookimpl
-def register_loggers(register):
+def register_trackers(register):
     register(
         "tensorboard",
         TensorBoardTracker,

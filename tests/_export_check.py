@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 def check_export(run_dir: Path, model_dir: Path, pipeline_class: Any, call: dict, tmp_path: Path) -> None:
     """Export `run_dir`'s newest checkpoint both ways and compare images of `pipeline_class(**call)`."""
-    from nft_core.cli import build_app
+    from nft_core.cli.app import build_app
 
     runner = CliRunner()
     for args in (["--out", str(tmp_path / "lora")], ["--out", str(tmp_path / "merged"), "--merge"]):

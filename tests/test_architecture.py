@@ -7,6 +7,9 @@ Every `import` and `from ... import` of every module is read with `ast`, those i
 * A plugin package imports only the core's contract modules (`CONTRACT`), never its orchestration.
 * `nft_rewards` and `nft_solvers` import neither each other nor `nft_policies` / `nft_shapes`.
 * No cycle between packages, and none between modules.
+* The core stays small: its top-level modules (contracts and algorithm) within `CORE_TOP_BUDGET` lines,
+  the trainer within `TRAINER_BUDGET`; the rooms (`loop/`, `state/`, `outputs/`, `distributed/`, `cli/`)
+  keep every module within `MODULE_BUDGET`. A budget is raised only in a commit that says why.
 """
 
 from __future__ import annotations
@@ -24,22 +27,24 @@ PLUGIN_PACKAGES = ("nft_rewards", "nft_solvers", "nft_policies", "nft_shapes", "
 PACKAGES = (CORE, *PLUGIN_PACKAGES)
 CONTRACT = {
     "nft_core.errors",
+    "nft_core.flow",
     "nft_core.hookspecs",
     "nft_core.io",
-    "nft_core.objective",
+    "nft_core.lookup",
     "nft_core.options",
     "nft_core.protocols",
     "nft_core.sde",
     "nft_core.types",
-    "nft_core.wire",
+    "nft_core.weights",
 }
-"""The core modules a plugin package may import: interfaces, value types, errors, option validation,
-hook markers, file helpers (atomic writes, prompt files), the reward-serving wire format (`nft_core.wire`)
-and pure math: the objective's (`forward_noising`) and the FlowGRPO SDE step's (`nft_core.sde`)."""
+"""The core modules a plugin package may import: interfaces, value types, errors, option validation, the
+one wording of unknown names, hook markers, file helpers (atomic writes, prompt files), where model weights
+come from, and pure math: the forward process (`nft_core.flow`) and the FlowGRPO SDE step
+(`nft_core.sde`)."""
 FORBIDDEN = {
     "nft_rewards": {"nft_solvers", "nft_policies", "nft_shapes"},
     "nft_solvers": {"nft_rewards", "nft_policies", "nft_shapes"},
-    "nft_policies": {"nft_shapes"},
+    "nft_policies": {"nft_shapes", "nft_rewards"},
     "nft_shapes": {"nft_policies"},
 }
 
@@ -91,7 +96,7 @@ def test_the_graph_sees_lazy_relative_and_from_imports():
     assert {name.split(".")[0] for name in MODULES} == set(PACKAGES)
     assert "nft_core.registry" in GRAPH["nft_core.config"]  # `from nft_core import registry`
     assert "nft_rewards.geneval.mask2former" in GRAPH["nft_rewards.geneval.detectors"]  # inside a function
-    assert "nft_rewards.weights" in GRAPH["nft_policies.base.loading"]
+    assert "nft_core.outputs.report" in GRAPH["nft_core.outputs.observer"]  # inside a method
 
 
 def imports_of(package: str, forbidden) -> list[tuple[str, str]]:
@@ -170,3 +175,28 @@ def test_importing_rewards_and_solvers_stays_light():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+CORE_TOP_BUDGET = 3500
+"""Lines of `nft_core/*.py` (the contracts, the algorithm, config and the plugin manager), without
+`testing.py` (the conformance kit)."""
+TRAINER_BUDGET = 400
+"""Lines of `nft_core/loop/trainer.py`: the epoch and the lifecycle, its parts elsewhere."""
+MODULE_BUDGET = 500
+"""Lines of any other module of the core's rooms: past it, a module is a room to split."""
+
+
+def lines(path: Path) -> int:
+    return len(path.read_text(encoding="utf-8").splitlines())
+
+
+def test_the_core_keeps_its_size_budget():
+    top = {path.name: lines(path) for path in (ROOT / CORE).glob("*.py") if path.name != "testing.py"}
+    assert sum(top.values()) <= CORE_TOP_BUDGET, sorted(top.items(), key=lambda item: -item[1])[:8]
+    assert lines(ROOT / CORE / "loop" / "trainer.py") <= TRAINER_BUDGET
+    rooms = {
+        str(path.relative_to(ROOT)): lines(path)
+        for path in (ROOT / CORE).glob("*/*.py")
+        if path.name != "trainer.py" and "plugin_template" not in path.parts
+    }
+    assert {name: count for name, count in rooms.items() if count > MODULE_BUDGET} == {}

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from nft_core.config import load_config
-from nft_core.trainer import Trainer
+from nft_core.loop.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 _SPEC = importlib.util.spec_from_file_location("bench_epoch", ROOT / "benchmarks" / "epoch.py")
@@ -34,16 +34,18 @@ def test_minimal_training_updates_the_weights_as_the_trainer_does(fast_config, t
             parameter.add_(0.05 * torch.randn(parameter.shape, generator=generator))
     # SGD: its step is linear in the gradient; Adam's first step is about lr * sign(g), so float noise in
     # a near-zero gradient would flip whole steps and hide what is compared
-    trainer.optimizer = torch.optim.SGD(policy.model.parameters(), lr=0.1)
-    trainer.lr_schedule = torch.optim.lr_scheduler.LambdaLR(trainer.optimizer, lambda step: 1.0)
+    trainer.updater.optimizer = torch.optim.SGD(policy.model.parameters(), lr=0.1)
+    trainer.updater.lr_schedule = torch.optim.lr_scheduler.LambdaLR(
+        trainer.updater.optimizer, lambda step: 1.0
+    )
     start = {
         "model": copy.deepcopy(policy.model.state_dict()),
         "old": copy.deepcopy(policy.old_model.state_dict()),
-        "optimizer": copy.deepcopy(trainer.optimizer.state_dict()),
+        "optimizer": copy.deepcopy(trainer.updater.optimizer.state_dict()),
         "ema": {k: v.clone() for k, v in trainer.ema.shadow.items()},
-        "generator": trainer.generator.get_state(),
+        "generator": trainer.updater.generator.get_state(),
     }
-    trainer.update(samples, optimality)
+    trainer.updater.step(samples, optimality)
     trainer.refresh_old()
     expected = [
         {k: v.clone() for k, v in state.items()}
@@ -52,11 +54,11 @@ def test_minimal_training_updates_the_weights_as_the_trainer_does(fast_config, t
 
     policy.model.load_state_dict(start["model"])
     policy.old_model.load_state_dict(start["old"])
-    trainer.optimizer.load_state_dict(start["optimizer"])
+    trainer.updater.optimizer.load_state_dict(start["optimizer"])
     trainer.ema.shadow = start["ema"]
-    trainer.generator.set_state(start["generator"])
+    trainer.updater.generator.set_state(start["generator"])
     trainer.state.global_step -= trainer.geometry.optimizer_steps
-    plan = trainer.plan(samples)
+    plan = trainer.updater.plan(samples)
     epoch.minimal_training(trainer, samples, optimality, plan)
     found = [policy.model.state_dict(), policy.old_model.state_dict(), trainer.ema.shadow]
 

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from nft_core.config import load_config
-from nft_core.trainer import Trainer
+from nft_core.loop.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 _SPEC = importlib.util.spec_from_file_location("bench_curves", ROOT / "benchmarks" / "learning_curves.py")

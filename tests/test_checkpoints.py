@@ -13,7 +13,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from nft_core.checkpoints import (
+from nft_core.config import load_config
+from nft_core.errors import ConfigError
+from nft_core.loop.trainer import Trainer
+from nft_core.state.checkpoints import (
     RESUME_FILE,
     CheckpointWriteError,
     checkpoint_folders,
@@ -21,9 +24,6 @@ from nft_core.checkpoints import (
     read_state,
     write_checkpoint,
 )
-from nft_core.config import load_config
-from nft_core.errors import ConfigError
-from nft_core.trainer import Trainer
 
 QUIET = ["log.grid_every=0", "eval.baseline_guidance=[]", "eval.every=0", "train.epochs=1"]
 
@@ -81,7 +81,7 @@ def test_a_checkpoint_write_killed_at_any_point_leaves_the_old_or_the_new(traine
         with monkeypatch.context() as patch:
             count = kill_at(patch, operation)
             try:
-                trained.checkpoint()
+                trained.run_state.save()
                 finished = True
             except Killed:
                 finished = False
@@ -119,7 +119,7 @@ def test_a_full_disk_during_a_checkpoint_is_one_clear_error_and_the_previous_sta
     with pytest.raises(
         CheckpointWriteError, match="the disk is full; the last complete checkpoint.*is intact"
     ):
-        trained.checkpoint()
+        trained.run_state.save()
     monkeypatch.undo()
     assert latest_checkpoint(trained.run_dir) == old and loadable(old)
     assert [p.name for p in (trained.run_dir / "checkpoints").iterdir()] == [old.name]
@@ -153,7 +153,7 @@ def test_warm_start_loads_the_weights_with_a_fresh_optimizer_and_counters(traine
         torch.testing.assert_close(parameter, saved[name], rtol=0, atol=0)
     for name, parameter in warm.policy.old_parameters():
         torch.testing.assert_close(parameter, saved[name], rtol=0, atol=0)
-    assert warm.state.global_step == 0 and not warm.optimizer.state
+    assert warm.state.global_step == 0 and not warm.updater.optimizer.state
     torch.testing.assert_close(warm.ema.shadow[next(iter(saved))], saved[next(iter(saved))])
     with pytest.raises(ConfigError, match="policy.init_from: .* is not a folder"):
         Trainer(load_config(fast_config, [*QUIET, 'policy.init_from="nowhere"']), tmp_path / "x")

@@ -11,7 +11,7 @@ import typer
 from PIL import Image
 from typer.testing import CliRunner
 
-from nft_core.cli import build_app, parse_option
+from nft_core.cli.app import build_app, parse_option
 from nft_rewards import plugin
 from nft_rewards.jpeg import JpegCompressibility
 

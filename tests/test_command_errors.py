@@ -11,7 +11,7 @@ from click.testing import Result
 from PIL import Image
 from typer.testing import CliRunner
 
-from nft_core.cli import build_app
+from nft_core.cli.app import build_app
 
 runner = CliRunner()  # Click >= 8.2: `result.output` holds stdout and stderr, interleaved as written
 APP = build_app()

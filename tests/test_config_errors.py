@@ -26,7 +26,7 @@ from pydantic.fields import FieldInfo
 from typer.testing import CliRunner
 
 from nft_core import registry
-from nft_core.cli import build_app
+from nft_core.cli.app import build_app
 from nft_core.config import (
     ObjectiveConfig,
     PolicyConfig,

@@ -16,8 +16,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from nft_core.checkpoints import RESUME_FILE, latest_checkpoint, read_resume_tensors, read_state
-from nft_core.sharded_state import SHARDS_FOLDER
+from nft_core.state.checkpoints import RESUME_FILE, latest_checkpoint, read_resume_tensors, read_state
+from nft_core.state.sharded import SHARDS_FOLDER
 from tests._torchrun import finish, kill_job, nft_command, start
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="torchrun with gloo: Linux and macOS")

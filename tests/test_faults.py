@@ -12,10 +12,10 @@ from pydantic import BaseModel, ConfigDict
 from safetensors.torch import load_file
 
 from nft_core import plugins, registry
-from nft_core.checkpoints import RESUME_FILE, latest_checkpoint
 from nft_core.config import load_config
 from nft_core.hookspecs import hookimpl
-from nft_core.trainer import Trainer
+from nft_core.loop.trainer import Trainer
+from nft_core.state.checkpoints import RESUME_FILE, latest_checkpoint
 from nft_core.types import Aggregate, RewardOutput
 
 

@@ -11,8 +11,8 @@ import torch
 from nft_core.config import load_config
 from nft_core.errors import ConfigError
 from nft_core.flowgrpo import FlowGRPOObjective, clipped_policy_loss, sde_trajectory
+from nft_core.loop.trainer import Trainer
 from nft_core.sde import flowgrpo_std, gaussian_log_prob, sde_transition
-from nft_core.trainer import Trainer
 from nft_solvers.euler import EulerSolver
 
 
@@ -117,7 +117,7 @@ def test_flowgrpo_trains_through_the_trainer_and_keeps_whole_paths(fast_config, 
     assert summary["status"] == "finished"
     moved = max(float((p.detach() - before[n]).abs().max()) for n, p in trainer.policy.trainable_parameters())
     assert moved > 0
-    records = [r for r in trainer.state.records if r["kind"] == "train"]
+    records = [r for r in trainer.outputs.records if r["kind"] == "train"]
     assert records and all({"ratio", "clip_fraction", "approx_kl", "loss_kl"} <= r.keys() for r in records)
 
 

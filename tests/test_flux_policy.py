@@ -162,7 +162,7 @@ normalize = "group-zscore"
 def flux_run(model_dir, tmp_path_factory, brightness_reward):
     """A short NFT run of a LoRA on the tiny FLUX model, trained to make its images brighter."""
     from nft_core.config import load_config
-    from nft_core.trainer import Trainer
+    from nft_core.loop.trainer import Trainer
 
     tmp = tmp_path_factory.mktemp("flux-run")
     prompts = tmp / "prompts.txt"
@@ -221,7 +221,7 @@ FLUX_PRESETS = sorted((Path(__file__).resolve().parents[1] / "examples").glob("f
 
 @pytest.mark.parametrize("preset", FLUX_PRESETS, ids=[p.stem for p in FLUX_PRESETS])
 def test_flux_presets_validate_without_weights_and_name_their_prompt_files(preset, monkeypatch, tmp_path):
-    from nft_core.cli import build_app
+    from nft_core.cli.app import build_app
     from nft_policies.base import loading
 
     def forbidden(*args, **kwargs):

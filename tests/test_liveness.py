@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch.distributed as dist
 
-from nft_core import liveness
+from nft_core.distributed import liveness
 
 
 @pytest.fixture

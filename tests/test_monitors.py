@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from nft_core.config import load_config
-from nft_core.monitors import PixelDiversity, group_pairwise_distance
-from nft_core.trainer import Trainer
+from nft_core.loop.trainer import Trainer
+from nft_core.outputs.monitors import PixelDiversity, group_pairwise_distance
 from nft_shapes.grammar import metadata_for
 from nft_shapes.monitor import ShapesDiversity, entropy_bits
 from nft_shapes.render import render_batch

@@ -9,15 +9,8 @@ import pydantic
 import pytest
 import torch
 
-from nft_core.objective import (
-    NFTObjective,
-    NFTOptions,
-    RFTObjective,
-    RFTOptions,
-    draw_noise,
-    forward_noising,
-    nft_loss,
-)
+from nft_core.flow import draw_noise, forward_noising
+from nft_core.objective import NFTObjective, NFTOptions, RFTObjective, RFTOptions, nft_loss
 
 
 def _leaf(values, dtype=torch.float64) -> torch.Tensor:

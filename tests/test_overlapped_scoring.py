@@ -11,9 +11,9 @@ from pathlib import Path
 import torch
 from typer.testing import CliRunner
 
-from nft_core.cli import build_app
+from nft_core.cli.app import build_app
+from nft_core.loop.overlap import OverlappedScoring
 from nft_core.normalization import make_normalizer
-from nft_core.overlap import OverlappedScoring
 from nft_core.reward_set import RewardSet, RewardTerm, concat_raw
 from nft_core.types import RewardOutput
 from nft_rewards.serving.process import RewardServer, free_port

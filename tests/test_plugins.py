@@ -15,10 +15,10 @@ import tomllib
 from typer.testing import CliRunner
 
 from nft_core import plugins, registry
-from nft_core.cli import build_app
+from nft_core.cli.app import build_app
+from nft_core.cli.scaffold import TEMPLATE_DIR, TEMPLATE_TOKENS, scaffold_plugin
 from nft_core.errors import UserError
 from nft_core.hookspecs import hookimpl
-from nft_core.scaffold import TEMPLATE_DIR, TEMPLATE_TOKENS, scaffold_plugin
 
 runner = CliRunner()
 
@@ -53,11 +53,7 @@ def test_plugin_new_writes_a_complete_package(tmp_path, name, kind, hook, regist
     assert hook in functions and class_name in classes and f'"{registered}"' in source
     tests = (root / "tests" / f"test_{module}.py").read_text()
     ast.parse(tests)
-    assert (
-        "nft_core.testing" in tests
-        and '"plugins"' in tests
-        and f'"NFT_LOAD_PLUGINS": "{distribution}"' in tests
-    )
+    assert "nft_core.testing" in tests and f'check_listed("{distribution}", ' in tests
 
 
 @pytest.mark.parametrize(
@@ -124,7 +120,7 @@ def test_the_built_wheel_ships_every_package_the_checkpoint_and_the_template(tmp
         assert f"{package}/__init__.py" in names, package
     for shipped_file in ("shapes-tiny.safetensors", "shapes-tiny.json"):
         assert f"nft_shapes/checkpoints/{shipped_file}" in names
-    shipped = tmp_path / "site" / "nft_core" / "plugin_template"
+    shipped = tmp_path / "site" / "nft_core" / "cli" / "plugin_template"
     for kind in ("reward", "solver"):
         from_wheel = scaffold_plugin("nft-shipped", kind, tmp_path / f"wheel-{kind}", template=shipped)
         from_source = scaffold_plugin("nft-shipped", kind, tmp_path / f"source-{kind}")

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from nft_core.scaffold import scaffold_plugin
+from nft_core.cli.scaffold import scaffold_plugin
 
 PLUGINS = Path(__file__).resolve().parents[1] / "plugins"
 EXAMPLES = ("nft-vlm-judge", "nft-solver-midpoint")

@@ -11,10 +11,10 @@ import pytest
 import tomllib
 import torch
 
-from nft_core import precision
 from nft_core.config import load_config
 from nft_core.errors import ConfigError
-from nft_core.trainer import Trainer
+from nft_core.loop import precision
+from nft_core.loop.trainer import Trainer
 
 
 @pytest.mark.parametrize(
@@ -33,7 +33,7 @@ def test_auto_is_fp32_where_torch_dispatches_avx2_kernels():
     """The real probe, not a mock: with ATen and oneDNN limited to AVX2 (as on a CPU without AVX-512)."""
     env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
     code = (
-        "import json, torch; from nft_core.precision import resolve_precision; "
+        "import json, torch; from nft_core.loop.precision import resolve_precision; "
         "print(json.dumps([torch.backends.cpu.get_cpu_capability(), resolve_precision('auto', 'cpu')]))"
     )
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
@@ -62,10 +62,10 @@ def test_the_run_prints_and_records_what_auto_chose(fast_config, tmp_path, monke
 
 def test_fp16_trains_with_a_loss_scaler(fast_config, tmp_path):
     trainer = Trainer(load_config(fast_config, ['train.precision="fp16"']), tmp_path / "run", echo=print)
-    assert trainer.scaler.is_enabled() and trainer.scaler.get_scale() > 1
+    assert trainer.updater.scaler.is_enabled() and trainer.updater.scaler.get_scale() > 1
     before = [p.detach().clone() for _, p in trainer.policy.trainable_parameters()]
     samples = trainer.collect()
-    losses = trainer.update(samples, torch.linspace(0, 1, len(samples)))
+    losses = trainer.updater.step(samples, torch.linspace(0, 1, len(samples)))
     assert all(torch.isfinite(torch.tensor(v)) for k, v in losses.items() if k != "grad_norm")
     after = [p for _, p in trainer.policy.trainable_parameters()]
     assert all(p.dtype == torch.float32 for p in after)
@@ -75,4 +75,4 @@ def test_fp16_trains_with_a_loss_scaler(fast_config, tmp_path):
 def test_fp32_and_bf16_leave_the_scaler_out(fast_config, tmp_path):
     for chosen in ("fp32", "bf16"):
         trainer = Trainer(load_config(fast_config, [f'train.precision="{chosen}"']), tmp_path / chosen)
-        assert not trainer.scaler.is_enabled()
+        assert not trainer.updater.scaler.is_enabled()

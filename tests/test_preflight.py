@@ -7,10 +7,10 @@ import torch
 from typer.testing import CliRunner
 
 from nft_core import registry
-from nft_core.cli import build_app
+from nft_core.cli.app import build_app
 from nft_core.config import load_config
 from nft_core.errors import ConfigError
-from nft_core.preflight import check_device, preflight
+from nft_core.loop.preflight import check_device, preflight
 
 runner = CliRunner()
 

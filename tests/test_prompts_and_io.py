@@ -9,9 +9,9 @@ import torch
 from conftest import SHARED_DATA
 
 from nft_core.errors import ConfigError, UserError
-from nft_core.evaluation import paired_difference
 from nft_core.io import atomic_write_text
-from nft_core.prompts import load_prompts, read_prompt_file, weighted_tag_cycle
+from nft_core.loop.evaluation import paired_difference
+from nft_core.loop.prompts import load_prompts, read_prompt_file, weighted_tag_cycle
 
 
 def test_text_and_jsonl_files(tmp_path):

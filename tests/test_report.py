@@ -18,12 +18,12 @@ from click.testing import Result
 from PIL import Image
 from typer.testing import CliRunner
 
-from nft_core.cli import build_app
+from nft_core.cli.app import build_app
 from nft_core.config import load_config
-from nft_core.evaluation import EvalResult
-from nft_core.report import write_report_after_run
-from nft_core.trainer import Trainer
-from nft_core.visuals import curves_figure, spread_over_tags
+from nft_core.loop.evaluation import EvalResult
+from nft_core.loop.trainer import Trainer
+from nft_core.outputs.report import write_report_after_run
+from nft_core.outputs.visuals import curves_figure, spread_over_tags
 from tests.conftest import FAST_CONFIG
 
 runner = CliRunner()
@@ -214,14 +214,16 @@ def test_eval_grids_spread_over_tags_with_captions_paired(fast_config, tmp_path,
     trainer = Trainer(load_config(fast_config), tmp_path / "run", echo=lambda *_: None)
     drawn: list[tuple[torch.Tensor, list[str], str]] = []
     monkeypatch.setattr(
-        "nft_core.trainer.sample_grid",
+        "nft_core.outputs.observer.sample_grid",
         lambda images, captions, path, title=None: drawn.append((images, list(captions), title)),
     )
     items = trainer.eval_items
     count = len(items)
     images = torch.arange(count).float().div(count - 1).view(-1, 1, 1, 1).expand(-1, 3, 4, 4)
     scores = torch.arange(count).float() / 100  # image i scored i / 100
-    trainer._grid_from_eval("eval_before", EvalResult(images=images, per_image={"shapes-geneval": scores}))
+    trainer.outputs.grid_from_eval(
+        "eval_before", EvalResult(images=images, per_image={"shapes-geneval": scores})
+    )
     grid, captions, title = drawn[-1]
     assert len(captions) == trainer.config.log.grid_images == 32 < count
     assert title == f"eval_before: 32 of {count} images, tags taking turns; score = shapes-geneval per image"
@@ -233,7 +235,9 @@ def test_eval_grids_spread_over_tags_with_captions_paired(fast_config, tmp_path,
         shown_tags.add(tag)
     assert shown_tags == {item.metadata["tag"] for item in items} and len(shown_tags) == 6
 
-    trainer.write_grid("epoch_0000", images[:4], [i.prompt for i in items[:4]], torch.tensor([1.5, 0, -1, 2]))
+    trainer.outputs.write_grid(
+        "epoch_0000", images[:4], [i.prompt for i in items[:4]], torch.tensor([1.5, 0, -1, 2])
+    )
     _, captions, title = drawn[-1]
     assert title.startswith("score = total reward") and "1 x shapes-geneval (group-zscore)" in title
     assert captions[0] == f"{items[0].prompt}\ntotal 1.50" and captions[2].endswith("\ntotal -1.00")

@@ -16,12 +16,12 @@ import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from nft_core.checkpoints import RESUME_FILE, checkpoint_folders, latest_checkpoint, read_state
-from nft_core.cli import build_app
+from nft_core.cli.app import build_app
 from nft_core.config import load_config
 from nft_core.errors import ConfigError
-from nft_core.resume import check_same_run, config_differences
-from nft_core.trainer import Trainer
+from nft_core.loop.trainer import Trainer
+from nft_core.state.checkpoints import RESUME_FILE, checkpoint_folders, latest_checkpoint, read_state
+from nft_core.state.resume import check_same_run, config_differences
 
 TIMINGS = ("seconds/", "images_per_second", "train_minutes")
 # the tiny random model scores 0 on shapes-geneval everywhere (no advantage, so no gradient); JPEG size
@@ -64,8 +64,8 @@ def stop_after(trainer: Trainer, epoch: int) -> None:
     """Make `trainer` behave as if SIGTERM arrived during `epoch`."""
     original = trainer.after_epoch
 
-    def after_epoch(samples, scored, last):
-        written = original(samples, scored, last)
+    def after_epoch(record, samples, scored, last):
+        written = original(record, samples, scored, last)
         if trainer.state.epoch == epoch:
             trainer.stop_signal = "SIGTERM"
         return written

@@ -22,17 +22,24 @@ from safetensors.torch import save as save_tensors
 from typer.testing import CliRunner
 
 import nft_rewards
-from nft_core.cli import build_app
+from nft_core.cli.app import build_app
 from nft_core.errors import UserError
 from nft_core.testing import check_reward
-from nft_core.wire import CONTENT_TYPE, Limits, WireError, decode_output, decode_request, encode_request
 from nft_rewards.serving.process import RewardServer
+from nft_rewards.serving.wire import (
+    CONTENT_TYPE,
+    Limits,
+    WireError,
+    decode_output,
+    decode_request,
+    encode_request,
+)
 from nft_shapes import grammar
 from nft_shapes.render import render_batch
 from nft_shapes.reward import shapes_geneval
 
 TESTS = Path(__file__).resolve().parent
-NFT = [sys.executable, "-c", "from nft_core.cli import main; main()", "reward", "serve"]
+NFT = [sys.executable, "-c", "from nft_core.cli.app import main; main()", "reward", "serve"]
 ONE_THREAD = ["--threads", "1"]
 
 

@@ -132,11 +132,11 @@ def test_to_moves_every_reward_and_normalizer_state_round_trips():
     reward_set.to("cpu")
     images, prompts = _batch()
     reward_set.score(images, prompts)
-    state = reward_set.normalizer_state()
+    state = reward_set.state_dict()
     assert list(state) == ["brightness"]
     fresh = RunningZScore()
     other = RewardSet([RewardTerm("brightness", Brightness(), 1.0, fresh)])
-    other.load_normalizer_state(state)
+    other.load_state_dict(state)
     assert fresh.state_dict() == state["brightness"]
     assert reward_set.names == ["brightness", "distance"]
     assert reward_set.weights == {"brightness": 1.0, "distance": 1.0}

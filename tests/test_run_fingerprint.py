@@ -6,7 +6,7 @@ import importlib.util
 from pathlib import Path
 
 from nft_core.config import load_config
-from nft_core.trainer import Trainer
+from nft_core.loop.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("run_fingerprint", ROOT / "benchmarks" / "run_fingerprint.py")

@@ -129,7 +129,7 @@ normalize = "group-zscore"
 @pytest.fixture(scope="module")
 def sana_run(model_dir, tmp_path_factory, brightness_reward):
     from nft_core.config import load_config
-    from nft_core.trainer import Trainer
+    from nft_core.loop.trainer import Trainer
 
     tmp = tmp_path_factory.mktemp("sana-run")
     prompts = tmp / "prompts.txt"

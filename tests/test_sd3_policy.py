@@ -132,7 +132,7 @@ def write_config(tmp: Path, model_dir: Path, name: str, epochs: int, policy_extr
 def run_recording_refreshes(config_path: Path, run_dir: Path, snapshot):
     """Run the real Trainer; record (decay, step, old before, current, old after) at every refresh."""
     from nft_core.config import load_config
-    from nft_core.trainer import Trainer
+    from nft_core.loop.trainer import Trainer
 
     trainer = Trainer(load_config(config_path), run_dir, echo=lambda *_: None)
     policy, events = trainer.policy, []
@@ -394,7 +394,7 @@ def test_full_finetuning_run(model_dir, tmp_path):
 def sample_app():
     import typer
 
-    from nft_core.sample import add_sample_command
+    from nft_core.cli.sample import add_sample_command
 
     app = typer.Typer()
     app.command("noop")(lambda: None)
@@ -403,7 +403,7 @@ def sample_app():
 
 
 def test_sample_writes_flat_and_geneval_layouts(lora_run, tmp_path):
-    from nft_core.image_folders import image_files, metadata_layout
+    from nft_core.cli.image_folders import image_files, metadata_layout
 
     trainer, summary, _, _ = lora_run
     prompts = tmp_path / "p.txt"
@@ -499,7 +499,7 @@ def test_weights_dir_layout_is_found_before_the_hub(model_dir, tmp_path, monkeyp
 
 @pytest.mark.parametrize("preset", PRESETS, ids=[p.stem for p in PRESETS])
 def test_presets_validate_without_loading_weights(preset, monkeypatch):
-    from nft_core.cli import build_app
+    from nft_core.cli.app import build_app
     from nft_policies.base import loading
 
     def forbidden(*args, **kwargs):
@@ -542,7 +542,7 @@ def test_geneval_templates_reproduce_the_official_prompts():
 
 @pytest.mark.skipif(not GENEVAL_TEST.is_file(), reason="public GenEval prompts not available")
 def test_geneval_source_generates_valid_metadata_without_test_prompts():
-    from nft_core.prompts import load_prompts
+    from nft_core.loop.prompts import load_prompts
     from nft_rewards.geneval.metadata import validate_metadata
 
     items = load_prompts("geneval:train-50")
@@ -576,9 +576,9 @@ def test_geneval_source_generates_valid_metadata_without_test_prompts():
 def test_a_lora_run_resumes_bitwise_and_warm_starts_a_new_one(lora_run, model_dir, tmp_path):
     from safetensors.torch import load_file
 
-    from nft_core.checkpoints import RESUME_FILE, latest_checkpoint
     from nft_core.config import load_config
-    from nft_core.trainer import Trainer
+    from nft_core.loop.trainer import Trainer
+    from nft_core.state.checkpoints import RESUME_FILE, latest_checkpoint
     from nft_policies.sd3.policy import LORA_FILE
 
     trainer, *_ = lora_run
@@ -588,15 +588,15 @@ def test_a_lora_run_resumes_bitwise_and_warm_starts_a_new_one(lora_run, model_di
     saved = load_file(str(latest_checkpoint(trainer.run_dir) / LORA_FILE))  # the EMA of the LoRA
     loaded = warm.policy.lora.state_dict()
     assert loaded and all(torch.equal(value, saved[f"transformer.{key}"]) for key, value in loaded.items())
-    assert warm.state.global_step == 0 and not warm.optimizer.state
+    assert warm.state.global_step == 0 and not warm.updater.optimizer.state
 
     config = load_config(write_config(tmp_path, model_dir, "resume", 2, lora))
     Trainer(config, tmp_path / "whole", echo=lambda *_: None).run()
     first = Trainer(config, tmp_path / "parts", echo=lambda *_: None)
     original = first.after_epoch
 
-    def stop_after_epoch_0(samples, scored, last):
-        written = original(samples, scored, last)
+    def stop_after_epoch_0(record, samples, scored, last):
+        written = original(record, samples, scored, last)
         first.stop_signal = "SIGTERM"
         return written
 
@@ -613,7 +613,7 @@ def test_a_lora_run_resumes_bitwise_and_warm_starts_a_new_one(lora_run, model_di
 def test_a_lora_run_on_two_gloo_ranks_matches_one_process(model_dir, tmp_path):
     from safetensors.torch import load_file
 
-    from nft_core.checkpoints import RESUME_FILE, latest_checkpoint
+    from nft_core.state.checkpoints import RESUME_FILE, latest_checkpoint
     from tests._torchrun import finish, nft_command, start
 
     config = write_config(tmp_path, model_dir, "ddp", 2, "[policy.lora]\nrank = 4\nalpha = 8.0")
@@ -633,7 +633,7 @@ def test_a_lora_run_on_two_gloo_ranks_matches_one_process(model_dir, tmp_path):
 def test_full_finetuning_sharded_with_fsdp2_on_two_gloo_ranks_matches_one_process(model_dir, tmp_path):
     from diffusers import SD3Transformer2DModel
 
-    from nft_core.checkpoints import latest_checkpoint, read_resume_tensors
+    from nft_core.state.checkpoints import latest_checkpoint, read_resume_tensors
     from tests._torchrun import finish, nft_command, start
 
     config = write_config(tmp_path, model_dir, "fsdp", 2, "lora = false")

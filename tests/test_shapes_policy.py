@@ -328,7 +328,7 @@ def test_channels_last_is_the_same_function(tiny_checkpoint):
     ],
 )
 def test_pretrain_command_runs_the_shipped_two_stages(tmp_path, monkeypatch, args, stages):
-    from nft_core.cli import main
+    from nft_core.cli.app import main
 
     calls = []
     monkeypatch.setattr(
@@ -364,7 +364,7 @@ def test_pretrain_command_runs_the_shipped_two_stages(tmp_path, monkeypatch, arg
     ],
 )
 def test_pretrain_command_refuses_bad_options_with_one_line(tmp_path, monkeypatch, capsys, args, message):
-    from nft_core.cli import main
+    from nft_core.cli.app import main
 
     out = tmp_path / "ck.safetensors"
     monkeypatch.setattr("sys.argv", ["nft", "shapes", "pretrain", "--out", str(out), *args])

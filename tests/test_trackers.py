@@ -17,11 +17,11 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from nft_core import plugins, registry
-from nft_core.cli import build_app
+from nft_core.cli.app import build_app
 from nft_core.hookspecs import hookimpl
+from nft_core.loop.trainer import Trainer
+from nft_core.outputs.tracking import record_scalars
 from nft_core.protocols import Tracker
-from nft_core.tracking import record_scalars
-from nft_core.trainer import Trainer
 from nft_trackers import TensorBoardTracker, WandbTracker
 from nft_trackers.wandb_tracker import RUN_ID_FILE
 
@@ -237,7 +237,7 @@ class Recorder:
 class _TestTrackers:
     @staticmethod
     @hookimpl
-    def register_loggers(register):
+    def register_trackers(register):
         register("recorder", lambda: Recorder("recorder"))
         register("broken-start", lambda: Recorder("broken-start", fail_start=True))
         register("broken-log", lambda: Recorder("broken-log", fail_log_after=2))
@@ -352,7 +352,7 @@ def test_nft_plugins_lists_the_builtin_trackers():
     assert result.exit_code == 0, result.output
     by_name = {entry["name"]: entry for entry in json.loads(result.output)["plugins"]}
     entry = by_name["nft_trackers.plugin"]
-    assert entry["hooks"] == ["register_loggers"] and entry["registers"] == {
-        "loggers": ["tensorboard", "wandb"]
+    assert entry["hooks"] == ["register_trackers"] and entry["registers"] == {
+        "trackers": ["tensorboard", "wandb"]
     }
     assert entry["distribution"] == "diffusion-nft"

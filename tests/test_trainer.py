@@ -8,9 +8,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from nft_core.cli import build_app
+from nft_core.cli.app import build_app
 from nft_core.config import load_config
-from nft_core.trainer import Trainer
+from nft_core.loop.trainer import Trainer
 from nft_shapes.policy import ShapesTinyPolicy
 
 runner = CliRunner()
@@ -180,7 +180,7 @@ def test_bf16_runs_collection_and_update_under_autocast_and_eval_in_fp32(fast_co
     assert samples.latents.dtype == torch.float32 and {d for _, d in seen} == {torch.bfloat16}
     before = [p.detach().clone() for _, p in trainer.policy.trainable_parameters()]
     seen.clear()
-    losses = trainer.update(samples, torch.linspace(0, 1, len(samples)))
+    losses = trainer.updater.step(samples, torch.linspace(0, 1, len(samples)))
     assert {view for view, _ in seen} == {"old", "current", "reference"}
     assert {d for _, d in seen} == {torch.bfloat16}
     assert all(torch.isfinite(torch.tensor(v)) for v in losses.values())
@@ -188,7 +188,7 @@ def test_bf16_runs_collection_and_update_under_autocast_and_eval_in_fp32(fast_co
     assert all(p.dtype == torch.float32 for p in after)  # master weights stay fp32
     assert any(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
     seen.clear()
-    trainer.run_eval()
+    trainer.evaluate("eval")
     assert seen and {d for _, d in seen} == {torch.float32}
 
 
@@ -208,7 +208,7 @@ def test_training_times_come_from_the_collection_grid_or_the_config(fast_config,
 
     trainer.objective.loss = recording
     samples = trainer.collect()
-    trainer.update(samples, torch.full((len(samples),), 0.5))
+    trainer.updater.step(samples, torch.full((len(samples),), 0.5))
     assert sorted(seen) == pytest.approx([0.5] * len(samples) + [0.9] * len(samples))
 
 
@@ -242,7 +242,7 @@ def test_a_checkpoint_replaces_the_staging_folder_a_killed_write_left(fast_confi
     stale = tmp_path / "checkpoints" / "step_00000.tmp"
     stale.mkdir(parents=True)
     (stale / "half-written.bin").write_bytes(b"\0" * 10)
-    final = trainer.checkpoint()
+    final = trainer.run_state.save()
     assert final.name == "step_00000" and not stale.exists()
     assert sorted(p.name for p in final.iterdir()) == [
         "model.safetensors",

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from nft_core.errors import UserError
-from nft_rewards.weights import is_hub_id
+from nft_core.weights import hub_offline, is_hub_id
+from nft_core.weights import weights_dir as resolve_weights_dir
 
 
 @dataclass(frozen=True)
@@ -68,9 +69,6 @@ def check_folder(folder: Path, model: str, spec: PipelineSpec, with_optional: bo
 
 def resolve_folder(model: str, revision: str | None = None, weights_dir: str | None = None) -> Path:
     """The local folder holding `model` (a folder path or a hub id), downloading it when allowed."""
-    from nft_rewards.weights import hub_offline
-    from nft_rewards.weights import weights_dir as resolve_weights_dir
-
     path = Path(model).expanduser()
     if path.exists() or not is_hub_id(model):
         if not path.is_dir():

@@ -21,6 +21,7 @@ from functools import lru_cache
 from typing import Any
 
 from nft_core.errors import UserError
+from nft_core.lookup import unknown_name
 
 __all__ = ["BUILTIN_DETECTORS", "ENTRY_POINT_GROUP", "DetectorBackend", "backend", "detector_names"]
 
@@ -83,7 +84,7 @@ def backend(name: str) -> DetectorBackend:
         return BUILTIN_DETECTORS[name]
     entry_point = _entry_points().get(name)
     if entry_point is None:
-        raise UserError(f"geneval: unknown detector {name!r}; available: {', '.join(detector_names())}")
+        raise UserError(unknown_name("detector", name, detector_names(), "geneval"))
     try:
         found = entry_point.load()
     except Exception as error:  # a broken package must not read as a missing one

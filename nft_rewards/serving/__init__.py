@@ -3,7 +3,7 @@
     nft reward serve geneval --set detector=mmdet --port 8765         # or:
     python -m nft_rewards.serving geneval --set detector=mmdet --port 8765
 
-The wire format is `nft_core.wire` (safetensors bodies, JSON headers, no pickle); the client is the
+The wire format is `nft_rewards.serving.wire` (safetensors bodies, JSON headers, no pickle); the client is the
 `remote` reward (`nft_rewards.remote`). Needs the `serve` extra (starlette, uvicorn).
 """
 

@@ -1,8 +1,9 @@
 """The HTTP face of a served reward: a Starlette app with `/health`, `/info`, `/score` and `/aggregate`.
 
 Every fault of a request is a 4xx with one JSON line `{"error": ...}` before the reward sees it (the
-checks of `nft_core.wire.decode_request`); a reward that raises is a 500 for that request alone; the
-server keeps serving. With a token, every endpoint but `/health` wants `Authorization: Bearer TOKEN`.
+checks of `nft_rewards.serving.wire.decode_request`); a reward that raises is a 500 for that request
+alone; the server keeps serving. With a token, every endpoint but `/health` wants `Authorization: Bearer
+TOKEN`.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from starlette.routing import Route
 
 from nft_core.errors import UserError
 from nft_core.types import Aggregate
-from nft_core.wire import (
+from nft_rewards.serving.batcher import Batcher
+from nft_rewards.serving.wire import (
     CONTENT_TYPE,
     PROTOCOL,
     Limits,
@@ -34,7 +36,6 @@ from nft_core.wire import (
     encode_output,
     error_body,
 )
-from nft_rewards.serving.batcher import Batcher
 
 __all__ = ["build_app", "describe"]
 

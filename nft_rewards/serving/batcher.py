@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 
 from nft_core.types import RewardOutput
-from nft_core.wire import ScoreRequest
+from nft_rewards.serving.wire import ScoreRequest
 
 __all__ = ["Batcher"]
 

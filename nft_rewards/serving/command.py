@@ -16,7 +16,7 @@ import typer
 
 from nft_core.errors import UserError
 from nft_core.options import parse_option
-from nft_core.wire import Limits
+from nft_rewards.serving.wire import Limits
 
 __all__ = ["load_for_serving", "serve_command"]
 

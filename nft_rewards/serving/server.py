@@ -7,7 +7,7 @@ import os
 from typing import Any
 
 from nft_core.errors import UserError
-from nft_core.wire import TOKEN_ENV, Limits
+from nft_rewards.serving.wire import TOKEN_ENV, Limits
 
 __all__ = ["TOKEN_ENV", "check_bind", "is_loopback", "serve"]
 

@@ -1,4 +1,4 @@
-"""reference/cli.md: every command and subcommand of `nft` (the Typer app of `nft_core.cli.build_app`,
+"""reference/cli.md: every command and subcommand of `nft` (the Typer app of `nft_core.cli.app.build_app`,
 plugins' commands included) with its help, arguments and options."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from typing import Any
 
 import typer.main
 
-from nft_core.cli import build_app
+from nft_core.cli.app import build_app
 from nft_docs.text import cell, code, escape, table
 
 PAGE = "reference/cli.md"

@@ -2,35 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 from nft_solver_midpoint import MidpointSolver
 
 from nft_core.errors import ConfigError
-from nft_core.testing import check_solver, gaussian_velocity
+from nft_core.testing import check_listed, check_solver, gaussian_velocity
 
 
 def test_installed_plugin_is_discovered_by_nft_plugins():
-    env = {**os.environ, "NFT_LOAD_PLUGINS": "nft-solver-midpoint"}
-    result = subprocess.run(
-        [sys.executable, "-m", "nft_core.cli", "plugins"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr
-    listing = json.loads(result.stdout)
-    entry = next((p for p in listing["plugins"] if p["name"] == "nft-solver-midpoint"), None)
-    assert entry is not None, f"nft-solver-midpoint is not installed: pip install -e . ({listing['errors']})"
-    assert entry["distribution"] == "nft-solver-midpoint" and entry["version"] == "0.1.0"
-    assert entry["registers"] == {"solvers": ["midpoint"]}
+    check_listed("nft-solver-midpoint", {"solvers": ["midpoint"]}, version="0.1.0")
 
 
 @pytest.mark.parametrize("options", [{"steps": 4}, {"steps": 7, "shift": 3.0}])

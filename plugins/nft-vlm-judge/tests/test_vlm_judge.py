@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
-import json
-import os
 import socket
-import subprocess
-import sys
 import time
 
 import pytest
@@ -18,7 +14,7 @@ from nft_vlm_judge.reward import BASE_URL_ENV, MODEL_ENV
 from PIL import Image
 
 from nft_core.errors import ConfigError, UserError
-from nft_core.testing import check_reward
+from nft_core.testing import check_listed, check_reward
 
 
 def images(n: int = 2, size: int = 16) -> torch.Tensor:
@@ -26,21 +22,7 @@ def images(n: int = 2, size: int = 16) -> torch.Tensor:
 
 
 def test_installed_plugin_is_listed_by_nft_plugins():
-    env = {**os.environ, "NFT_LOAD_PLUGINS": "nft-vlm-judge"}
-    result = subprocess.run(
-        [sys.executable, "-m", "nft_core.cli", "plugins"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    listing = json.loads(result.stdout)
-    entry = next((p for p in listing["plugins"] if p["name"] == "nft-vlm-judge"), None)
-    assert entry is not None, f"nft-vlm-judge is not installed: pip install -e . ({listing['errors']})"
-    assert entry["distribution"] == "nft-vlm-judge" and entry["version"] == "0.1.0"
-    assert entry["registers"] == {"rewards": ["vlm-judge"]}
+    check_listed("nft-vlm-judge", {"rewards": ["vlm-judge"]}, version="0.1.0")
 
 
 def test_keeps_the_reward_contract(judge_server):

@@ -22,8 +22,8 @@ from nft_core.protocols import Tracker
 
 __all__ = ["Trackers", "check_trackers", "image_tag", "record_scalars"]
 
-KIND = "loggers"
-"""The registry kind of trackers (the `register_loggers` hook)."""
+KIND = "trackers"
+"""The registry kind of trackers (the `register_trackers` hook)."""
 
 
 def check_trackers(names: list[str], options: dict[str, dict[str, Any]], toml: bool = True) -> None:

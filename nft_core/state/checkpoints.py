@@ -4,7 +4,7 @@ A checkpoint is `checkpoints/step_XXXXX/` holding the policy's EMA weights in it
 `nft sample` and inference load), `resume.safetensors` (every tensor a resumed run needs: the trained
 and old weights, the EMA, the optimizer's moments, the RNG states) and `state.json` (counters and the
 small, non-tensor state). A run sharded with FSDP2 writes the sharded tensors into `resume-shards/`
-instead, each rank its own shards (`nft_core.sharded_state`). Nothing is pickled.
+instead, each rank its own shards (`nft_core.state.sharded`). Nothing is pickled.
 
 Writing goes to `step_XXXXX.tmp/`; every file is fsynced, then the folder is renamed into place and the
 parent folder fsynced, so a kill or a full disk at any point leaves the previous checkpoints as they
@@ -119,7 +119,7 @@ def read_resume_tensors(folder: Path) -> dict[str, Any]:
     with FSDP2, the shards of its `resume-shards/` folder put together (in this process alone)."""
     from safetensors.torch import load_file
 
-    from nft_core.sharded_state import SHARDS_FOLDER, load_whole
+    from nft_core.state.sharded import SHARDS_FOLDER, load_whole
 
     tensors: dict[str, Any] = load_file(str(Path(folder) / RESUME_FILE))
     shards = Path(folder) / SHARDS_FOLDER

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from nft_core.errors import UserError
-from nft_core.prompts import read_prompt_file
+from nft_core.loop.prompts import read_prompt_file
 from nft_core.types import RewardOutput
 
 __all__ = [

@@ -7,8 +7,8 @@ from typing import Any
 
 import torch
 
-from nft_core.evaluation import EvalResult
 from nft_core.reward_set import RewardSetOutput
+from nft_core.types import EvalResult
 
 __all__ = ["eval_record", "train_record"]
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from typing import Any
 
 from nft_core import registry
 from nft_core.errors import ConfigError, UserError
 from nft_core.io import read_prompt_file
+from nft_core.state.holders import python_rng_from_json, python_rng_to_json
 from nft_core.types import PromptItem
 
 __all__ = ["PromptDrawer", "load_prompts", "read_prompt_file", "weighted_tag_cycle"]
@@ -97,3 +99,11 @@ class PromptDrawer:
             order = [cycle[(epoch * count + k) % len(cycle)] for k in range(count)]
             return [self.rng.choice(self.by_tag[tag]) for tag in order]
         return [self.rng.choice(self.items) for _ in range(count)]
+
+    def state_dict(self) -> dict[str, Any]:
+        """The draw's position: the random stream's state (JSON)."""
+        return {"rng": python_rng_to_json(self.rng.getstate())}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Go on drawing where `state_dict` was taken."""
+        self.rng.setstate(python_rng_from_json(state["rng"]))

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import difflib
 import re
 from pathlib import Path
 
 from nft_core.errors import UserError
 from nft_core.io import check_output_folder
+from nft_core.lookup import did_you_mean
 
 __all__ = ["TEMPLATE_DIR", "TEMPLATE_TOKENS", "scaffold_plugin"]
 
@@ -44,10 +44,9 @@ def scaffold_plugin(name: str, kind: str, out: Path, template: Path = TEMPLATE_D
     source = template / kind
     if not source.is_dir():
         kinds = sorted(p.name for p in template.iterdir() if p.is_dir()) if template.is_dir() else []
-        close = difflib.get_close_matches(kind, kinds, n=1)
         raise UserError(
             f"--kind {kind!r}: no template at {source}; kinds: {', '.join(kinds) or 'none (pass --template)'}"
-            + (f"; did you mean {close[0]!r}?" if close else "")
+            + did_you_mean(kind, kinds)
         )
     target = out / distribution
     if target.exists():

@@ -20,9 +20,9 @@ try:  # typer >= 0.2x carries its own copy of click
 except ImportError:  # older typer runs on click itself
     from click import exceptions as cli_errors
 
+from nft_core.cli.scaffold import TEMPLATE_DIR, scaffold_plugin
 from nft_core.errors import JobError, UserError
 from nft_core.options import parse_option
-from nft_core.scaffold import TEMPLATE_DIR, scaffold_plugin
 
 _NO_ARGS = getattr(cli_errors, "NoArgsIsHelpError", ())
 """`nft` alone shows the help (click >= 8.2 raises this for `no_args_is_help`)."""
@@ -117,7 +117,7 @@ def warn_plugin_errors() -> None:
 def _preflight(config: Path, loaded: Any, portable: bool = False, ranks: int = 1) -> Any:
     """`preflight` with the config file named in its error, as the config's own errors name it."""
     from nft_core.errors import ConfigError
-    from nft_core.preflight import preflight
+    from nft_core.loop.preflight import preflight
 
     try:
         return preflight(loaded, portable=portable, ranks=ranks)
@@ -140,8 +140,9 @@ def run(
     """Train: collect -> score -> NFT update -> eval, writing runs/<name>/."""
     from nft_core.config import load_config
     from nft_core.io import check_output_folder
-    from nft_core.resume import check_same_run, resolve_resume
-    from nft_core.trainer import Trainer, unique_run_dir
+    from nft_core.loop.trainer import Trainer
+    from nft_core.state.resume import check_same_run, resolve_resume
+    from nft_core.state.run_dir import unique_run_dir
 
     warn_plugin_errors()
     try:
@@ -233,7 +234,7 @@ def plugins() -> None:
 
 def _reward(name: str, options: list[str] | None, device: str):
     from nft_core import api
-    from nft_core.preflight import check_device
+    from nft_core.loop.preflight import check_device
 
     check_device(device, "--device")
     return api.load_reward(name, **dict(parse_option(pair) for pair in options or [])).to(device)
@@ -276,8 +277,8 @@ def score(
     device: str = typer.Option("cpu", "--device", help="torch device for the reward model"),
 ) -> None:
     """Score images with one reward; prompts (and metadata) pair with the images in order."""
-    from nft_core.image_folders import ImageSet, image_files, score_files
-    from nft_core.prompts import read_prompt_file
+    from nft_core.cli.image_folders import ImageSet, image_files, score_files
+    from nft_core.loop.prompts import read_prompt_file
 
     warn_plugin_errors()
     try:
@@ -316,8 +317,8 @@ def eval_(
     The folder is GenEval's layout (`<index>/metadata.jsonl`, `<index>/samples/*.png`) or, with a
     `prompts.txt` beside the images, the flat one.
     """
-    from nft_core.image_folders import ImageSet, image_files, metadata_layout, score_files
-    from nft_core.prompts import read_prompt_file
+    from nft_core.cli.image_folders import ImageSet, image_files, metadata_layout, score_files
+    from nft_core.loop.prompts import read_prompt_file
 
     warn_plugin_errors()
     try:
@@ -354,7 +355,8 @@ def report(
 ) -> None:
     """One self-contained HTML page of a run (or two compared): scores, per-tag tables, curves, grids,
     phase times, monitors, status, machine and config; it makes no network request (docs/report.md)."""
-    from nft_core.report import write_comparison, write_report
+    from nft_core.outputs.report import write_report
+    from nft_core.outputs.report_compare import write_comparison
 
     try:
         if out is not None:
@@ -389,9 +391,9 @@ def plugin_new(
 def build_app() -> typer.Typer:
     """The app with `nft sample`, `nft export` and every plugin's commands added (a broken plugin is
     reported)."""
-    from nft_core.export import add_export_command
+    from nft_core.cli.export import add_export_command
+    from nft_core.cli.sample import add_sample_command
     from nft_core.plugins import load_plugins
-    from nft_core.sample import add_sample_command
 
     if not any(info.name == "sample" for info in app.registered_commands):
         add_sample_command(app)
@@ -409,7 +411,3 @@ def main() -> None:
         _print_traceback_if_debugging(error)
         typer.echo(f"error: {error}", err=True)
         sys.exit(2)
-
-
-if __name__ == "__main__":
-    main()

@@ -2,34 +2,16 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 from nft_plugin_template import PluginTemplateReward
 
 from nft_core.errors import UserError
-from nft_core.testing import check_reward
+from nft_core.testing import check_listed, check_reward
 
 
 def test_installed_plugin_is_listed_by_nft_plugins():
-    env = {**os.environ, "NFT_LOAD_PLUGINS": "nft-plugin-template"}
-    result = subprocess.run(
-        [sys.executable, "-m", "nft_core.cli", "plugins"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr
-    listing = json.loads(result.stdout)
-    entry = next((p for p in listing["plugins"] if p["name"] == "nft-plugin-template"), None)
-    assert entry is not None, f"nft-plugin-template is not installed: pip install -e . ({listing['errors']})"
-    assert entry["distribution"] == "nft-plugin-template" and entry["version"]
-    assert entry["registers"] == {"rewards": ["plugin-template"]}
+    entry = check_listed("nft-plugin-template", {"rewards": ["plugin-template"]})
     assert entry["hooks"] == ["register_rewards"]
 
 

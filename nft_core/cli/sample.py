@@ -46,7 +46,7 @@ class SampleRequest:
 
 def latest_checkpoint(run_dir: Path) -> Path:
     """The newest complete `checkpoints/step_XXXXX` of a run folder (a half-written one never counts)."""
-    from nft_core.checkpoints import latest_checkpoint as newest
+    from nft_core.state.checkpoints import latest_checkpoint as newest
 
     found = newest(run_dir)
     if found is None:
@@ -111,8 +111,8 @@ def sample_images(request: SampleRequest, echo=print) -> dict[str, Any]:
     from nft_core import registry
     from nft_core.config import load_config
     from nft_core.io import check_output_folder
-    from nft_core.preflight import check_device
-    from nft_core.prompts import load_prompts
+    from nft_core.loop.preflight import check_device
+    from nft_core.loop.prompts import load_prompts
     from nft_core.sampling import noise_for, sample_latents
 
     if request.out.exists() and not request.out.is_dir():

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -12,18 +11,7 @@ import torch
 from nft_core.distributed import Distributed
 from nft_core.protocols import Policy, Reward, Solver
 from nft_core.sampling import noise_for, sample_latents
-from nft_core.types import PromptItem, RewardOutput
-
-
-@dataclass
-class EvalResult:
-    """Per reward: its summary entry (`score`, `mean`, detail means, its tables), its per-tag breakdown,
-    and the images and per-image values it came from."""
-
-    scores: dict[str, dict[str, Any]] = field(default_factory=dict)
-    per_tag: dict[str, dict[str, float]] = field(default_factory=dict)
-    images: torch.Tensor | None = None
-    per_image: dict[str, torch.Tensor] = field(default_factory=dict)
+from nft_core.types import EvalResult, PromptItem, RewardOutput
 
 
 def _by_tag(tags: Sequence[str], values: torch.Tensor) -> dict[str, list[float]]:

@@ -10,9 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from nft_core import registry
+from nft_core.cli.sample import resolve_source
 from nft_core.config import load_config
 from nft_core.errors import UserError
-from nft_core.sample import resolve_source
+from nft_core.protocols import ExportablePolicy
 
 __all__ = ["add_export_command", "export_checkpoint"]
 
@@ -29,10 +30,9 @@ def export_checkpoint(source: Path, out: Path, merge: bool = False, config: Path
         out.rmdir()
     run = load_config(config_path)
     policy = registry.create("policies", run.policy.name, run.policy.options(), "policy")
-    export = getattr(policy, "export", None)
-    if export is None:
+    if not isinstance(policy, ExportablePolicy):
         raise UserError(f"policy {run.policy.name!r} cannot export its weights (it has no `export`)")
-    return export(str(checkpoint), str(out), merge)
+    return policy.export(str(checkpoint), str(out), merge)
 
 
 def add_export_command(app) -> None:

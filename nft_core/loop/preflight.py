@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from nft_core import registry
 from nft_core.config import RunConfig
 from nft_core.errors import ConfigError
+from nft_core.loop.prompts import PromptDrawer, load_prompts
 from nft_core.plan import Geometry
-from nft_core.prompts import PromptDrawer, load_prompts
-from nft_core.protocols import Solver
+from nft_core.protocols import Solver, TrajectoryObjective
 from nft_core.schedules import parse_decay_schedule
 
 __all__ = ["check_device", "preflight", "train_geometry", "training_times"]
@@ -60,10 +59,10 @@ def training_times(config: RunConfig, solver: Solver) -> torch.Tensor:
     return torch.tensor(sorted(times, reverse=True), dtype=torch.float64)
 
 
-def check_objective(config: RunConfig, objective: Any) -> None:
+def check_objective(config: RunConfig, objective: object) -> None:
     """What a trajectory objective (FlowGRPO) needs of the config: its steps are the collection grid's,
     and an on-policy one needs the old policy to be the current one when samples are collected."""
-    if getattr(objective, "collects", "clean") != "trajectory":
+    if not isinstance(objective, TrajectoryObjective):
         return
     name, settings = config.objective.name, config.objective
     if settings.times != "collection":
@@ -71,7 +70,7 @@ def check_objective(config: RunConfig, objective: Any) -> None:
             f'objective.times: `{name}` trains on the steps of its collection paths: must be "collection" '
             f"(got {settings.times!r})"
         )
-    if getattr(objective, "on_policy", False) and parse_decay_schedule(settings.old_decay).constant != 0:
+    if objective.on_policy and parse_decay_schedule(settings.old_decay).constant != 0:
         raise ConfigError(
             f"objective.old_decay: `{name}` is on-policy (its ratio is against the policy that sampled): "
             f'set "none" (old = current at every collection; got {settings.old_decay!r})'
@@ -116,7 +115,7 @@ def train_geometry(config: RunConfig, solver: Solver, ranks: int = 1) -> tuple[t
 
 
 def _check_init_from(source: str) -> None:
-    from nft_core.checkpoints import latest_checkpoint
+    from nft_core.state.checkpoints import latest_checkpoint
 
     path = Path(source)
     if not path.is_dir():

@@ -21,10 +21,10 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from nft_core.distributed.liveness import Heartbeat, failure_line, lost_ranks, post_entered
 from nft_core.errors import JobError
-from nft_core.liveness import Heartbeat, failure_line, lost_ranks, post_entered
 
-__all__ = ["Distributed", "full_tensor", "shard_like"]
+__all__ = ["Distributed", "from_a_collective", "full_tensor", "shard_like"]
 
 
 def full_tensor(tensor: torch.Tensor) -> torch.Tensor:
@@ -42,6 +42,16 @@ def shard_like(value: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     from torch.distributed.tensor import distribute_tensor
 
     return distribute_tensor(value.to(reference.to_local().device), mesh, reference.placements)
+
+
+def from_a_collective(error: BaseException) -> bool:
+    """Whether `error` is a communication failure (a peer died or timed out), not a bug of the run."""
+    if isinstance(error, getattr(torch.distributed, "DistError", ())):
+        return True
+    text = str(error)
+    return isinstance(error, RuntimeError) and any(
+        mark in text for mark in ("gloo", "Timed out", "Connection closed by peer", "NCCL")
+    )
 
 
 @dataclass(frozen=True)
@@ -62,7 +72,7 @@ class Distributed:
     @contextmanager
     def _timed(self, operation: str) -> Iterator[None]:
         """Time one collective; when it fails (a peer died, or hangs past the timeout) raise a `JobError`
-        naming the ranks that were lost (`nft_core.liveness`)."""
+        naming the ranks that were lost (`nft_core.distributed.liveness`)."""
         self.entered[0] += 1
         post_entered(self.rank, self.entered[0])
         began = time.perf_counter()
