@@ -260,6 +260,25 @@ def test_lora_views_reference_is_the_base_model_and_old_tracks_default(model_dir
     assert any(".ff.net." in n for n in names) and any(".attn.to_q." in n for n in names)
 
 
+def test_view_switches_never_go_through_diffusers_model_level_adapter_calls(model_dir, monkeypatch):
+    """diffusers' `set_adapter` / `disable_adapters` re-read package metadata on every call (1-4 ms a
+    switch): the views switch peft's LoRA layers directly, and give the same velocities."""
+    policy = make_policy(model_dir)
+    x, t, cond = inputs(policy)
+    perturb_trained(policy)
+    with torch.no_grad():
+        expected = {view: policy.velocity(view, x, t, cond) for view in ("current", "old", "reference")}
+
+    def slow(*args, **kwargs):
+        raise AssertionError("a view switch called diffusers' model-level adapter API")
+
+    for name in ("set_adapter", "disable_adapters", "enable_adapters"):
+        monkeypatch.setattr(policy.transformer, name, slow)
+    with torch.no_grad():
+        for view in ("reference", "old", "current", "old", "reference"):
+            assert torch.equal(policy.velocity(view, x, t, cond), expected[view]), view
+
+
 def test_gradients_survive_view_switches_under_gradient_checkpointing(model_dir):
     """The objective queries `reference` after `current` and before backward: gradients must not change."""
     policy = make_policy(model_dir, gradient_checkpointing=True)

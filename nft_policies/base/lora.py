@@ -1,10 +1,14 @@
 """LoRA adapters `default` (trained) and `old` (sampling policy) on one transformer; reference = adapters off.
 
-peft's `set_adapter` / `disable_adapters` also flip `requires_grad` (the active adapter becomes trainable,
+peft's `set_adapter` / `enable_adapters` also flip `requires_grad` (the active adapter becomes trainable,
 disabling freezes all), and a parameter frozen between forward and backward silently gets no gradient.
 `LoraViews` therefore re-applies the trainable set after every switch, and `use(view)` always returns
 the model to the `current` view: gradient checkpointing recomputes the forward during backward with
 whatever adapter is active then.
+
+A switch talks to peft's LoRA layers directly (found once): diffusers' model-level `set_adapter` and
+`disable_adapters` re-read the installed packages' metadata on every call (their peft version check),
+which cost 1-4 ms a switch, several per micro-batch.
 """
 
 from __future__ import annotations
@@ -68,6 +72,9 @@ class LoraViews:
         for parameter in (*self.trained.values(), *self.old.values()):
             parameter.data = parameter.data.to(torch.float32)  # fp32 master weights under autocast
         self.sync_old()
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        self._layers = [module for module in transformer.modules() if isinstance(module, BaseTunerLayer)]
         self.view: str | None = None
         self.activate("current")
 
@@ -83,11 +90,14 @@ class LoraViews:
         if view == self.view:
             return
         if view == "reference":
-            self.transformer.disable_adapters()
+            for layer in self._layers:
+                layer.enable_adapters(False)
         else:
-            if self.view in (None, "reference"):
-                self.transformer.enable_adapters()
-            self.transformer.set_adapter(TRAINED if view == "current" else OLD)
+            adapter = TRAINED if view == "current" else OLD
+            for layer in self._layers:
+                if self.view in (None, "reference"):
+                    layer.enable_adapters(True)
+                layer.set_adapter(adapter)
         for parameter in self.trained.values():
             parameter.requires_grad_(True)
         for parameter in self.old.values():
