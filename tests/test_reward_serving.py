@@ -1,6 +1,7 @@
 """Reward serving: a served reward scores exactly like the in-process one; bad requests get a clear 4xx
 and the server keeps serving; a failing reward is a 5xx for that request alone; requests of many clients
-are merged. Every server here is a child process on a free loopback port, stopped by its test."""
+are merged. Every server here is a child process on a free loopback port, stopped by its test. (The
+server's protections: test_reward_serving_guards.py; the client's: test_reward_serving_client.py.)"""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 import math
 import pickle
 import re
+import struct
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -33,6 +35,7 @@ from nft_rewards.serving.wire import (
     decode_output,
     decode_request,
     encode_request,
+    reward_images,
 )
 from nft_shapes import grammar
 from nft_shapes.render import render_batch
@@ -123,6 +126,16 @@ def request_bytes(images: torch.Tensor, prompts, metadata=None, **header_changes
     return save_tensors({"images": images.contiguous()}, metadata={"nft": json.dumps(header)})
 
 
+def raw_safetensors(header: str, data: bytes = b"") -> bytes:
+    """A body with any JSON text as its safetensors header."""
+    return struct.pack("<Q", len(header.encode())) + header.encode() + data
+
+
+IMAGE_ENTRY = {"dtype": "F32", "shape": [1, 3, 1, 1], "data_offsets": [0, 12]}
+DEEP = 5000 * "[" + 5000 * "]"
+TOO_DEEP = json.loads(40 * "[" + 40 * "]")
+
+
 def post(url: str, body: bytes, **kwargs) -> httpx.Response:
     return httpx.post(f"{url}/score", content=body, headers={"Content-Type": CONTENT_TYPE}, **kwargs)
 
@@ -174,6 +187,33 @@ BAD_REQUESTS = {
     "NaN pixels": (request_bytes(torch.full((1, 3, 4, 4), math.nan), ["a"]), 400, "NaN or infinite"),
     "out of range": (request_bytes(torch.full((1, 3, 4, 4), 2.0), ["a"]), 400, r"lie in \[0,1\]"),
     "prompt too long": (request_bytes(torch.zeros(1, 3, 4, 4), ["x" * 5000]), 400, "limit is 4096"),
+    "nested nft header": (
+        save_tensors({"images": torch.zeros(1, 3, 4, 4)}, metadata={"nft": DEEP}),
+        400,
+        "nests deeper than 32",
+    ),
+    "nested safetensors header": (
+        raw_safetensors('{"x": ' + DEEP + ', "images": ' + json.dumps(IMAGE_ENTRY) + "}", bytes(12)),
+        400,
+        "nests deeper than 32",
+    ),
+    "metadata nested too deep": (
+        request_bytes(torch.zeros(1, 3, 4, 4), ["a"], [{"deep": TOO_DEEP}]),
+        400,
+        "nests deeper than 32",
+    ),
+    "__metadata__ a list": (
+        raw_safetensors(json.dumps({"__metadata__": ["nft"], "images": IMAGE_ENTRY}), bytes(12)),
+        400,
+        "__metadata__ is not a JSON object",
+    ),
+    "nft header not a string": (
+        raw_safetensors(
+            json.dumps({"__metadata__": {"nft": {"protocol": 1}}, "images": IMAGE_ENTRY}), bytes(12)
+        ),
+        400,
+        "lacks the 'nft' JSON header",
+    ),
     "too many images": (request_bytes(torch.zeros(65, 3, 1, 1), ["a"] * 65), 413, "limit of 64"),
     "oversized body": (request_bytes(torch.zeros(1, 3, 300, 300), ["a"]), 413, "exceeds the limit"),
 }
@@ -254,7 +294,8 @@ def test_wire_round_trip_is_bit_exact_and_limits_hold():
         assert decoded.images.dtype == dtype and torch.equal(decoded.images, images.to(dtype))
         assert decoded.metadata == [{"k": 1}] * 3
     quantized = decode_request(encode_request(images, ["a", "b", "c"], dtype="uint8")).images
-    assert torch.equal((quantized * 255).round(), (images * 255).round())
+    assert quantized.dtype == torch.uint8  # kept small until the worker converts its batch
+    assert torch.equal((reward_images(quantized) * 255).round(), (images * 255).round())
     with pytest.raises(WireError, match="limit of 2 per request") as caught:
         decode_request(encode_request(images, ["a", "b", "c"]), Limits(max_images=2))
     assert caught.value.status == 413

@@ -9,6 +9,7 @@ The wire format is `nft_rewards.serving.wire` (safetensors bodies, JSON headers,
 
 from __future__ import annotations
 
-from nft_rewards.serving.server import TOKEN_ENV, check_bind, is_loopback, serve
+from nft_rewards.serving.server import TOKEN_ENV, bind, check_bind, is_loopback, serve
+from nft_rewards.serving.settings import Guards
 
-__all__ = ["TOKEN_ENV", "check_bind", "is_loopback", "serve"]
+__all__ = ["TOKEN_ENV", "Guards", "bind", "check_bind", "is_loopback", "serve"]

@@ -10,7 +10,9 @@ float32 tensors `scores` `[N]` and `detail/<key>` `[N]`, and the header `{"proto
 `{"error": "..."}` with a 4xx (the request) or 5xx (the reward) status.
 
 Both sides use these functions, so a served reward sees exactly the tensors the client had: float images
-travel bit for bit; uint8 is exact for rewards that quantize with the references' rule anyway.
+travel bit for bit; uint8 is exact for rewards that quantize with the references' rule anyway. A decoded
+request keeps its images in their wire dtype (uint8 is 4x smaller than float32 while it waits in a queue);
+`reward_images` converts a batch right before the reward sees it.
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ __all__ = [
     "encode_output",
     "encode_request",
     "error_body",
+    "header_length",
+    "reward_images",
 ]
 
 PROTOCOL = 1
@@ -63,7 +67,10 @@ WIRE_DTYPES: dict[str, torch.dtype] = {
     "bfloat16": torch.bfloat16,
 }
 _NAMES = {dtype: name for name, dtype in WIRE_DTYPES.items()}
+_SAFETENSORS_DTYPES = {"U8": torch.uint8, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 _HEADER_KEY = "nft"
+MAX_JSON_DEPTH = 32
+"""JSON headers nest at most this deep (GenEval's metadata needs 4); deeper is a 400, never a crash."""
 
 
 class WireError(Exception):
@@ -82,16 +89,52 @@ class Limits:
     max_images: int = 1024
     max_side: int = 4096
     max_prompt_chars: int = 4096
-    max_header_bytes: int = 16 * 2**20
+    max_header_bytes: int = 8 * 2**20
 
 
 @dataclass
 class ScoreRequest:
-    """A decoded `/score` request: images as the reward takes them (float in [0,1]) and their pairing."""
+    """A decoded `/score` request: images in their wire dtype (uint8 in 0..255 or float in [0,1]; see
+    `reward_images`) and their prompts and metadata."""
 
     images: torch.Tensor
     prompts: list[str]
     metadata: list[dict[str, Any]] | None
+
+
+def reward_images(images: torch.Tensor) -> torch.Tensor:
+    """Images as a reward takes them: uint8 becomes float32 `x / 255`; float images are left as they are."""
+    if images.dtype == torch.uint8:
+        return images.float().div_(255)
+    return images
+
+
+def header_length(prefix: bytes | bytearray | memoryview) -> int:
+    """The length of a safetensors file's JSON header, from its first 8 bytes."""
+    return struct.unpack("<Q", bytes(prefix[:8]))[0]
+
+
+def _depth(value: Any) -> int:
+    """How deep a parsed JSON value nests, level by level (a deep value must not exhaust the stack)."""
+    depth, level = 0, [value] if isinstance(value, dict | list) else []
+    while level and depth <= MAX_JSON_DEPTH:
+        depth += 1
+        children = [child for item in level for child in (item.values() if isinstance(item, dict) else item)]
+        level = [child for child in children if isinstance(child, dict | list)]
+    return depth
+
+
+def _json(text: bytes | str, what: str) -> Any:
+    """Parse a JSON text of the wire; malformed, too deeply nested or otherwise broken is a 400."""
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        raise WireError(f"{what} nests deeper than {MAX_JSON_DEPTH} levels") from None
+    except (UnicodeDecodeError, ValueError) as error:
+        raise WireError(f"{what} is not valid JSON: {error}") from None
+    if _depth(value) > MAX_JSON_DEPTH:
+        raise WireError(f"{what} nests deeper than {MAX_JSON_DEPTH} levels")
+    return value
 
 
 def error_body(message: str) -> bytes:
@@ -126,40 +169,74 @@ def encode_request(
     return save_tensors({"images": images.contiguous()}, metadata={_HEADER_KEY: json.dumps(header)})
 
 
-def _read(body: bytes, limits: Limits) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """The tensors and the `nft` JSON header of a safetensors body, checked for being well formed and of
-    this protocol (requests and answers alike)."""
+WireBody = bytes | bytearray | memoryview
+"""A wire body: bytes, or a writable buffer (the server's) that decoded images are read from in place."""
+
+
+def _header(body: WireBody, limits: Limits) -> tuple[dict[str, Any], dict[str, Any], int]:
+    """The safetensors header (a JSON object), the `nft` JSON header inside it and where the tensor data
+    starts, checked for being well formed and of this protocol (requests and answers alike)."""
     if len(body) > limits.max_body_bytes:
         raise WireError(f"body of {len(body)} bytes exceeds the limit of {limits.max_body_bytes}", 413)
     if len(body) < 8:
         raise WireError("body is not a safetensors file (shorter than its 8-byte header length)")
-    (size,) = struct.unpack("<Q", body[:8])
+    size = header_length(body)
     if size > min(limits.max_header_bytes, len(body) - 8):
         raise WireError("body is not a safetensors file (bad header length)")
-    try:
-        outer = json.loads(body[8 : 8 + size])
-    except (UnicodeDecodeError, ValueError):
-        raise WireError("body is not a safetensors file (its header is not JSON)") from None
+    outer = _json(bytes(body[8 : 8 + size]), "body is not a safetensors file: its header")
     if not isinstance(outer, dict):
         raise WireError("body is not a safetensors file (its header is not a JSON object)")
-    raw_header = (outer.get("__metadata__") or {}).get(_HEADER_KEY)
+    metadata = outer.get("__metadata__")
+    if metadata is not None and not isinstance(metadata, dict):
+        raise WireError("body is not a safetensors file (its __metadata__ is not a JSON object)")
+    raw_header = (metadata or {}).get(_HEADER_KEY)
     if not isinstance(raw_header, str):
         raise WireError(f"safetensors metadata lacks the {_HEADER_KEY!r} JSON header (protocol {PROTOCOL})")
-    try:
-        header = json.loads(raw_header)
-    except ValueError as error:
-        raise WireError(f"the {_HEADER_KEY!r} header is not valid JSON: {error}") from None
+    header = _json(raw_header, f"the {_HEADER_KEY!r} header")
     if not isinstance(header, dict):
         raise WireError(f"the {_HEADER_KEY!r} header must be a JSON object")
     if "protocol" not in header:
         raise WireError(f"header field 'protocol' must be {PROTOCOL}")
     if header["protocol"] != PROTOCOL:
         raise WireError(f"protocol {header['protocol']!r} is not supported; this server speaks {PROTOCOL}")
+    return outer, header, 8 + size
+
+
+def _read(body: bytes, limits: Limits) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The tensors and the `nft` JSON header of a safetensors body (answers, `/aggregate` requests)."""
+    _, header, _ = _header(body, limits)
     try:
-        tensors = load_tensors(body)
-    except (SafetensorError, ValueError, RuntimeError) as error:
+        tensors = load_tensors(bytes(body))
+    except (SafetensorError, ValueError, RuntimeError, TypeError) as error:
         raise WireError(f"body is not a valid safetensors file: {error}") from None
     return tensors, header
+
+
+def _images(body: WireBody, outer: dict[str, Any], start: int) -> torch.Tensor:
+    """The one tensor `images` of a `/score` body, checked as strictly as safetensors checks a file. Read
+    in place from a writable body (no copy: the tensor keeps the body's memory); copied from bytes."""
+    entries = {key: value for key, value in outer.items() if key != "__metadata__"}
+    if set(entries) != {"images"}:
+        raise WireError(f"body must hold exactly one tensor 'images'; got {sorted(entries)}")
+    entry = entries["images"]
+    if not isinstance(entry, dict):
+        raise WireError("body is not a safetensors file (its 'images' entry is not a JSON object)")
+    dtype = _SAFETENSORS_DTYPES.get(entry.get("dtype"))
+    if dtype is None:
+        allowed = ", ".join(WIRE_DTYPES)
+        raise WireError(f"images dtype {str(entry.get('dtype'))[:20]!r} is not allowed; allowed: {allowed}")
+    shape, offsets = entry.get("shape"), entry.get("data_offsets")
+    if not (isinstance(shape, list) and all(type(side) is int and side >= 0 for side in shape)):
+        raise WireError("body is not a safetensors file (the 'images' shape is not a list of sizes)")
+    size = math.prod(shape) * torch.empty(0, dtype=dtype).element_size()
+    if offsets != [0, size] or start + size != len(body):
+        raise WireError("body is not a valid safetensors file (the 'images' data offsets do not fit)")
+    if not size:
+        return torch.empty(shape, dtype=dtype)
+    writable = isinstance(body, bytearray) or (isinstance(body, memoryview) and not body.readonly)
+    if writable and start % 8 == 0:  # safetensors writers align the data to 8 bytes
+        return torch.frombuffer(body, dtype=dtype, count=math.prod(shape), offset=start).reshape(shape)
+    return torch.frombuffer(bytearray(memoryview(body)[start:]), dtype=dtype).reshape(shape)
 
 
 def _strings(header: dict[str, Any], key: str, n: int, limit: int) -> list[str]:
@@ -185,15 +262,12 @@ def _metadata(header: dict[str, Any], n: int) -> list[dict[str, Any]] | None:
     return metadata
 
 
-def decode_request(body: bytes, limits: Limits = Limits()) -> ScoreRequest:
+def decode_request(body: WireBody, limits: Limits = Limits()) -> ScoreRequest:
     """Validate a `/score` body strictly (format, protocol, shape, dtype, counts, finite values in range,
-    prompt lengths, limits) and return the images as float in [0, 1]; any fault is a `WireError`."""
-    tensors, header = _read(body, limits)
-    if set(tensors) != {"images"}:
-        raise WireError(f"body must hold exactly one tensor 'images'; got {sorted(tensors)}")
-    images = tensors["images"]
-    if images.dtype not in _NAMES:
-        raise WireError(f"images dtype {images.dtype} is not allowed; allowed: {', '.join(WIRE_DTYPES)}")
+    prompt lengths, limits) and return the images in their wire dtype; any fault is a `WireError`. The
+    images of a writable body (bytearray, memoryview) are read in place: one copy less per request."""
+    outer, header, start = _header(body, limits)
+    images = _images(body, outer, start)
     if header.get("dtype") != _NAMES[images.dtype]:
         raise WireError(
             f"header dtype {header.get('dtype')!r} differs from the tensor's {_NAMES[images.dtype]}"
@@ -211,12 +285,11 @@ def decode_request(body: bytes, limits: Limits = Limits()) -> ScoreRequest:
         raise WireError(f"image size {height}x{width} is outside 1..{limits.max_side} pixels per side")
     prompts = _strings(header, "prompts", n, limits.max_prompt_chars)
     metadata = _metadata(header, n)
-    if images.dtype == torch.uint8:
-        images = images.float() / 255
-    elif n:
-        if not bool(torch.isfinite(images).all()):
+    if images.dtype != torch.uint8 and images.numel():
+        extremes = torch.aminmax(images)  # no copy of the images (NaN and inf show in the extremes)
+        low, high = float(extremes.min), float(extremes.max)
+        if not (math.isfinite(low) and math.isfinite(high)):
             raise WireError("images contain NaN or infinite values")
-        low, high = float(images.min()), float(images.max())
         if low < -1e-3 or high > 1 + 1e-3:
             raise WireError(f"float image values must lie in [0,1]; got min {low:.4g} max {high:.4g}")
     return ScoreRequest(images, prompts, metadata)
@@ -249,6 +322,11 @@ def decode_output(body: bytes, n: int, limits: Limits = Limits()) -> RewardOutpu
     for key, value in {"scores": output.scores, **output.details}.items():
         if tuple(value.shape) != (n,):
             raise WireError(f"answer {key!r} has shape {list(value.shape)}, want [{n}]", 502)
+    notes = output.notes
+    if notes is not None and not (
+        isinstance(notes, list) and len(notes) == n and all(isinstance(note, str) for note in notes)
+    ):
+        raise WireError(f"answer notes must be null or a list of {n} strings", 502)
     return output
 
 
