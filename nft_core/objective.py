@@ -9,13 +9,25 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from nft_core.flow import draw_noise, expand_time, forward_noising
 from nft_core.protocols import Policy
 from nft_core.types import Cond, index_cond
 
-__all__ = ["NFTObjective", "NFTOptions", "RFTObjective", "RFTOptions", "nft_loss", "rft_loss"]
+__all__ = [
+    "NFTObjective",
+    "NFTOptions",
+    "RFTObjective",
+    "RFTOptions",
+    "nft_loss",
+    "reward_adaptive_kl",
+    "rft_loss",
+    "velocity_norm_hinge",
+]
+
+ADAPTIVE_KL_FLOOR = 1e-4
+"""The smallest per-sample KL weight of `reward_adaptive_kl` (CRD's `base_beta`)."""
 
 
 def _compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
@@ -24,6 +36,39 @@ def _compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
     for tensor in tensors:
         dtype = torch.promote_types(dtype, tensor.dtype)
     return dtype
+
+
+def velocity_norm_hinge(v: torch.Tensor, v_ref: torch.Tensor, margin: float = 0.0) -> torch.Tensor:
+    """NormGuard's hinge on velocity-norm inflation (Pan et al. 2026, arXiv 2606.27771): zero while the
+    trained velocity's norm stays within `(1 + margin)` of the reference's at the same inputs, else
+    `mean_i ((|v_i| - (1 + margin) |v_ref_i|) / |v_ref_i|)^2` (norms per sample over all non-batch dims).
+
+    The paper's abstract defines the penalty as a hinge that "activates only when |v_theta| exceeds
+    |v_ref|" and adds to any velocity-local loss; its exact form was not public where we looked, so this
+    is our reading of it: squared, relative to the reference's norm so that its weight does not depend on
+    the latent's scale. `v_ref` is a constant."""
+    dtype = torch.promote_types(v.dtype, torch.float32)
+    norm = v.to(dtype).flatten(1).norm(dim=1)
+    reference = v_ref.detach().to(dtype).flatten(1).norm(dim=1).clamp_min(1e-12)
+    excess = torch.relu(norm - (1.0 + margin) * reference) / reference
+    return excess.square().mean()
+
+
+def reward_adaptive_kl(
+    v: torch.Tensor, v_ref: torch.Tensor, optimality: torch.Tensor, kl_weight: float
+) -> torch.Tensor:
+    """CRD's reward-adaptive KL strength (Zhu et al. 2026, arXiv 2603.14128), as its first author wrote it
+    (X-GenGroup/Flow-Factory `src/flow_factory/trainers/crd.py` lines 787-791 and 810-824 at a0b2bc5):
+    `mean_i w_i mean((v_i - v_ref_i)^2)` with the per-sample weight
+    `w_i = kl_weight (m + r_i (1 - m))`, `m = 1e-4 / kl_weight`, `r_i` the sample's optimality (its clipped
+    advantage mapped to [0, 1]): the anchor is strongest on the samples the update pushes hardest towards,
+    the ones a reward loophole would pay most, and 1e-4 on the worst."""
+    dims = tuple(range(1, v.ndim))
+    dtype = torch.promote_types(v.dtype, torch.float32)
+    per_sample = (v.to(dtype) - v_ref.detach().to(dtype)).square().mean(dim=dims)
+    floor = min(1.0, ADAPTIVE_KL_FLOOR / kl_weight) if kl_weight > 0 else 1.0
+    weights = kl_weight * (floor + optimality.detach().to(dtype) * (1.0 - floor))
+    return (weights * per_sample).mean()
 
 
 def nft_loss(
@@ -38,6 +83,9 @@ def nft_loss(
     v_ref: torch.Tensor | None = None,
     kl_weight: float = 0.0,
     weight_floor: float = 1e-5,
+    kl_adaptive: bool = False,
+    norm_guard: float = 0.0,
+    norm_margin: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The NFT loss of one batch, exactly as the reference implementation computes it.
 
@@ -48,6 +96,9 @@ def nft_loss(
     - `L_* = mean (x0_* - x0)^2 / w_*` per sample (means over all non-batch dims)
     - `L_nft = adv_clip * mean_batch(r L_pos / beta + (1 - r) L_neg / beta)`
     - `L_kl = mean (v - v_ref)^2` when `v_ref` is given; total `L_nft + kl_weight L_kl`
+    - guards (off by default): `kl_adaptive` weighs the KL per sample by its optimality instead
+      (`reward_adaptive_kl`, CRD); `norm_guard > 0` adds `norm_guard * velocity_norm_hinge(v, v_ref,
+      norm_margin)` (NormGuard)
 
     `v_old`, `v_ref`, `x0`, `x_t` are treated as constants. Arithmetic is in at least float32.
     Returns the total loss and detached statistics (each a 0-dim tensor).
@@ -61,8 +112,8 @@ def nft_loss(
         )
     if optimality.shape != (x0.shape[0],):
         raise ValueError(f"optimality must have shape [N] = [{x0.shape[0]}], got {tuple(optimality.shape)}")
-    if kl_weight > 0 and v_ref is None:
-        raise ValueError("kl_weight > 0 needs v_ref (the reference view's velocity)")
+    if (kl_weight > 0 or norm_guard > 0) and v_ref is None:
+        raise ValueError("kl_weight > 0 and norm_guard > 0 need v_ref (the reference view's velocity)")
     dtype = _compute_dtype(v, v_old, x0, x_t)
     v32 = v.to(dtype)
     v_old = v_old.detach().to(dtype)
@@ -90,7 +141,13 @@ def nft_loss(
             raise ValueError(f"v_ref must have v's shape {tuple(v.shape)}, got {tuple(v_ref.shape)}")
         loss_kl = (v32 - v_ref.detach().to(dtype)).square().mean()
         if kl_weight != 0.0:
-            total = total + kl_weight * loss_kl
+            if kl_adaptive:
+                total = total + reward_adaptive_kl(v32, v_ref, r, kl_weight)
+            else:
+                total = total + kl_weight * loss_kl
+        if norm_guard > 0:
+            loss_norm = velocity_norm_hinge(v32, v_ref, norm_margin)
+            total = total + norm_guard * loss_norm
     else:
         loss_kl = torch.zeros((), dtype=dtype, device=x0.device)
 
@@ -106,6 +163,8 @@ def nft_loss(
         # term has nothing to push against (two implementations saw it sit at 0 for long stretches)
         "v_old_gap": delta.detach().abs().mean(),
     }
+    if norm_guard > 0:
+        stats["loss_norm_guard"] = loss_norm.detach()
     return total, stats
 
 
@@ -144,6 +203,24 @@ class NFTOptions(BaseModel):
         description="advantage clip A_max: A in [-A_max, A_max], r = A / A_max / 2 + 0.5; scales the loss",
     )
     weight_floor: float = Field(1e-5, gt=0, description="lower clamp of the adaptive x0-space weights")
+    kl_adaptive: bool = Field(
+        False,
+        description="guard: weigh the KL per sample by its optimality r, kl_weight (m + r (1 - m)) with m = "
+        "1e-4 / kl_weight (CRD's reward-adaptive KL, arXiv 2603.14128); needs kl_weight > 0",
+    )
+    norm_guard: float = Field(
+        0.0,
+        ge=0,
+        description="guard: weight of NormGuard's hinge on the trained velocity's norm above the reference's"
+        " (arXiv 2606.27771), mean ((|v| - (1 + norm_margin) |v_ref|)+ / |v_ref|)^2; 0: off",
+    )
+    norm_margin: float = Field(0.0, ge=0, description="guard: the norm growth NormGuard's hinge tolerates")
+
+    @model_validator(mode="after")
+    def _adaptive_needs_a_weight(self) -> NFTOptions:
+        if self.kl_adaptive and self.kl_weight <= 0:
+            raise ValueError("kl_adaptive weighs the KL anchor: set kl_weight > 0 too")
+        return self
 
 
 class NFTObjective:
@@ -151,22 +228,14 @@ class NFTObjective:
 
     name = "nft"
 
-    def __init__(
-        self, beta: float = 1.0, kl_weight: float = 0.0, adv_clip: float = 5.0, weight_floor: float = 1e-5
-    ) -> None:
-        self.options = NFTOptions(
-            beta=beta, kl_weight=kl_weight, adv_clip=adv_clip, weight_floor=weight_floor
-        )
-        self.beta = self.options.beta
-        self.kl_weight = self.options.kl_weight
-        self.adv_clip = self.options.adv_clip
-        self.weight_floor = self.options.weight_floor
+    def __init__(self, **options: Any) -> None:
+        self.options = NFTOptions(**options)
+        for key, value in self.options.model_dump().items():
+            setattr(self, key, value)
 
     def __repr__(self) -> str:
-        return (
-            f"NFTObjective(beta={self.beta}, kl_weight={self.kl_weight}, adv_clip={self.adv_clip}, "
-            f"weight_floor={self.weight_floor})"
-        )
+        fields = ", ".join(f"{k}={v}" for k, v in self.options.model_dump().items())
+        return f"NFTObjective({fields})"
 
     def loss(
         self,
@@ -185,7 +254,7 @@ class NFTObjective:
             v_old = policy.velocity("old", x_t, t, cond)
         v = policy.velocity("current", x_t, t, cond)
         v_ref = None
-        if self.kl_weight > 0:
+        if self.kl_weight > 0 or self.norm_guard > 0:
             with torch.no_grad():
                 v_ref = policy.velocity("reference", x_t, t, cond)
         total, stats = nft_loss(
@@ -200,6 +269,9 @@ class NFTObjective:
             v_ref=v_ref,
             kl_weight=self.kl_weight,
             weight_floor=self.weight_floor,
+            kl_adaptive=self.kl_adaptive,
+            norm_guard=self.norm_guard,
+            norm_margin=self.norm_margin,
         )
         return total, _floats(stats)
 

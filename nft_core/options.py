@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 import types
 import typing
 from typing import Any, TypeVar
@@ -16,7 +17,7 @@ from pydantic import BaseModel, ValidationError
 
 from nft_core.errors import ConfigError, UserError
 
-__all__ = ["explain", "parse_option", "toml_json", "toml_path", "validate_options"]
+__all__ = ["check_finite", "explain", "parse_option", "toml_json", "toml_path", "validate_options"]
 
 Model = TypeVar("Model", bound=BaseModel)
 
@@ -46,23 +47,47 @@ def toml_path(location: tuple[Any, ...]) -> str:
     return text
 
 
-def toml_json(values: dict[str, Any], prefix: str = "") -> str:
-    """TOML data as JSON text, for pydantic's strict JSON-mode validation: a string is not a number,
-    `1` is not `true`, and an array is a tuple. A TOML date or time is a ConfigError naming its key."""
+def _walk(values: Any, check: Any, location: tuple[Any, ...] = ()) -> None:
+    """Call `check(value, location)` on every leaf of nested tables and arrays."""
+    if isinstance(values, dict):
+        for key, item in values.items():
+            _walk(item, check, (*location, key))
+    elif isinstance(values, (list, tuple)):
+        for index, item in enumerate(values):
+            _walk(item, check, (*location, index))
+    else:
+        check(values, location)
+
+
+def _joined(prefix: str, location: tuple[Any, ...]) -> str:
+    path = toml_path(location)
+    return f"{prefix}.{path}" if prefix and path else prefix or path
+
+
+def check_finite(values: Any, prefix: str = "") -> None:
+    """A ConfigError naming the first key whose number is infinite or NaN: no option of a run, the
+    core's or a plugin's, accepts one (TOML writes them `inf` and `nan`; an lr of inf ends in NaN
+    weights)."""
 
     def reject(value: Any, location: tuple[Any, ...]) -> None:
-        if isinstance(value, dict):
-            for key, item in value.items():
-                reject(item, (*location, key))
-        elif isinstance(value, list):
-            for index, item in enumerate(value):
-                reject(item, (*location, index))
-        elif isinstance(value, (datetime.date, datetime.time)):  # datetime is a date
-            path = toml_path(location)
-            path = f"{prefix}.{path}" if prefix and path else prefix or path
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{_joined(prefix, location)}: must be a finite number (got {value})")
+
+    _walk(values, reject)
+
+
+def toml_json(values: dict[str, Any], prefix: str = "") -> str:
+    """TOML data as JSON text, for pydantic's strict JSON-mode validation: a string is not a number,
+    `1` is not `true`, and an array is a tuple. A TOML date or time, or a number that is not finite, is a
+    ConfigError naming its key."""
+
+    def reject(value: Any, location: tuple[Any, ...]) -> None:
+        if isinstance(value, (datetime.date, datetime.time)):  # datetime is a date
+            path = _joined(prefix, location)
             raise ConfigError(f"{path}: a TOML date/time is not allowed here (got {value}); quote it")
 
-    reject(values, ())
+    _walk(values, reject)
+    check_finite(values, prefix)
     return json.dumps(values)
 
 
@@ -196,6 +221,7 @@ def validate_options(
     try:
         if toml:
             return model.model_validate_json(toml_json(values, path), strict=True)
+        check_finite(values, path or owner)
         return model.model_validate(values)
     except ValidationError as error:
         line = explain(error, model, path)

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ValidationError
 
 from nft_core.errors import ConfigError, UserError
 from nft_core.lookup import lookup
-from nft_core.options import explain, validate_options
+from nft_core.options import check_finite, explain, validate_options
 from nft_core.plugins import load_plugins, plugin_distribution
 
 KINDS = {
@@ -130,6 +130,7 @@ def create(kind: str, name: str, options: dict[str, Any] | None = None, path: st
     """
     path = path or kind
     registration = get(kind, name, path)
+    check_finite(options or {}, path)
     try:
         return registration.factory(**(options or {}))
     except ValidationError as error:

@@ -163,3 +163,5 @@ class EvalResult:
     per_tag: dict[str, dict[str, float]] = field(default_factory=dict)
     images: torch.Tensor | None = None
     per_image: dict[str, torch.Tensor] = field(default_factory=dict)
+    finite: bool = True
+    """Whether every sampled latent was finite (a diverged model samples NaN)."""

@@ -330,7 +330,15 @@ def test_nft_objective_matches_nft_loss_with_the_same_noise():
 
 
 def test_nft_options_bounds_and_unknown_keys():
-    assert NFTOptions().model_dump() == {"beta": 1.0, "kl_weight": 0.0, "adv_clip": 5.0, "weight_floor": 1e-5}
+    assert NFTOptions().model_dump() == {
+        "beta": 1.0,
+        "kl_weight": 0.0,
+        "adv_clip": 5.0,
+        "weight_floor": 1e-5,
+        "kl_adaptive": False,  # the guards, off unless asked for
+        "norm_guard": 0.0,
+        "norm_margin": 0.0,
+    }
     for bad in ({"beta": 0.0}, {"kl_weight": -1e-4}, {"adv_clip": 0.0}, {"betta": 1.0}):
         with pytest.raises(pydantic.ValidationError):
             NFTOptions(**bad)

@@ -116,7 +116,8 @@ def test_the_built_wheel_ships_every_package_the_checkpoint_and_the_template(tmp
         archive.extractall(tmp_path / "site", [n for n in names if "/plugin_template/" in n])
         (entry_points,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
         assert "shapes = nft_shapes.detector:GENEVAL_BACKEND" in archive.read(entry_points).decode()
-    for package in ("nft_core", "nft_solvers", "nft_rewards", "nft_policies/sd3", "nft_shapes"):
+    rooms = ("nft_core/loop", "nft_core/state", "nft_core/outputs", "nft_core/cli", "nft_core/config")
+    for package in ("nft_core", *rooms, "nft_core/distributed", "nft_solvers", "nft_rewards", "nft_shapes"):
         assert f"{package}/__init__.py" in names, package
     for shipped_file in ("shapes-tiny.safetensors", "shapes-tiny.json"):
         assert f"nft_shapes/checkpoints/{shipped_file}" in names

@@ -164,6 +164,20 @@ def run(
         run_dir = trainer.run_dir
     except UserError as error:
         fail(error)
+    if summary.get("status") == "diverged":  # every rank exits non-zero; rank 0 says why
+        if trainer.dist.is_main:
+            good = summary.get("last_good_checkpoint")
+            where = (
+                f"the last good checkpoint is {good} (a new run starts from it with policy.init_from and a "
+                "lower train.lr)"
+                if good
+                else "no optimizer step was taken, so there is no good state to save"
+            )
+            typer.echo(
+                f"error: the run diverged at epoch {summary.get('epoch')}: {summary.get('reason')}; {where}",
+                err=True,
+            )
+        raise typer.Exit(1)
     if not trainer.dist.is_main:  # rank 0 speaks for the job
         return
     if summary.get("status") == "interrupted":

@@ -18,10 +18,12 @@ from nft_core.protocols import ExportablePolicy
 __all__ = ["add_export_command", "export_checkpoint"]
 
 
-def export_checkpoint(source: Path, out: Path, merge: bool = False, config: Path | None = None) -> list[str]:
-    """Export the checkpoint `source` (a checkpoint folder, or a run folder: its newest) into `out`
-    (new or empty); returns the files written."""
-    checkpoint, config_path = resolve_source(source, config)
+def export_checkpoint(
+    source: Path, out: Path, merge: bool = False, config: Path | None = None, best: bool = False
+) -> list[str]:
+    """Export the checkpoint `source` (a checkpoint folder, or a run folder: its newest, or with `best` its
+    best) into `out` (new or empty); returns the files written."""
+    checkpoint, config_path = resolve_source(source, config, best)
     if checkpoint is None:
         raise UserError(f"{source}: a run config has no trained weights; pass a run or checkpoint folder")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -54,7 +56,10 @@ def add_export_command(app) -> None:
         config: Path | None = typer.Option(
             None, "--config", help="run config (default: the run's resolved one)"
         ),
+        best: bool = typer.Option(
+            False, "--best", help="the run's best checkpoint (its best evaluation by log.best_by)"
+        ),
     ) -> None:
         """Export a checkpoint: the LoRA in diffusers' format, or with --merge a whole pipeline folder."""
-        written = export_checkpoint(checkpoint or source, out, merge, config)
+        written = export_checkpoint(checkpoint or source, out, merge, config, best)
         typer.echo(f"exported {len(written)} file(s) into {out}")

@@ -44,26 +44,33 @@ class SampleRequest:
     overrides: tuple[str, ...] = ()
 
 
-def latest_checkpoint(run_dir: Path) -> Path:
-    """The newest complete `checkpoints/step_XXXXX` of a run folder (a half-written one never counts)."""
+def latest_checkpoint(run_dir: Path, best: bool = False) -> Path:
+    """The newest complete `checkpoints/step_XXXXX` of a run folder (a half-written one never counts), or
+    with `best` the one of its best evaluation (`log.best_by`)."""
+    from nft_core.state.checkpoints import best_checkpoint
     from nft_core.state.checkpoints import latest_checkpoint as newest
 
-    found = newest(run_dir)
+    found = best_checkpoint(run_dir) if best else newest(run_dir)
     if found is None:
+        if best:
+            raise UserError(f"{run_dir}: no checkpoint holds an evaluation score (evaluations write them)")
         raise UserError(f"{run_dir}: no complete checkpoints/step_XXXXX folder")
     return found
 
 
-def resolve_source(source: Path, config: Path | None) -> tuple[Path | None, Path]:
-    """(checkpoint folder or None, run config) for a checkpoint folder, a run folder or a config file."""
+def resolve_source(source: Path, config: Path | None, best: bool = False) -> tuple[Path | None, Path]:
+    """(checkpoint folder or None, run config) for a checkpoint folder, a run folder (its newest
+    checkpoint, or with `best` its best one) or a config file."""
     if source.is_file() and source.suffix == ".toml":
         return None, config or source
     if not source.exists():
         raise UserError(f"{source}: no such checkpoint folder, run folder or .toml run config")
     if not source.is_dir():
         raise UserError(f"{source}: not a checkpoint folder, a run folder or a .toml run config")
+    if best and not (source / "checkpoints").is_dir():
+        raise UserError(f"--best {source}: give a run folder (it picks the run's best checkpoint)")
     if (source / "checkpoints").is_dir():
-        checkpoint, run_dir = latest_checkpoint(source), source
+        checkpoint, run_dir = latest_checkpoint(source, best), source
     elif config is None and not STEP_FOLDER.search(source.name):
         raise UserError(
             f"{source}: neither a run folder (it has no checkpoints/) nor a checkpoint folder "
@@ -211,11 +218,14 @@ def add_sample_command(app) -> None:
         batch_size: int = typer.Option(8, "--batch-size", min=1),
         device: str | None = typer.Option(None, "--device", help="default: the config's train.device"),
         set_: list[str] = typer.Option([], "--set", help="config override KEY=VALUE, repeatable"),
+        best: bool = typer.Option(
+            False, "--best", help="a run folder's best checkpoint (its best evaluation by log.best_by)"
+        ),
     ) -> None:
         """Sample images from a checkpoint into a folder that `nft score` / `nft eval` read."""
         knobs = (images_per_prompt, solver, steps, guidance, seed, batch_size, device, tuple(set_))
         try:
-            request = SampleRequest(*resolve_source(checkpoint, config), prompts, out, *knobs)
+            request = SampleRequest(*resolve_source(checkpoint, config, best), prompts, out, *knobs)
             sample_images(request, echo=typer.echo)
         except UserError as error:
             typer.echo(f"error: {error}", err=True)

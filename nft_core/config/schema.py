@@ -1,20 +1,14 @@
-"""The run configuration: TOML validated with pydantic (unknown keys are errors naming their path)."""
+"""The run configuration's schema: one pydantic model per TOML table, each field with its description
+(the generated config reference is made from them)."""
 
 from __future__ import annotations
 
-import math
-from pathlib import Path
 from typing import Any, Literal
 
-import tomllib
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from nft_core import registry
-from nft_core.errors import ConfigError
-from nft_core.loop.precision import REQUESTS, resolve_precision
+from nft_core.loop.precision import REQUESTS
 from nft_core.normalization import NORMALIZERS
-from nft_core.options import explain, toml_json, toml_path
-from nft_core.outputs.tracking import check_trackers
 from nft_core.schedules import LR_SCHEDULES, parse_decay_schedule
 
 
@@ -198,6 +192,12 @@ class TrainConfig(_Strict):
         "sampled (false: after it, in the same thread; the scores are the same either way)",
     )
     grad_clip: float = Field(1.0, gt=0, description="gradient norm clipped to this before each step")
+    divergence_patience: int = Field(
+        3,
+        ge=0,
+        description="optimizer steps in a row whose gradient or result is not finite (each skipped or undone:"
+        " the weights stay the last finite ones) after which the run stops with status diverged (0: never)",
+    )
     seed: int = Field(0, description="seed of every random draw: prompts, sampling and training noise, plan")
     device: str = Field(
         "cpu", description="torch device: cpu or cuda (under torchrun each rank takes cuda:LOCAL_RANK)"
@@ -259,13 +259,6 @@ class RewardConfig(_Strict):
         """The name this reward goes by in metrics and the weighted sum."""
         return self.alias or self.name
 
-    @field_validator("weight", "scale", "shift")
-    @classmethod
-    def _finite(cls, value: float) -> float:
-        if not math.isfinite(value):
-            raise ValueError("must be a finite number")  # the line adds "(got nan)"
-        return value
-
     @field_validator("normalize")
     @classmethod
     def _known_normalizer(cls, value: str) -> str:
@@ -308,7 +301,15 @@ class LogConfig(_Strict):
         0, ge=0, description="keep the newest N checkpoints (0: all); older ones are deleted"
     )
     keep_best: bool = Field(
-        True, description="with keep_checkpoints: also keep the checkpoint of the best evaluation score"
+        True,
+        description="write a checkpoint at each periodic evaluation that beats the earlier ones and keep the "
+        "best one (beside keep_checkpoints); summary.json's eval_best names it",
+    )
+    best_by: str | None = Field(
+        None,
+        description="the reward whose evaluation score picks the best checkpoint (keep_best, nft export "
+        "--best, nft sample --best): a [[reward]] or [[eval.reward]] label, e.g. a held-out monitor reward "
+        "that cannot be hacked (default: the first [[reward]])",
     )
     progress: bool = Field(True, description="progress bars on the console (rank 0 only)")
     monitors: list[str] = Field(
@@ -328,6 +329,53 @@ class LogConfig(_Strict):
     )
 
 
+class AlarmConfig(_Strict):
+    """`[alarms]`: warnings on the ways NFT runs go wrong quietly (docs/guards.md). Each fires once when
+    its condition starts to hold: a warning line, an `alarm` record in metrics.jsonl, a mark on the
+    curves, a section of the report and a tracker scalar `alarm/<name>`. They never change training."""
+
+    enabled: bool = Field(
+        True, description="watch the run with the alarms below (costs two small forwards an epoch)"
+    )
+    gap_floor: float = Field(
+        1e-7, ge=0, description="stalled_gap: mean |v - v_old| below this counts as no gap (NFT degenerates)"
+    )
+    gap_epochs: int = Field(3, ge=1, description="stalled_gap: epochs in a row without a gap before it fires")
+    norm_ratio: float = Field(
+        1.2,
+        gt=1,
+        description="velocity_inflation: fires when the trained velocity's norm exceeds this multiple of the"
+        " reference's on the same inputs (NormGuard, arXiv 2606.27771, saw 5-15 % inflation with drift)",
+    )
+    hacking_drop: float = Field(
+        0.05,
+        gt=0,
+        description="reward_hacking: fires when a monitor reward ([[eval.reward]]) is this far below its best"
+        " evaluation while the trained reward is not below its value then",
+    )
+    collapse_fraction: float = Field(
+        0.5,
+        gt=0,
+        lt=1,
+        description="diversity_collapse: fires when a monitor/* value falls below this fraction of its start",
+    )
+    collapse_window: int = Field(
+        3, ge=1, description="diversity_collapse: epochs averaged at the start and at the end"
+    )
+    excluded_fraction: float = Field(
+        0.25,
+        ge=0,
+        le=1,
+        description="excluded_samples: fires above this share of samples without a valid score",
+    )
+    skipped_fraction: float = Field(
+        0.25,
+        ge=0,
+        le=1,
+        description="excluded_samples: fires above this share of optimizer steps skipped or undone",
+    )
+
+
 class RunConfig(_Strict):
     """A whole run."""
 
@@ -343,6 +391,9 @@ class RunConfig(_Strict):
     train: TrainConfig = Field(default_factory=TrainConfig, description="`[train]`: optimisation, limits")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="`[eval]`: the fixed, paired evaluation")
     log: LogConfig = Field(default_factory=LogConfig, description="`[log]`: grids, checkpoints, monitors")
+    alarms: AlarmConfig = Field(
+        default_factory=AlarmConfig, description="`[alarms]`: warnings on collapse, hacking and stalls"
+    )
     reward: list[RewardConfig] = Field(
         min_length=1, description="`[[reward]]`: the trained rewards (one or more), summed by weight"
     )
@@ -363,141 +414,9 @@ class RunConfig(_Strict):
                     f"eval.reward[{index}]: {reward.label!r} is already a reward's name; give it an `alias`"
                 )
             seen.add(reward.label)
+        if self.log.best_by is not None and self.log.best_by not in seen:
+            allowed = ", ".join(sorted(seen))
+            raise ValueError(f"log.best_by: {self.log.best_by!r} is not a reward's label; allowed: {allowed}")
         if all(reward.weight == 0 for reward in self.reward):
             raise ValueError("reward: every weight is 0, so nothing would be trained; give one a weight")
         return self
-
-
-def parse_override(text: str) -> tuple[list[str | int], Any]:
-    """`a.b=value` / `reward[0].weight=2` -> (path parts, value parsed as a TOML literal, else a string)."""
-    if "=" not in text:
-        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. train.lr=1e-4")
-    key, raw = text.split("=", 1)
-    parts: list[str | int] = []
-    for piece in key.strip().replace("]", "").replace("[", ".").split("."):
-        if piece:
-            parts.append(int(piece) if piece.isdigit() else piece)
-    if not parts or isinstance(parts[0], int):
-        raise ConfigError(f"--set {text!r}: the key must start with a table or key name, e.g. train.lr=1e-4")
-    try:
-        value = tomllib.loads(f"v = {raw.strip()}")["v"]
-    except tomllib.TOMLDecodeError:
-        value = raw.strip()
-    return parts, value
-
-
-def apply_override(data: dict[str, Any], parts: list[str | int], value: Any) -> None:
-    """Set a nested key in the raw TOML dict (creating tables as needed)."""
-    node: Any = data
-    for depth, (part, following) in enumerate(zip(parts[:-1], parts[1:], strict=True)):
-        _check_container(node, part, parts, depth)
-        if isinstance(part, int):
-            if part >= len(node):
-                raise ConfigError(f"--set {toml_path(tuple(parts))}: index {part} is out of range")
-            node = node[part]
-        else:
-            node = node.setdefault(part, [] if isinstance(following, int) else {})
-    last = parts[-1]
-    _check_container(node, last, parts, len(parts) - 1)
-    if isinstance(last, int):  # replace an element, or append one right after the last
-        if last > len(node):
-            raise ConfigError(
-                f"--set {toml_path(tuple(parts))}: index {last} is out of range (allowed: 0 to {len(node)})"
-            )
-        node[last : last + 1] = [value]
-        return
-    node[last] = value
-
-
-def _check_container(node: Any, part: str | int, parts: list[str | int], depth: int) -> None:
-    """A ConfigError unless `node` (the value at `parts[:depth]`) can hold `part`: a table for a name,
-    an array for an index."""
-    where = toml_path(tuple(parts[:depth])) if depth else "the top level"
-    if isinstance(part, int) and not isinstance(node, list):
-        raise ConfigError(f"--set {toml_path(tuple(parts))}: {where} is not an array, so it has no [{part}]")
-    if isinstance(part, str) and isinstance(node, list):
-        raise ConfigError(
-            f"--set {toml_path(tuple(parts))}: {where} is an array of tables; give an index, e.g. "
-            f"{where}[0].{part}"
-        )
-    if isinstance(part, str) and not isinstance(node, dict):
-        raise ConfigError(f"--set {toml_path(tuple(parts))}: {where} is a value, not a table with keys")
-
-
-def load_raw(path: str | Path) -> dict[str, Any]:
-    """Read a TOML file; a syntax error names the file and line."""
-    path = Path(path)
-    if path.is_dir():
-        raise ConfigError(f"{path}: a folder, not a TOML config file")
-    if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not a text file (a TOML config is UTF-8 text)") from None
-    except tomllib.TOMLDecodeError as error:
-        raise ConfigError(f"{path}: invalid TOML: {error}") from None
-    except OSError as error:  # unreadable: permissions, a broken link, ...
-        raise ConfigError(f"{path}: cannot read the config: {error.strerror or error}") from None
-    if not data:
-        raise ConfigError(f"{path}: an empty config (a run needs at least one [[reward]] table)")
-    return data
-
-
-RENAMED = {("sampler",): "solver", ("eval", "sampler"): "eval.solver"}
-"""Tables renamed since an earlier release: an old config gets one line saying the new name."""
-
-
-def _check_renamed(data: dict[str, Any]) -> None:
-    for old, new in RENAMED.items():
-        node: Any = data
-        for part in old:
-            node = node.get(part) if isinstance(node, dict) else None
-        if node is not None:
-            raise ConfigError(f"{'.'.join(old)}: renamed to {new} (write [{new}])")
-
-
-def validate(data: dict[str, Any], source: str = "config") -> RunConfig:
-    """Validate the raw dict, then each plugin's own table with the options model it registered."""
-    try:
-        _check_renamed(data)
-        config = RunConfig.model_validate_json(toml_json(data), strict=True)  # TOML types, no coercion
-    except ConfigError as error:
-        raise ConfigError(f"{source}: {error}") from None
-    except ValidationError as error:
-        raise ConfigError(f"{source}: {explain(error, RunConfig)}") from None
-    checks = [
-        ("policies", config.policy.name, config.policy.options(), "policy", "policy"),
-        ("solvers", config.solver.name, config.solver.options(), "solver", "solver"),
-        ("solvers", config.eval.solver.name, config.eval.solver.options(), "eval.solver", "eval.solver"),
-        ("objectives", config.objective.name, config.objective.options(), "objective", "objective"),
-    ]
-    for index, reward in enumerate(config.reward):
-        checks.append(
-            ("rewards", reward.name, reward.options, f"reward[{index}]", f"reward[{index}].options")
-        )
-    try:
-        for kind, name, options, table, options_path in checks:
-            registry.get(kind, name, f"{table}.name")
-            registry.check_options(kind, name, options, options_path, toml=True)
-        check_trackers(config.log.trackers, config.log.tracker_options)
-    except ConfigError as error:
-        raise ConfigError(f"{source}: {error}") from None
-    return config
-
-
-def resolved_config(config: RunConfig) -> dict[str, Any]:
-    """`config` as a run directory's `config.resolved.toml` holds it: TOML types, unset options left
-    out, `train.precision = "auto"` replaced by what it resolves to on this machine."""
-    data = config.model_dump(mode="json", exclude_none=True)
-    data["train"]["precision"] = resolve_precision(config.train.precision, config.train.device)
-    return data
-
-
-def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
-    """Load, override (`--set`) and validate a run config."""
-    data = load_raw(path)
-    for text in overrides or []:
-        parts, value = parse_override(text)
-        apply_override(data, parts, value)
-    return validate(data, str(path))

@@ -29,6 +29,7 @@ from nft_core.types import Cond, PromptItem, Samples, Trajectory, index_cond
 __all__ = [
     "COLLECTION_STREAM",
     "PATH_STREAM",
+    "PROBE_STREAM",
     "SOLVER_STREAM",
     "TRAINING_STREAM",
     "CleanCollector",
@@ -36,9 +37,10 @@ __all__ = [
     "collector_for",
 ]
 
-COLLECTION_STREAM, TRAINING_STREAM, SOLVER_STREAM, PATH_STREAM = 1, 2, 3, 4
+COLLECTION_STREAM, TRAINING_STREAM, SOLVER_STREAM, PATH_STREAM, PROBE_STREAM = 1, 2, 3, 4, 5
 """Keys of the noise streams: collection noise per sample, training noise per sample and visit, a
-stochastic solver's draws per rank, and a trajectory objective's step noises per sample."""
+stochastic solver's draws per rank, a trajectory objective's step noises per sample, and the noise of
+the epoch's velocity-norm probe."""
 
 
 class CleanCollector:

@@ -77,7 +77,8 @@ def evaluate(
         policy, solver, cond, noise, view=view, guidance=guidance, batch_size=batch_size, progress=progress
     )
     images = policy.decode(latents[: len(mine)]).cpu()
-    result = EvalResult(images=images)
+    finite = not dist.any(not bool(torch.isfinite(latents).all()))
+    result = EvalResult(images=images, finite=finite)
     local_prompts, local_metadata = prompts[mine.start : mine.stop], metadata[mine.start : mine.stop]
     for name, reward in rewards.items():
         output, error = _score(reward, images, local_prompts, local_metadata)

@@ -18,12 +18,21 @@ from nft_core import registry
 from nft_core.config import RunConfig
 from nft_core.distributed import Distributed
 from nft_core.errors import ConfigError
+from nft_core.loop.prompts import PromptDrawer, load_prompts
 from nft_core.normalization import make_normalizer
 from nft_core.protocols import Monitor, Policy, Reward, ShardablePolicy
 from nft_core.reward_set import RewardSet, RewardTerm
 from nft_core.state.checkpoints import latest_checkpoint
+from nft_core.types import PromptItem
 
-__all__ = ["build_eval_rewards", "build_monitors", "build_policy", "build_rewards", "precision_reason"]
+__all__ = [
+    "build_eval_rewards",
+    "build_monitors",
+    "build_policy",
+    "build_prompts",
+    "build_rewards",
+    "precision_reason",
+]
 
 
 def build_rewards(config: RunConfig, device: torch.device, echo: Callable[[str], Any]) -> RewardSet:
@@ -51,6 +60,21 @@ def build_rewards(config: RunConfig, device: torch.device, echo: Callable[[str],
     if not terms:
         raise ConfigError("reward: none of the [[reward]] entries could be built; nothing to train on")
     return RewardSet(terms)
+
+
+def build_prompts(config: RunConfig) -> tuple[PromptDrawer, list[PromptItem]]:
+    """The drawer of the training prompts and the evaluation's items (each `eval.images_per_prompt` times)."""
+    data = config.data
+    drawer = PromptDrawer(
+        load_prompts(data.prompts, "data.prompts"),
+        data.prompts_per_epoch,
+        config.train.seed,
+        data.balance_tags,
+        data.tag_weights,
+        data.prompts,
+    )
+    items = load_prompts(config.eval.prompts, "eval.prompts")
+    return drawer, [item for item in items for _ in range(config.eval.images_per_prompt)]
 
 
 def build_eval_rewards(config: RunConfig, device: torch.device) -> dict[str, Reward]:

@@ -27,13 +27,14 @@ from nft_core.config import RunConfig, resolved_config
 from nft_core.distributed import Distributed, from_a_collective
 from nft_core.loop.collect import collector_for
 from nft_core.loop.evaluation import evaluate
+from nft_core.loop.guard import Diverged
 from nft_core.loop.precision import autocast, resolve_precision
 from nft_core.loop.preflight import check_objective, train_geometry
-from nft_core.loop.prompts import PromptDrawer, load_prompts
 from nft_core.loop.setup import (
     build_eval_rewards,
     build_monitors,
     build_policy,
+    build_prompts,
     build_rewards,
     precision_reason,
 )
@@ -63,7 +64,7 @@ class Trainer:
 
     def __init__(self, config: RunConfig, run_dir: Path, echo=print) -> None:
         self.config = config
-        train, data = config.train, config.data
+        train = config.train
         self.dist = Distributed.from_environment(train.device, train.collective_timeout)
         self.run_dir = Path(self.dist.gather_objects(str(run_dir))[0])  # rank 0's: ranks may race
         self.echo = echo if self.dist.is_main else _silent
@@ -88,16 +89,7 @@ class Trainer:
         trackers = Trackers.build(
             config.log.trackers, config.log.tracker_options, self.echo, enabled=self.dist.is_main
         )
-        self.prompts = PromptDrawer(
-            load_prompts(data.prompts, "data.prompts"),
-            data.prompts_per_epoch,
-            train.seed,
-            data.balance_tags,
-            data.tag_weights,
-            data.prompts,
-        )
-        eval_items = load_prompts(config.eval.prompts, "eval.prompts")
-        self.eval_items = [item for item in eval_items for _ in range(config.eval.images_per_prompt)]
+        self.prompts, self.eval_items = build_prompts(config)
         self.policy, sharded = build_policy(config, self.dist, self.device, self.echo)
         self.precision = resolve_precision(train.precision, self.device)
         self.train_times, self.geometry = train_geometry(config, self.solver, self.dist.world_size)
@@ -148,17 +140,14 @@ class Trainer:
             "rng": RandomState(self.updater.generator),
             "outputs": self.outputs,
         }
-        log = config.log
+        weights = (self.policy, self.ema)
         self.run_state = RunState(
+            config,
             self.run_dir,
             self.dist,
             self.state,
             holders,
-            (self.policy, self.ema),
-            config.policy.name,
-            log.checkpoint_every,
-            log.keep_checkpoints,
-            log.keep_best,
+            weights,
             sharded,
             self.outputs.eval_score_now,
         )
@@ -185,12 +174,14 @@ class Trainer:
         ticks = [time.time()]
         waited = self.dist.seconds["collectives"]
         samples = self.collect()
+        if not bool(torch.isfinite(samples.latents).all()):
+            self.updater.bad_event("collection")
         ticks.append(time.time())
         scored = self.collector.scores(samples)
         ticks.append(time.time())
         valid = scored.valid
         assert valid is not None
-        self._warn_failed_rewards(scored)
+        self.outputs.warn_failed_rewards(scored)
         if valid.any():
             kept = samples if valid.all() else samples.subset(valid)
             optimality, advantages = self.optimality(kept, scored.total[valid])
@@ -220,17 +211,6 @@ class Trainer:
     def collect(self) -> Samples:
         """This epoch's samples: `data.images_per_prompt` per prompt drawn for it, being scored."""
         return self.collector.collect(self.state.epoch, self.prompts.draw(self.state.epoch))
-
-    def _warn_failed_rewards(self, scored: RewardSetOutput) -> None:
-        for name, error in scored.errors.items():
-            consequence = ""
-            if scored.failed_calls[name] > 1:
-                optional = name in scored.left_out
-                consequence = "; left out of this epoch's total" if optional else "; its samples are excluded"
-            self.echo(
-                f"warning: epoch {self.state.epoch}: reward {name!r} raised {scored.failed_calls[name]} "
-                f"time(s), last: {error}{consequence}"
-            )
 
     def optimality(self, samples: Samples, rewards: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         """The optimality probabilities `r` of the samples' total rewards `[N]` and the advantage
@@ -273,6 +253,8 @@ class Trainer:
         seconds = self.state.seconds
         seconds["evaluation"] = seconds.get("evaluation", 0.0) + time.time() - started
         self.outputs.show_eval(label, result)
+        if not result.finite:
+            raise Diverged(f"the evaluation {label!r} sampled non-finite latents")
         return result
 
     # ---- the lifecycle ---------------------------------------------------------------------------
@@ -299,8 +281,10 @@ class Trainer:
     def finish(self, started: float) -> dict[str, Any]:
         """Evaluate the EMA weights, write the last checkpoint, the curves, `summary.json` and the report."""
         after = self.evaluate("after")
-        self.outputs.on_eval("after", after, grid="eval_after")
+        best = self.outputs.on_eval("after", after, grid="eval_after")
         checkpoint = self.run_state.save(final=True)
+        if best:
+            self.outputs.best["checkpoint"] = str(checkpoint)
         return self.outputs.on_finish(
             eval_after=after.scores,
             epochs=self.state.epoch + 1,
@@ -332,6 +316,9 @@ class Trainer:
         with stop_at_epoch_end_on_signals(self):
             try:
                 return self._loop(started, saved)
+            except Diverged as diverged:
+                good = self.run_state.save() if self.updater.last_good_state(diverged) else None
+                return self.outputs.on_diverged(str(diverged), good)
             except BaseException as error:
                 self.outputs.on_failure(error, latest_checkpoint(self.run_dir, resumable=True))
                 if self.dist.enabled and from_a_collective(error):  # FSDP2's or the checkpoint's
@@ -387,10 +374,16 @@ class Trainer:
     ) -> Path | None:
         """The epoch's record and grid, the periodic evaluation and checkpoint (the final ones come at
         the end); returns the checkpoint when one was written."""
-        epoch = self.state.epoch
-        self.outputs.on_epoch(record, samples, scored)
-        if self.outputs.eval_due(epoch, last):
-            self.outputs.on_eval(f"epoch {epoch}", self.evaluate(f"epoch {epoch}"))
-        if self.run_state.due(epoch, last):
-            return self.run_state.save()
-        return None
+        epoch, outputs = self.state.epoch, self.outputs
+        outputs.on_epoch(record, samples, scored)
+        best = outputs.eval_due(epoch, last) and outputs.on_eval(
+            f"epoch {epoch}", self.evaluate(f"epoch {epoch}")
+        )
+        written = None
+        if self.run_state.due(epoch, last) or (best and self.config.log.keep_best):
+            written = self.run_state.save(
+                written_for="periodic" if self.run_state.due(epoch, last) else "best"
+            )
+        if best and written is not None:
+            outputs.best["checkpoint"] = str(written)  # type: ignore[index]
+        return written

@@ -21,6 +21,7 @@ import torch
 from nft_core.config import RunConfig
 from nft_core.distributed import Distributed
 from nft_core.io import append_jsonl, atomic_write_json, atomic_write_text
+from nft_core.outputs.alarms import AlarmSettings, check_alarms
 from nft_core.outputs.metrics import eval_record
 from nft_core.outputs.tracking import Trackers
 from nft_core.outputs.visuals import plot_curves, sample_grid, spread_over_tags, total_reward_legend
@@ -61,15 +62,22 @@ class Outputs:
         self.echo = echo
         self.records: list[dict[str, Any]] = []
         self.summary: dict[str, Any] = {"run_dir": str(run_dir)}
+        self.alarm_settings = AlarmSettings.of(config)
+        self.alarms_holding: set[str] = set()
+        self.best_by = config.log.best_by or config.reward[0].label
+        self.best: dict[str, Any] | None = None
+        """The best evaluation so far by `log.best_by`: reward, score, epoch, label, checkpoint."""
 
     # ---- the run's position, saved in checkpoints --------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {"metrics_lines": len(self.records), "summary": self.summary}
+        return {"metrics_lines": len(self.records), "summary": self.summary, "best": self.best}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Cut metrics.jsonl back to the lines written up to the checkpoint and take its summary."""
         self.records = self._metrics_until(int(state["metrics_lines"]))
         self.summary = dict(state["summary"], run_dir=str(self.run_dir))
+        self.best = state.get("best")
+        self.alarms_holding = set(check_alarms(self.records, self.alarm_settings))
 
     def _metrics_until(self, lines: int) -> list[dict[str, Any]]:
         """The first `lines` records of metrics.jsonl, which is rewritten to hold only them."""
@@ -100,9 +108,46 @@ class Outputs:
         """An epoch's record (with its monitors) and, at `log.grid_every`, its sample grid."""
         record.update(self.watch(samples))
         self.log(record)
+        self.sound_alarms()
         epoch, every = self.counters.epoch, self.config.log.grid_every
         if every and epoch % every == 0:
             self.write_grid(f"epoch_{epoch:04d}", samples.images, samples.prompts, scored.total)
+
+    def warn_failed_rewards(self, scored: RewardSetOutput) -> None:
+        """One warning line per reward whose calls raised this epoch, and what became of its samples."""
+        for name, error in scored.errors.items():
+            consequence = ""
+            if scored.failed_calls[name] > 1:
+                optional = name in scored.left_out
+                consequence = "; left out of this epoch's total" if optional else "; its samples are excluded"
+            self.echo(
+                f"warning: epoch {self.counters.epoch}: reward {name!r} raised {scored.failed_calls[name]} "
+                f"time(s), last: {error}{consequence}"
+            )
+
+    def sound_alarms(self) -> None:
+        """Fire each alarm whose condition starts to hold (`nft_core.outputs.alarms`): a warning line and an
+        `alarm` record (metrics.jsonl and the trackers); the curves and the report show them."""
+        if not self.config.alarms.enabled:
+            return
+        holding = check_alarms(self.records, self.alarm_settings)
+        counters = self.counters
+        for name, message in holding.items():
+            if name in self.alarms_holding:
+                continue
+            self.echo(f"warning: alarm {name} at epoch {counters.epoch}: {message}")
+            self.log(
+                {
+                    "kind": "alarm",
+                    "name": name,
+                    "message": message,
+                    "epoch": counters.epoch,
+                    "step": counters.global_step,
+                    "train_minutes": counters.train_seconds / 60,
+                    f"alarm/{name}": 1,
+                }
+            )
+        self.alarms_holding = set(holding)
 
     def eval_due(self, epoch: int, last: bool) -> bool:
         """Whether a periodic evaluation follows `epoch` (`eval.every`; the final one comes at the end)."""
@@ -116,19 +161,27 @@ class Outputs:
             failed = f"  (failed twice: {entry['error']})" if "error" in entry else ""
             self.echo(f"[eval {label}] {name}: {entry['score']:.3f}  {table}{failed}")
 
-    def on_eval(self, label: str, result: EvalResult, grid: str | None = None) -> None:
+    def on_eval(self, label: str, result: EvalResult, grid: str | None = None) -> bool:
         """Log an evaluation's record and, named `grid`, draw its images; a periodic one (no grid)
-        redraws the curves."""
+        redraws the curves. Returns whether it is the best so far by `log.best_by` (not for `before`)."""
         counters = self.counters
         self.log(eval_record(result, label, counters.epoch, counters.global_step, counters.train_seconds))
+        self.sound_alarms()
         if grid is not None:
             self.grid_from_eval(grid, result)
         else:
             self.plot_curves()
+        score = result.scores.get(self.best_by, {}).get("score")
+        if label == "before" or not isinstance(score, float) or not math.isfinite(score):
+            return False
+        if self.best is not None and score <= self.best["score"]:
+            return False
+        self.best = {"reward": self.best_by, "score": score, "epoch": counters.epoch, "label": label}
+        return True
 
     def eval_score_now(self) -> float | None:
-        """The first reward's score of an evaluation made at this epoch, if one was (for `keep_best`)."""
-        name = self.rewards.terms[0].name
+        """The `log.best_by` reward's score of an evaluation made at this epoch, if one was (`keep_best`)."""
+        name = self.best_by
         for record in reversed(self.records):
             if (
                 record["kind"] == "eval"
@@ -153,10 +206,32 @@ class Outputs:
         summary = self.write_summary(
             "finished",
             **fields,
+            eval_best=self.best,
             seconds_per_phase=dict(seconds),
             seconds_per_epoch={phase: seconds.get(phase, 0.0) / epochs for phase in PHASES},
         )
         if self.dist.is_main:  # a failure to write it is a warning line, never a failed run
+            from nft_core.outputs.report import write_report_after_run
+
+            write_report_after_run(self.run_dir, self.echo)
+        return summary
+
+    def on_diverged(self, reason: str, checkpoint: Path | None) -> dict[str, Any]:
+        """The run stopped because it diverged: a line, the curves, `summary.json` with status `diverged`
+        and the last good checkpoint (None when no step was taken), the report."""
+        epoch = self.counters.epoch
+        where = (
+            f"the last good checkpoint is {checkpoint}" if checkpoint else "there is no good state to save"
+        )
+        self.echo(f"diverged at epoch {epoch}: {reason}; {where}")
+        self.plot_curves()
+        summary = self.write_summary(
+            "diverged",
+            reason=reason,
+            epoch=epoch,
+            last_good_checkpoint=None if checkpoint is None else str(checkpoint),
+        )
+        if self.dist.is_main:
             from nft_core.outputs.report import write_report_after_run
 
             write_report_after_run(self.run_dir, self.echo)

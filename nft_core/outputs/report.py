@@ -42,7 +42,9 @@ th { background: #f3f3f3; } .pos { color: #1a7f37; } .neg { color: #c62828; }
 img { max-width: 100%; border: 1px solid #ddd; image-rendering: pixelated; }
 .pair { display: grid; grid-template-columns: 1fr 1fr; gap: 1em; } figure { margin: 0 0 1em; }
 pre { background: #f7f7f7; padding: 0.6em; overflow-x: auto; font-size: 12px; }
-.status-finished { color: #1a7f37; } .status-failed, .status-interrupted { color: #c62828; }
+.status-finished { color: #1a7f37; }
+.status-failed, .status-interrupted, .status-diverged { color: #c62828; font-weight: 600; }
+.alarm { color: #c62828; }
 """
 
 
@@ -73,7 +75,7 @@ class RunData:
 
     @property
     def status(self) -> str:
-        """`summary.json`'s status: running, finished, interrupted or failed."""
+        """`summary.json`'s status: running, finished, interrupted, failed or diverged."""
         return str(self.summary.get("status", "unknown"))
 
     @property
@@ -246,6 +248,8 @@ def _facts(run: RunData) -> list[tuple[str, Any]]:
     rows: list[tuple[str, Any]] = [
         ("status", run.status),
         ("error", summary.get("error")),
+        ("diverged", summary.get("reason") if run.status == "diverged" else None),
+        ("last good checkpoint", summary.get("last_good_checkpoint")),
         ("stopped by", summary.get("stopped_by")),
         ("epochs", epochs),
         ("optimizer steps", summary.get("optimizer_steps", train[-1].get("step") if train else None)),
@@ -333,7 +337,7 @@ def _page(title: str, body: str) -> str:
 def _missing_reason(run: RunData, what: str) -> str:
     return f"no {what} in {run.path.name}: the run's status is {run.status!r}" + (
         " (it stopped before the final evaluation)"
-        if run.status in ("interrupted", "failed", "running")
+        if run.status in ("interrupted", "failed", "running", "diverged")
         else ""
     )
 
@@ -344,6 +348,8 @@ def _facts_html(run: RunData) -> str:
     for label, value in _facts(run):
         if label == "status":
             cell = f'<span class="status-{_esc(value)}">{_esc(value)}</span>'
+        elif label == "diverged":
+            cell = f'<span class="alarm">{_esc(value)}</span>'
         else:
             cell = _fmt(value, 2 if "seconds" in label else 3)
         rows.append([_esc(label), cell])
@@ -432,6 +438,17 @@ def _grid_names(run: RunData) -> list[tuple[str, str]]:
     return [*GRIDS, *latest]
 
 
+def _alarms_html(run: RunData) -> str:
+    alarms = [r for r in run.records if r.get("kind") == "alarm"]
+    if not alarms:
+        return "<p>none fired (docs/guards.md says what each watches)</p>"
+    rows = [
+        [_esc(r.get("epoch")), f'<span class="alarm">{_esc(r.get("name"))}</span>', _esc(r.get("message"))]
+        for r in alarms
+    ]
+    return _table(["epoch", "alarm", "what it saw"], rows, css="facts")
+
+
 def _config_html(run: RunData) -> str:
     if run.config_text is None:
         return _missing(f"no config.resolved.toml in {run.path.name}")
@@ -445,6 +462,7 @@ def render_report(run: RunData) -> str:
     body = (
         f"<h1>{_esc(run.name)}</h1><p>{_esc(run.path)}{_esc(skipped)}</p>"
         f"<h2>Status and machine</h2>{_facts_html(run)}"
+        f"<h2>Alarms</h2>{_alarms_html(run)}"
         f"<h2>Scores</h2>{_scores_html(run)}"
         f"<h2>Per tag</h2>{_tags_html(run)}"
         f"<h2>Curves</h2>{_curves_html(run)}"

@@ -108,7 +108,8 @@ def total_reward_legend(terms: Sequence[tuple[str, float, str]]) -> str:
 def curves_figure(records: list[dict]) -> Any:
     """The matplotlib figure of the curves: training reward (raw, per reward), loss (and mean |v - v_old|),
     eval scores with the first tagged reward's per-tag breakdown (each tag once), and the monitors
-    (`monitor/*`) against training minutes. Legends sit below their panels, never over the data."""
+    (`monitor/*`) against training minutes; a red dashed line where an alarm fired. Legends sit below
+    their panels, never over the data."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -154,6 +155,18 @@ def curves_figure(records: list[dict]) -> Any:
             eval_title += f"; dotted: {source} per tag"
     axes[2].set(title=eval_title, xlabel="training minutes")
     axes[3].set(title="monitors (never trained on)", xlabel="training minutes")
+    for alarm in (r for r in records if r.get("kind") == "alarm"):  # a mark where each alarm fired
+        for axis in axes:
+            axis.axvline(alarm["train_minutes"], color="tab:red", linestyle="--", linewidth=1, alpha=0.6)
+        axes[0].annotate(
+            alarm.get("name", "alarm"),
+            (alarm["train_minutes"], 1.0),
+            xycoords=("data", "axes fraction"),
+            rotation=90,
+            fontsize=7,
+            color="tab:red",
+            va="top",
+        )
     for axis, extra in zip(axes, handles, strict=True):
         axis.grid(alpha=0.3)
         found = axis.get_legend_handles_labels()[0] + extra

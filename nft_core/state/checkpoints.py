@@ -28,6 +28,7 @@ __all__ = [
     "RESUME_FILE",
     "STATE_FILE",
     "CheckpointWriteError",
+    "best_checkpoint",
     "checkpoint_folders",
     "latest_checkpoint",
     "prune_checkpoints",
@@ -157,18 +158,24 @@ def latest_checkpoint(run_dir: Path, resumable: bool = False) -> Path | None:
     return folders[-1] if folders else None
 
 
+def best_checkpoint(run_dir: Path) -> Path | None:
+    """The complete checkpoint whose `state.json` holds the highest `eval_score` (the `log.best_by`
+    reward's evaluation at its epoch); the newest of equals. None when no checkpoint was scored."""
+    scored = [(read_state(f).get("eval_score"), f) for f in checkpoint_folders(run_dir)]
+    scored = [(score, f) for score, f in scored if isinstance(score, int | float) and score == score]
+    return max(scored, key=lambda pair: pair[0])[1] if scored else None
+
+
 def prune_checkpoints(run_dir: Path, keep_last: int, keep_best: bool) -> list[Path]:
-    """Delete all but the newest `keep_last` checkpoints (0: keep all) and, with `keep_best`, the one
-    whose `state.json` holds the highest `eval_score`. Returns the deleted folders."""
+    """Delete all but the newest `keep_last` checkpoints (0: keep all) and, with `keep_best`, the best one
+    (`best_checkpoint`); a checkpoint written only to hold a best evaluation (`written_for = "best"`) goes
+    once a better one exists. Returns the deleted folders."""
     folders = checkpoint_folders(run_dir)
-    if keep_last <= 0 or len(folders) <= keep_last:
-        return []
-    keep = set(folders[-keep_last:])
-    if keep_best:
-        scored = [(read_state(f).get("eval_score"), f) for f in folders]
-        scored = [(score, f) for score, f in scored if isinstance(score, int | float)]
-        if scored:
-            keep.add(max(scored, key=lambda pair: pair[0])[1])
+    best = best_checkpoint(run_dir) if keep_best else None
+    keep = set(folders if keep_last <= 0 else folders[-keep_last:])
+    keep -= {f for f in folders if f != best and read_state(f).get("written_for") == "best"}
+    if best is not None:
+        keep.add(best)
     deleted = [folder for folder in folders if folder not in keep]
     for folder in deleted:
         shutil.rmtree(folder)

@@ -20,6 +20,8 @@ SAFE_TO_CHANGE = (
     "train.threads",
     "train.sample_batch_size",
     "train.collective_timeout",
+    "train.divergence_patience",
+    "alarms.",
     "eval.every",
     "eval.baseline_guidance",
     "log.",

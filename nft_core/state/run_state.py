@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save
 
+from nft_core.config import RunConfig
 from nft_core.distributed import Distributed
 from nft_core.ema import ParameterEMA
 from nft_core.errors import UserError
@@ -67,22 +68,20 @@ class Counters:
 
 
 class RunState:
-    """Saves and restores a run's holders as checkpoint folders under `run_dir/checkpoints/`.
+    """Saves and restores a run's holders as checkpoint folders under `run_dir/checkpoints/`, at the
+    config's `[log]` cadence and keeping rules.
 
     `weights` is the policy and the EMA whose weights the folder exports for inference; `best_score()`
     is the score an evaluation of the current epoch gave (for `keep_best`), None when there was none."""
 
     def __init__(
         self,
+        config: RunConfig,
         run_dir: Path,
         dist: Distributed,
         counters: Counters,
         holders: dict[str, Stateful],
         weights: tuple[Policy, ParameterEMA],
-        policy_name: str,
-        every: int = 0,
-        keep: int = 0,
-        keep_best: bool = True,
         sharded: bool = False,
         best_score: Callable[[], float | None] = lambda: None,
     ) -> None:
@@ -91,8 +90,9 @@ class RunState:
         self.counters = counters
         self.holders = {**holders, "counters": counters}
         self.policy, self.ema = weights
-        self.policy_name = policy_name
-        self.every, self.keep, self.keep_best = every, keep, keep_best
+        self.policy_name = config.policy.name
+        log = config.log
+        self.every, self.keep, self.keep_best = log.checkpoint_every, log.keep_checkpoints, log.keep_best
         self.sharded = sharded
         self.best_score = best_score
 
@@ -112,11 +112,13 @@ class RunState:
                     meta[name][key] = value
         return tensors, meta
 
-    def save(self, final: bool = False) -> Path:
+    def save(self, final: bool = False, written_for: str = "periodic") -> Path:
         """`checkpoints/step_XXXXX/`, complete or absent; older ones beyond `keep` pruned after it.
 
         Under FSDP2 every rank writes its own shards into rank 0's staging folder; otherwise rank 0 writes
-        alone (every rank holds the same state) and the others wait."""
+        alone (every rank holds the same state) and the others wait. `written_for` (periodic, best, final,
+        interrupted, diverged) goes into state.json: a folder written only for a best evaluation is pruned
+        once a better one exists."""
         counters = self.counters
         folder = self.run_dir / "checkpoints" / f"step_{counters.global_step:05d}"
         if not self.dist.is_main:
@@ -135,6 +137,7 @@ class RunState:
             "policy": self.policy_name,
             "train_seconds": counters.train_seconds,
             "final": final,
+            "written_for": "final" if final else written_for,
             "ranks": self.dist.world_size,
             "eval_score": self.best_score(),
             "resume": meta,
