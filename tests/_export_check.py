@@ -26,7 +26,9 @@ def check_export(run_dir: Path, model_dir: Path, pipeline_class: Any, call: dict
         pipeline.set_progress_bar_config(disable=True)
         if lora is not None:
             pipeline.load_lora_weights(str(lora))
-        return pipeline(**call, output_type="pt", generator=torch.Generator().manual_seed(0)).images
+        fresh = {key: list(value) if isinstance(value, list) else value for key, value in call.items()}
+        # a copy of the prompt list each call: ZImagePipeline rewrites it in place (its chat template)
+        return pipeline(**fresh, output_type="pt", generator=torch.Generator().manual_seed(0)).images
 
     before, with_lora = images(model_dir), images(model_dir, tmp_path / "lora")
     assert (with_lora - before).abs().max() > 1e-4, "the LoRA changes the stock pipeline's output"

@@ -1,4 +1,7 @@
-"""The `sd3` policy on a tiny random SD3 pipeline saved to disk and loaded through the real path."""
+"""The `sd3` policy on a tiny random SD3 pipeline saved to disk and loaded through the real path: what is
+SD3's own (the prompt cache, the LoRA views, the trainer's refresh schedule, resume, DDP, `nft sample`,
+errors and presets). Sampling against the stock pipeline, the policy contract, a toy NFT run, FSDP2 and
+`nft export` are checked for every family in tests/test_families.py."""
 
 from __future__ import annotations
 
@@ -174,37 +177,7 @@ def check_refreshes(trainer, events, initial) -> None:
             torch.testing.assert_close(old_after[name], expected, rtol=1e-5, atol=1e-6)
 
 
-# ---- conventions ------------------------------------------------------------------------------------
-def test_sampling_and_decoding_match_the_stock_pipeline(model_dir):
-    """t -> timestep t*1000 and v = eps - x0: our Euler over the pipeline's sigmas reproduces it exactly."""
-    from nft_solvers.euler import EulerSolver
-
-    policy = make_policy(model_dir)
-    pipeline = stock_pipeline(model_dir)
-    noise = torch.randn((2, *policy.latent_shape), generator=torch.Generator().manual_seed(3))
-    common = dict(
-        prompt=PROMPTS[:2],
-        latents=noise.clone(),
-        num_inference_steps=4,
-        guidance_scale=1.0,
-        height=RESOLUTION,
-        width=RESOLUTION,
-        max_sequence_length=MAX_SEQUENCE_LENGTH,
-    )
-    expected_latents = pipeline(**common, output_type="latent").images
-    expected_images = pipeline(**common, output_type="pt").images
-    pipeline.scheduler.set_timesteps(4)
-    grid = pipeline.scheduler.sigmas.double()
-    cond = policy.encode_prompts(PROMPTS[:2])
-    latents = EulerSolver(steps=4).sample(
-        lambda x, t, c: policy.velocity("current", x, t, c), noise, grid=grid, cond=cond
-    )
-    torch.testing.assert_close(latents, expected_latents, rtol=0, atol=1e-6)
-    images = policy.decode(latents)
-    assert images.shape == (2, 3, RESOLUTION, RESOLUTION) and images.min() >= 0 and images.max() <= 1
-    torch.testing.assert_close(images, expected_images, rtol=0, atol=1e-6)
-
-
+# ---- prompts ----------------------------------------------------------------------------------------
 def test_prompt_embeddings_are_cached_per_prompt(model_dir):
     policy = make_policy(model_dir, prompt_cache_size=2, text_batch_size=2)
     encoded: list[list[str]] = []
@@ -223,14 +196,6 @@ def test_prompt_embeddings_are_cached_per_prompt(model_dir):
 
 
 # ---- LoRA views -------------------------------------------------------------------------------------
-@pytest.mark.parametrize("mode", ["lora", "full"])
-def test_sd3_keeps_the_policy_contract(model_dir, tmp_path, mode):
-    from nft_core.testing import check_policy
-
-    options = {} if mode == "lora" else {"lora": False}
-    check_policy(make_policy(model_dir, **options), tmp_path / "saved", atol=1e-4)
-
-
 def test_lora_views_reference_is_the_base_model_and_old_tracks_default(model_dir):
     policy = make_policy(model_dir)
     base = stock_pipeline(model_dir).transformer
@@ -466,8 +431,13 @@ def test_sample_writes_flat_and_geneval_layouts(lora_run, tmp_path):
     assert [p.name for p in found.files] == ["00000.png", "00001.png", "00002.png"] * 2
     assert [p.parent.parent.name for p in found.files] == ["00000"] * 3 + ["00001"] * 3
 
+    # the same request again resumes (nothing left to sample); another one into that folder is refused
+    before = {p: p.read_bytes() for p in found.files}
     result = runner.invoke(sample_app(), args)
-    assert result.exit_code == 2 and "not empty" in result.output
+    assert result.exit_code == 0, result.output
+    assert {p: p.read_bytes() for p in found.files} == before
+    result = runner.invoke(sample_app(), [*args[:-1], "2"])
+    assert result.exit_code == 2 and "differs" in result.output
 
 
 # ---- errors and presets -----------------------------------------------------------------------------
@@ -647,46 +617,3 @@ def test_a_lora_run_on_two_gloo_ranks_matches_one_process(model_dir, tmp_path):
     assert trained and one.keys() == two.keys()
     assert max(float(one[k].abs().max()) for k in trained if "lora_B" in k) > 1e-4  # B starts at zero
     assert max(float((one[k] - two[k]).abs().max()) for k in trained) <= 1e-5
-
-
-def test_full_finetuning_sharded_with_fsdp2_on_two_gloo_ranks_matches_one_process(model_dir, tmp_path):
-    from diffusers import SD3Transformer2DModel
-
-    from nft_core.state.checkpoints import latest_checkpoint, read_resume_tensors
-    from tests._torchrun import finish, nft_command, start
-
-    config = write_config(tmp_path, model_dir, "fsdp", 2, "lora = false")
-    common = ["train.adam_eps=1.0", "train.lr=0.05", "eval.baseline_guidance=[]", "log.grid_every=0"]
-    common += ["train.threads=1", 'train.parallel="fsdp2"']
-    finish(start(nft_command(config, tmp_path / "one", 1, [*common, "train.batch_size=2"])))
-    output = finish(start(nft_command(config, tmp_path / "two", 2, [*common, "train.batch_size=1"])))
-    assert "parameters sharded over 2 ranks" in output
-    folders = [latest_checkpoint(tmp_path / d / "fsdp") for d in ("one", "two")]
-    one, two = (read_resume_tensors(folder) for folder in folders)  # two: gathered from its shards
-    trained = [k for k in one if k.startswith(("current.", "old.", "ema.", "optimizer."))]
-    assert trained and one.keys() == two.keys()
-    assert max(float((one[k] - two[k]).abs().max()) for k in trained) <= 1e-5
-    base = SD3Transformer2DModel.from_pretrained(str(model_dir / "transformer")).state_dict()
-    moved = [float((one[f"current.{k}"] - v).abs().max()) for k, v in base.items() if f"current.{k}" in one]
-    assert moved and max(moved) > 1e-4  # the update did something to compare
-    # the EMA export of the sharded run is a whole diffusers transformer, as the unsharded run's
-    saved = SD3Transformer2DModel.from_pretrained(str(folders[1] / "transformer")).state_dict()
-    for name, value in saved.items():
-        if f"ema.{name}" in two:
-            torch.testing.assert_close(value, two[f"ema.{name}"], rtol=0, atol=0)
-
-
-def test_nft_export_writes_a_diffusers_lora_and_a_merged_pipeline(lora_run, model_dir, tmp_path):
-    from diffusers import StableDiffusion3Pipeline
-
-    from tests._export_check import check_export
-
-    call = dict(
-        prompt=PROMPTS[:1],
-        num_inference_steps=2,
-        guidance_scale=1.0,
-        height=RESOLUTION,
-        width=RESOLUTION,
-        max_sequence_length=MAX_SEQUENCE_LENGTH,
-    )
-    check_export(lora_run[0].run_dir, model_dir, StableDiffusion3Pipeline, call, tmp_path)

@@ -13,6 +13,7 @@ which cost 1-4 ms a switch, several per micro-batch.
 
 from __future__ import annotations
 
+import fnmatch
 import re
 import warnings
 from collections.abc import Iterator
@@ -35,16 +36,32 @@ def adapter_of(parameter_name: str) -> str | None:
     return match.group(1) if match else None
 
 
-def lora_config(options: LoraOptions):
-    """The peft `LoraConfig` of the options (gaussian init: A ~ N(0, 1/r), B = 0)."""
+def expand_targets(targets: list[str], module_names: list[str]) -> list[str]:
+    """Module-name suffixes for peft: a target with `*` (a block index, e.g.
+    `single_transformer_blocks.*.attn.to_out`) becomes the names it matches, as diffusers' own LoRA
+    scripts list them; peft matches plain suffixes only, and a suffix shared by a module list fails."""
+    expanded: list[str] = []
+    for target in targets:
+        if "*" not in target:
+            expanded.append(target)
+            continue
+        patterns = (target, f"*.{target}")
+        expanded += [name for name in module_names if any(fnmatch.fnmatchcase(name, p) for p in patterns)]
+    return list(dict.fromkeys(expanded))
+
+
+def lora_config(options: LoraOptions, module_names: list[str] | None = None):
+    """The peft `LoraConfig` of the options (gaussian init: A ~ N(0, 1/r), B = 0); targets with `*` are
+    expanded against `module_names`."""
     from peft import LoraConfig
 
+    targets = list(options.target_modules or DEFAULT_TARGET_MODULES)
     return LoraConfig(
         r=options.rank,
         lora_alpha=options.alpha,
         init_lora_weights="gaussian" if options.init == "gaussian" else True,
         lora_dropout=options.dropout,
-        target_modules=list(options.target_modules or DEFAULT_TARGET_MODULES),
+        target_modules=expand_targets(targets, module_names or []),
     )
 
 
@@ -53,7 +70,7 @@ class LoraViews:
 
     def __init__(self, transformer: torch.nn.Module, options: LoraOptions) -> None:
         self.transformer = transformer
-        self.config = lora_config(options)
+        self.config = lora_config(options, [name for name, _ in transformer.named_modules()])
         transformer.requires_grad_(False)
         try:
             transformer.add_adapter(self.config, adapter_name=TRAINED)
@@ -161,4 +178,4 @@ class LoraViews:
         self.activate("current")
 
 
-__all__ = ["OLD", "TRAINED", "LoraViews", "adapter_of", "lora_config"]
+__all__ = ["OLD", "TRAINED", "LoraViews", "adapter_of", "expand_targets", "lora_config"]

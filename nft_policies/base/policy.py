@@ -1,4 +1,5 @@
-"""What every diffusers flow-matching transformer policy shares (`sd3`, `flux`).
+"""What every diffusers flow-matching transformer policy shares (`sd3`, `flux`, `sana`, `qwen-image`,
+`flux2`, `flux2-klein`, `z-image`).
 
 - The three views: LoRA adapters `default` (current) and `old`, the reference = adapters disabled
   (`LoraViews`); or full fine-tuning with a frozen `old` copy and a frozen reference copy.
@@ -8,10 +9,13 @@
 - Prompt embeddings computed once per prompt and cached on the CPU (LRU); text encoders and VAE frozen.
 - Mixed precision (frozen weights stored in the autocast dtype, trained ones float32), gradient
   checkpointing, `torch.compile`, FSDP2 sharding of full fine-tuning block by block.
-- save / load: a LoRA in diffusers' format (`load_lora_weights`), full weights as `transformer/`.
+- Decoding through the VAE, the distilled-guidance input of guidance-distilled models, and the
+  `[solver] shift` that samples on the stock pipeline's time grid (`recommended_shift`).
+- save / load: a LoRA in diffusers' format (`load_lora_weights`), full weights as `transformer/`;
+  `export` for use without this project.
 
-A family subclasses `FlowTransformerPolicy` and implements `_encode`, `_forward`, `_latent_shape` and
-`_blocks`.
+A family subclasses `FlowTransformerPolicy`, names its `block_lists`, implements `_encode`, `_forward` and
+`_latent_shape`, and overrides `_decode_latents` when its VAE's latent is not the plain scaled one.
 """
 
 from __future__ import annotations
@@ -23,13 +27,14 @@ from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
 from nft_core.errors import UserError
 from nft_core.protocols import VIEWS
 from nft_core.types import PRECISION_DTYPES, Cond
+from nft_policies.base.layout import grid_shift, resolution_mu
 from nft_policies.base.lora import LoraViews
 from nft_policies.base.options import FlowPolicyOptions
 
@@ -46,12 +51,14 @@ def _frozen(module: torch.nn.Module) -> torch.nn.Module:
 class FlowTransformerPolicy(ABC):
     """A diffusers flow-matching transformer with the views `current` / `old` / `reference`.
 
-    Subclasses set `name` and `Options` and implement `_encode(prompts) -> {name: [N, ...]}` (CPU),
-    `_forward(network, x_t, t, cond) -> velocity`, `_latent_shape(resolution)` and `_blocks(network)`.
+    Subclasses set `name`, `Options` and `block_lists` and implement `_encode(prompts) -> {name: [N, ...]}`
+    (CPU), `_forward(network, x_t, t, cond) -> velocity` and `_latent_shape(resolution)`.
     """
 
     name = "flow-transformer"
     Options: type[FlowPolicyOptions] = FlowPolicyOptions
+    block_lists: ClassVar[tuple[str, ...]] = ("transformer_blocks",)
+    """The transformer's module lists of blocks, which FSDP2 shards one block at a time."""
 
     def __init__(self, **options: Any) -> None:
         from nft_policies.base import loading
@@ -104,13 +111,29 @@ class FlowTransformerPolicy(ABC):
     ) -> torch.Tensor:
         """The velocity `eps - x0` of `network` at `(x_t, t)` (`t` `[N]` float32), shaped like `x_t`."""
 
-    @abstractmethod
-    def _blocks(self, network: torch.nn.Module) -> list[torch.nn.Module]:
-        """The transformer blocks FSDP2 shards one by one."""
-
     def _encode_null(self) -> dict[str, torch.Tensor]:
         """The unconditional input of CFG: the empty prompt's `_encode` unless the family differs."""
         return self._encode([""])
+
+    def _decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Our latents (on the VAE's device and dtype) -> the VAE's images in [-1, 1]: undo the scaling and
+        shift the pipeline applies, then decode. Families whose VAE latent differs override this."""
+        vae = self.pipeline.vae
+        shift = getattr(vae.config, "shift_factor", None) or 0.0
+        return vae.decode(latents / vae.config.scaling_factor + shift, return_dict=False)[0]
+
+    def _image_tokens(self) -> int:
+        """The image's transformer tokens (2 x 2 patches of the latent), which set a dynamic time shift."""
+        _, height, width = self.latent_shape
+        return (height // 2) * (width // 2)
+
+    def _shift_mu(self, steps: int) -> float:
+        """`mu` of the scheduler's dynamic shifting at this resolution (the pipelines' `calculate_shift`)."""
+        return resolution_mu(self._image_tokens(), self.pipeline.scheduler.config)
+
+    def _blocks(self, network: torch.nn.Module) -> list[torch.nn.Module]:
+        """The transformer blocks FSDP2 shards one by one."""
+        return [block for name in self.block_lists for block in getattr(network, name)]
 
     # ---- set-up -------------------------------------------------------------------------------------
     def _vae_scale(self) -> int:
@@ -173,6 +196,22 @@ class FlowTransformerPolicy(ABC):
             key: value.to(self.device).expand(batch_size, *value.shape) for key, value in self._null.items()
         }
 
+    # ---- time grid and guidance ---------------------------------------------------------------------
+    def recommended_shift(self, steps: int = 28) -> float:
+        """The `[solver] shift` whose grid is the stock pipeline's at `steps` steps and this resolution:
+        the scheduler's static shift, or its dynamic one (`exp(mu)`, `mu` from the image's token count;
+        FLUX.2's also from `steps`). A scheduler's `shift_terminal` (Qwen-Image's) is not reproduced."""
+        config = self.pipeline.scheduler.config
+        mu = self._shift_mu(steps) if config.get("use_dynamic_shifting") else 0.0
+        return grid_shift(mu, config)
+
+    def _guidance_input(self, batch: int, device: torch.device) -> torch.Tensor | None:
+        """The `guidance` option as the transformer's distilled-guidance input (FLUX.1-dev, FLUX.2-dev),
+        or None for a transformer without a guidance embedding."""
+        if not getattr(self.transformer.config, "guidance_embeds", False):
+            return None
+        return torch.full((batch,), float(getattr(self.options, "guidance", 1.0)), device=device)
+
     # ---- the network --------------------------------------------------------------------------------
     def velocity(self, view: str, x_t: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:
         """The velocity `eps - x0` of one view at `(x_t, t)`."""
@@ -221,13 +260,9 @@ class FlowTransformerPolicy(ABC):
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Latents -> images `[N, 3, H, W]` in `[0, 1]` through the VAE (in batches)."""
-        vae = self.pipeline.vae
-        scaling = vae.config.scaling_factor
-        shift = getattr(vae.config, "shift_factor", None) or 0.0
         images = []
         for chunk in latents.split(self.options.decode_batch_size):
-            z = chunk.to(device=self.device, dtype=vae.dtype) / scaling + shift
-            decoded = vae.decode(z, return_dict=False)[0]
+            decoded = self._decode_latents(chunk.to(device=self.device, dtype=self.pipeline.vae.dtype))
             images.append((decoded.float() / 2 + 0.5).clamp(0, 1))
         return torch.cat(images)
 

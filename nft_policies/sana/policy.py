@@ -1,8 +1,9 @@
 """The `sana` policy: SANA (NVIDIA's linear-attention DiT with a deep-compression autoencoder) on diffusers.
 
-Conventions (verified against `SanaPipeline` in tests/test_sana_policy.py): our `t in [0, 1]` is the
-flow scheduler's sigma, the transformer's `timestep` is `t * 1000 * timestep_scale`, and its output is
-the flow velocity `eps - x0` (with a learned-sigma head, its first half). The text is Gemma-2's last
+Conventions (verified against `SanaPipeline` in tests/test_families.py and tests/test_sana_policy.py):
+our `t in [0, 1]` is the flow scheduler's sigma, the transformer's `timestep` is
+`t * 1000 * timestep_scale`, and its output is the flow velocity `eps - x0` (with a learned-sigma head,
+its first half). The text is Gemma-2's last
 hidden states over `max_sequence_length` tokens (the first and the last ones kept, as the pipeline
 selects them) with their attention mask; by default each prompt is prefixed with SANA's prompt
 enhancing instruction, which the empty prompt of CFG never gets.
@@ -85,9 +86,6 @@ class SanaPolicy(FlowTransformerPolicy):
             return_dict=False,
         )[0]
         return out.chunk(2, dim=1)[0] if self.learned_sigma else out
-
-    def _blocks(self, network: torch.nn.Module) -> list[torch.nn.Module]:
-        return list(network.transformer_blocks)
 
 
 __all__ = ["LORA_FILE", "TRANSFORMER_FOLDER", "SanaPolicy"]

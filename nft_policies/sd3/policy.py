@@ -1,6 +1,6 @@
 """The `sd3` policy: Stable Diffusion 3 / 3.5 on diffusers, sampled and trained in latent space.
 
-Conventions (verified against `StableDiffusion3Pipeline` in tests/test_sd3_policy.py): our `t in [0, 1]`
+Conventions (verified against `StableDiffusion3Pipeline` in tests/test_families.py): our `t in [0, 1]`
 is the scheduler's sigma, the transformer's `timestep` is `t * num_train_timesteps` (1000), and its output
 is the flow velocity `eps - x0` of `x_t = (1 - t) x0 + t eps`, the same `v` the objective uses. What every
 flow-transformer policy shares is in `nft_policies.base.policy`.
@@ -70,9 +70,6 @@ class SD3Policy(FlowTransformerPolicy):
             pooled_projections=cond["pooled_prompt_embeds"],
             return_dict=False,
         )[0]
-
-    def _blocks(self, network: torch.nn.Module) -> list[torch.nn.Module]:
-        return list(network.transformer_blocks)
 
 
 __all__ = ["LORA_FILE", "TRANSFORMER_FOLDER", "SD3Policy"]

@@ -1,0 +1,147 @@
+"""Tiny random `Flux2Pipeline` (FLUX.2 [dev]) and `Flux2KleinPipeline` (FLUX.2 [klein]) built from configs,
+saved like hub repos.
+
+Both: a FLUX.2 transformer of one double and one single block (2 heads of 8, rotary axes 2 x 4), the
+FLUX.2 VAE at 4 latent channels (downscale 2; patchified 2 x 2 that is 16 transformer channels) with
+random batch-norm statistics (the latent normalisation the pipelines undo before decoding) and a
+flow-matching Euler scheduler with FLUX.2's dynamic shifting. [dev]: a Mistral-3 text encoder (one
+text layer of hidden 16, a one-layer Pixtral tower it never runs), guidance embedding on; [klein]: the
+Qwen-3 encoder of tests/_z_image_tiny.py, no guidance embedding. The text features are the hidden
+states of layers 0 and 1 concatenated (`text_layers`), so the joint attention dim is 32. The blocks'
+modulation weights are scaled by `GATE_SCALE`: at this width the default init leaves their gates near
+0.1, and a LoRA then barely moves the output (the toy NFT run learns nothing).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from tests._z_image_tiny import chat_tokenizer, qwen3_config
+
+RESOLUTION = 32
+MAX_SEQUENCE_LENGTH = 48
+TEXT_LAYERS = (0, 1)
+GATE_SCALE = 8.0
+
+
+def mistral3_encoder(vocab_size: int):
+    """A Mistral-3 model: one text layer of hidden 16 and a one-layer Pixtral tower (never run)."""
+    from transformers import Mistral3Config, Mistral3ForConditionalGeneration
+
+    config = Mistral3Config(
+        text_config={
+            "model_type": "mistral",
+            "vocab_size": vocab_size,
+            "hidden_size": 16,
+            "intermediate_size": 16,
+            "max_position_embeddings": 512,
+            "num_attention_heads": 2,
+            "num_hidden_layers": 1,
+            "num_key_value_heads": 2,
+            "head_dim": 8,
+            "sliding_window": None,
+            "bos_token_id": 1,
+            "eos_token_id": 2,
+            "pad_token_id": 0,
+        },
+        vision_config={
+            "model_type": "pixtral",
+            "hidden_size": 16,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "intermediate_size": 16,
+            "image_size": 12,
+            "patch_size": 6,
+            "num_channels": 3,
+        },
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+        image_token_index=vocab_size - 1,
+        vision_feature_layer=-1,
+    )
+    return Mistral3ForConditionalGeneration(config).eval()
+
+
+def flux2_vae():
+    """The FLUX.2 VAE, 4 latent channels, downscale 2, with random batch-norm statistics."""
+    from diffusers import AutoencoderKLFlux2
+
+    vae = AutoencoderKLFlux2(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=4,
+        sample_size=RESOLUTION,
+    )
+    with torch.no_grad():
+        vae.bn.running_mean.normal_(0.0, 0.2)
+        vae.bn.running_var.uniform_(0.5, 2.0)
+    return vae
+
+
+def build_tiny_flux2(seed: int = 0, klein: bool = False):
+    """The [dev]-like pipeline (or with `klein` the [klein]-like one), randomly initialised with `seed`."""
+    from diffusers import (
+        FlowMatchEulerDiscreteScheduler,
+        Flux2KleinPipeline,
+        Flux2Pipeline,
+        Flux2Transformer2DModel,
+    )
+    from transformers import Qwen3ForCausalLM
+
+    torch.manual_seed(seed)
+    tokenizer = chat_tokenizer()
+    transformer = Flux2Transformer2DModel(
+        patch_size=1,
+        in_channels=16,
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        joint_attention_dim=16 * len(TEXT_LAYERS),
+        timestep_guidance_channels=16,
+        axes_dims_rope=(2, 2, 2, 2),
+        guidance_embeds=not klein,
+    )
+    with torch.no_grad():  # gates of order one: at this width the default init leaves the blocks near silent
+        for stream in (
+            "double_stream_modulation_img",
+            "double_stream_modulation_txt",
+            "single_stream_modulation",
+        ):
+            getattr(transformer, stream).linear.weight.mul_(GATE_SCALE)
+    scheduler = FlowMatchEulerDiscreteScheduler(  # FLUX.2's: mu comes from the pipeline's empirical formula
+        num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True, time_shift_type="exponential"
+    )
+    parts = dict(scheduler=scheduler, vae=flux2_vae(), transformer=transformer, tokenizer=tokenizer)
+    if klein:
+        encoder = Qwen3ForCausalLM(qwen3_config(len(tokenizer))).eval()
+        return Flux2KleinPipeline(text_encoder=encoder, is_distilled=False, **parts)
+    return Flux2Pipeline(text_encoder=mistral3_encoder(len(tokenizer)), **parts)
+
+
+def save_tiny_flux2(folder: Path, seed: int = 0, klein: bool = False) -> Path:
+    """Build and `save_pretrained` the tiny pipeline into `folder` (the diffusers hub layout)."""
+    build_tiny_flux2(seed, klein).save_pretrained(str(folder))
+    return folder
+
+
+def flux2_options(folder: Path, **overrides) -> dict:
+    """`[policy]` options of `flux2` / `flux2-klein` for the tiny pipelines: 32 px, rank-4 LoRA, 48 text
+    tokens, the text features of layers 0 and 1."""
+    options = {
+        "model": str(folder),
+        "resolution": RESOLUTION,
+        "lora": {"rank": 4, "alpha": 8.0},
+        "max_sequence_length": MAX_SEQUENCE_LENGTH,
+        "text_layers": list(TEXT_LAYERS),
+    }
+    options.update(overrides)
+    return options
