@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import json
 import math
 import os
@@ -81,8 +82,9 @@ def atomic_write_json(path: str | Path, data: Any) -> None:
 def check_output_folder(folder: str | Path, option: str = "--out") -> None:
     """A UserError, before any work starts, unless `folder` exists as a writable folder or can be made.
 
-    Walks up to the nearest existing ancestor: a file there means the folder can never be made, and an
-    ancestor without write permission means nothing can be written under it.
+    Walks up to the nearest existing ancestor: a file there means the folder can never be made; else a
+    probe file is created in it and removed, since only trying tells (root ignores permission bits, and
+    /proc, read-only mounts and full quotas refuse what `os.access` allows).
     """
     folder = Path(folder)
     ancestor = folder
@@ -90,8 +92,15 @@ def check_output_folder(folder: str | Path, option: str = "--out") -> None:
         ancestor = ancestor.parent
     if not ancestor.is_dir():
         raise UserError(f"{option} {folder}: {ancestor} is a file, not a folder")
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise UserError(f"{option} {folder}: {ancestor} is not writable")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".nft-write-probe-", dir=ancestor)
+    except OSError as error:
+        reason = error.strerror or error
+        raise UserError(
+            f"{option} {folder}: {ancestor} is not writable (creating a file in it failed: {reason})"
+        ) from None
+    os.close(fd)
+    os.unlink(probe)
 
 
 def append_jsonl(path: str | Path, record: dict[str, Any]) -> None:
@@ -119,12 +128,32 @@ def missing_prompt_file(path: Path) -> str:
     return f"{path}: prompt file not found"
 
 
+def read_text_file(path: str | Path) -> str:
+    """A user's text file as UTF-8 (a byte-order mark is dropped); a UserError naming the file and the
+    byte offset of the first byte that is not UTF-8."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise UserError(f"{path}: cannot be read ({error.strerror or error})") from None
+    skip = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
+    try:
+        return data[skip:].decode("utf-8")
+    except UnicodeDecodeError as error:
+        offset = skip + error.start
+        line = data.count(b"\n", 0, offset) + 1
+        raise UserError(
+            f"{path}: not UTF-8 text: byte 0x{data[offset]:02x} at offset {offset} (line {line}: "
+            f"{error.reason}); save the file as UTF-8"
+        ) from None
+
+
 def read_prompt_file(path: str | Path) -> list[PromptItem]:
-    """`.txt`: one prompt per non-empty line. `.jsonl`: GenEval metadata lines with `prompt`."""
+    """`.txt`: one prompt per non-empty line. `.jsonl`: GenEval metadata lines with `prompt`. UTF-8."""
     path = Path(path)
     if not path.is_file():
         raise UserError(missing_prompt_file(path))
-    lines = path.read_text(encoding="utf-8").splitlines()
+    lines = read_text_file(path).splitlines()
     if path.suffix == ".jsonl":
         items = []
         for number, line in enumerate(lines, 1):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import sys
 import traceback
 from pathlib import Path
@@ -92,6 +93,10 @@ def _load_reward(name: str, **options: Any) -> Any:
 _debug = {"on": False}
 
 
+def _quiet(*_: Any) -> None:
+    """The echo of ranks other than 0 under torchrun: rank 0 speaks for the job."""
+
+
 def _print_traceback_if_debugging(error: Exception) -> None:
     if _debug["on"] or os.environ.get(DEBUG_ENV) == "1":
         traceback.print_exception(error, file=sys.stderr)
@@ -142,24 +147,32 @@ def run(
     from nft_core.io import check_output_folder
     from nft_core.loop.trainer import Trainer
     from nft_core.state.resume import check_same_run, resolve_resume
-    from nft_core.state.run_dir import unique_run_dir
+    from nft_core.state.run_dir import create_run_dir, discard_unused_run_dir, lock_run_dir
 
     warn_plugin_errors()
+    main = os.environ.get("RANK", "0") == "0"  # under torchrun rank 0 picks, makes and locks the run dir
+    say = typer.echo if main else _quiet
     try:
         loaded = load_config(config, set_)
         check_output_folder(out)  # before any model loads
         _preflight(config, loaded, ranks=int(os.environ.get("WORLD_SIZE", "1")))
-        found = resolve_resume(resume, out, loaded.name) if resume else None
+        found = resolve_resume(resume, out, loaded.name, say) if resume else None
         if found is not None:
             run_dir, checkpoint = found
             check_same_run(run_dir, loaded, checkpoint, int(os.environ.get("WORLD_SIZE", "1")))
             check_output_folder(run_dir, "--resume")
         else:
-            run_dir, checkpoint = unique_run_dir(out, loaded.name), None
+            run_dir, checkpoint = (create_run_dir(out, loaded.name) if main else out / loaded.name), None
             if resume == "auto":
-                typer.echo(f"--resume auto: no checkpoint of a run named {loaded.name!r} in {out}; a new run")
-        trainer = Trainer(loaded, run_dir, echo=typer.echo)
-        summary = trainer.run(resume=checkpoint)
+                say(f"--resume auto: no checkpoint of a run named {loaded.name!r} in {out}; a new run")
+        try:
+            with lock_run_dir(run_dir, enabled=main):  # before the model loads; `Trainer.run` holds it too
+                trainer = Trainer(loaded, run_dir, echo=typer.echo)
+                summary = trainer.run(resume=checkpoint)
+        except BaseException:
+            if main and found is None:
+                discard_unused_run_dir(run_dir)
+            raise
         trainer.dist.close()  # not after a failure: the other ranks may be stuck in a collective
         run_dir = trainer.run_dir
     except UserError as error:
@@ -181,7 +194,8 @@ def run(
     if not trainer.dist.is_main:  # rank 0 speaks for the job
         return
     if summary.get("status") == "interrupted":
-        again = " ".join([f"nft run {config}", *(f"--set '{s}'" for s in set_), f"--resume {run_dir}"])
+        sets = [arg for override in set_ for arg in ("--set", override)]
+        again = shlex.join(["nft", "run", str(config), *sets, "--resume", str(run_dir)])
         launcher = " (under the same torchrun command)" if trainer.dist.enabled else ""
         typer.echo(f"resume with: {again}{launcher}")
         return
@@ -283,7 +297,12 @@ def _write_rows(path: Path, images: Any, output: Any) -> None:
 @app.command()
 def score(
     reward: str = typer.Argument(..., help="reward name (any registered one: `nft plugins` lists them)"),
-    images: list[Path] = typer.Option(..., "--images", help="a folder of images or image files (repeatable)"),
+    images: list[Path] = typer.Option(
+        ...,
+        "--images",
+        help="a folder of images or image files (repeatable); larger than NFT_MAX_IMAGE_PIXELS (default "
+        "4096*4096*4) is refused",
+    ),
     prompts: Path | None = typer.Option(None, "--prompts", help="text file, one prompt per image"),
     metadata: Path | None = typer.Option(None, "--metadata", help="JSONL, one object per image (GenEval)"),
     out: Path = typer.Option(Path("scores.jsonl"), "--out", help="where to write one JSON line per image"),
@@ -291,7 +310,7 @@ def score(
     device: str = typer.Option("cpu", "--device", help="torch device for the reward model"),
 ) -> None:
     """Score images with one reward; prompts (and metadata) pair with the images in order."""
-    from nft_core.cli.image_folders import ImageSet, image_files, score_files
+    from nft_core.cli.image_folders import ImageSet, check_images, image_files, score_files
     from nft_core.loop.prompts import read_prompt_file
 
     warn_plugin_errors()
@@ -310,6 +329,7 @@ def score(
             raise UserError(f"{len(files)} images but {len(texts)} prompts (they are paired in order)")
         if meta is not None and len(meta) != len(files):
             raise UserError(f"{len(files)} images but {len(meta)} metadata lines (they are paired in order)")
+        check_images(files)  # every header, before the reward model loads
         found = ImageSet(files, texts, meta)
         output = score_files(_reward(reward, option, device), found)
         _write_rows(out, found, output)
@@ -321,7 +341,12 @@ def score(
 @app.command("eval")
 def eval_(
     reward: str = typer.Argument(..., help="reward name, e.g. geneval or shapes-geneval"),
-    images: Path = typer.Option(..., "--images", help="folder written by `nft sample` (GenEval or flat)"),
+    images: Path = typer.Option(
+        ...,
+        "--images",
+        help="folder written by `nft sample` (GenEval or flat); images larger than NFT_MAX_IMAGE_PIXELS "
+        "(default 4096*4096*4) are refused",
+    ),
     out: Path | None = typer.Option(None, "--out", help="per-image results (JSONL)"),
     option: list[str] | None = typer.Option(None, "--option", "-o", help=OPTION_HELP),
     device: str = typer.Option("cpu", "--device", help="torch device"),
@@ -331,7 +356,7 @@ def eval_(
     The folder is GenEval's layout (`<index>/metadata.jsonl`, `<index>/samples/*.png`) or, with a
     `prompts.txt` beside the images, the flat one.
     """
-    from nft_core.cli.image_folders import ImageSet, image_files, metadata_layout, score_files
+    from nft_core.cli.image_folders import ImageSet, check_images, image_files, metadata_layout, score_files
     from nft_core.loop.prompts import read_prompt_file
 
     warn_plugin_errors()
@@ -347,6 +372,7 @@ def eval_(
                 )
         else:
             found = metadata_layout(images)
+        check_images(found.files)  # every header, before the reward model loads
         model = _reward(reward, option, device)
         output = score_files(model, found, progress=True)
         summary = model.aggregate(output, found.prompts, found.metadata)

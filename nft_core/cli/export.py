@@ -10,9 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from nft_core import registry
-from nft_core.cli.sample import resolve_source
+from nft_core.cli.sample import resolve_source, verify_source
 from nft_core.config import load_config
 from nft_core.errors import UserError
+from nft_core.io import check_output_folder
 from nft_core.protocols import ExportablePolicy
 
 __all__ = ["add_export_command", "export_checkpoint"]
@@ -22,12 +23,15 @@ def export_checkpoint(
     source: Path, out: Path, merge: bool = False, config: Path | None = None, best: bool = False
 ) -> list[str]:
     """Export the checkpoint `source` (a checkpoint folder, or a run folder: its newest, or with `best` its
-    best) into `out` (new or empty); returns the files written."""
+    best) into `out` (new or empty); returns the files written. A checkpoint whose files differ from
+    the digests its state.json records is refused before anything loads."""
     checkpoint, config_path = resolve_source(source, config, best)
     if checkpoint is None:
         raise UserError(f"{source}: a run config has no trained weights; pass a run or checkpoint folder")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"--out {out}: exists and is not empty (export writes a new folder)")
+    check_output_folder(out)  # before any model loads
+    verify_source(checkpoint)
     if out.exists():
         out.rmdir()
     run = load_config(config_path)

@@ -10,10 +10,17 @@ folder holds what `save_trainable` wrote (EMA weights). Output layouts:
 
 The noise of image `j` depends only on `(seed, j)` (as in training-time evaluation), so two checkpoints
 sampled with the same seed are compared on the same noise.
+
+Each image is written under a temporary name and renamed, so a file with an image's name is whole.
+`sample.json` records the request (checkpoint, config, prompts, solver, guidance, seed: what the
+images depend on); a rerun of the same request into the same folder skips the images already there
+and goes on, and another request into a folder that is not empty is refused.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import re
 from dataclasses import dataclass
@@ -24,6 +31,7 @@ from nft_core.errors import UserError
 from nft_core.types import PromptItem
 
 STEP_FOLDER = re.compile(r"step_(\d+)$")
+SUMMARY_FILE = "sample.json"
 
 
 @dataclass
@@ -104,72 +112,158 @@ def _solver(config: Any, name: str | None, steps: int | None):
 
 
 def _save_png(image, path: Path) -> None:
+    """The image `[3, H, W]` in [0, 1] as a PNG, written whole or not at all (temporary name, rename)."""
     from PIL import Image
 
+    from nft_core.io import atomic_write_bytes
+
     array = (image.float() * 255).round().clamp(0, 255).byte().permute(1, 2, 0).numpy()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array).save(path)
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def verify_source(checkpoint: Path | None) -> None:
+    """Refuse a checkpoint folder whose files differ from the digests its state.json records (one line
+    naming the file); weights saved elsewhere (no state.json) and older checkpoints load unverified."""
+    from nft_core.state.checkpoints import STATE_FILE, verify_checkpoint
+
+    if checkpoint is not None and (checkpoint / STATE_FILE).is_file():
+        verify_checkpoint(checkpoint)
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def request_record(request: SampleRequest, items: list[PromptItem]) -> dict[str, Any]:
+    """What the images of a request depend on (not the batch size or the device), as `sample.json`
+    records it: a rerun into the same folder goes on only when this is the same."""
+    from nft_core.state.checkpoints import STATE_FILE
+
+    state = None if request.checkpoint is None else request.checkpoint / STATE_FILE
+    prompts = json.dumps([[item.prompt, item.metadata] for item in items], sort_keys=True, default=str)
+    return {
+        "checkpoint": None if request.checkpoint is None else str(request.checkpoint.resolve()),
+        "checkpoint_state_sha256": _sha256(state.read_bytes()) if state and state.is_file() else None,
+        "config": str(request.config.resolve()),
+        "config_sha256": _sha256(request.config.read_bytes()),
+        "overrides": list(request.overrides),
+        "prompts": request.prompts,
+        "prompts_sha256": _sha256(prompts.encode("utf-8")),
+        "images_per_prompt": request.images_per_prompt,
+        "solver": request.solver,
+        "steps": request.steps,
+        "guidance": request.guidance,
+        "seed": request.seed,
+    }
+
+
+def _check_out(out: Path, request: dict[str, Any]) -> bool:
+    """Whether `out` holds images of this same request to go on with (False: new or empty); a UserError
+    when it is a file or holds anything else."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: a file, not a folder")
+    if not out.exists() or not any(out.iterdir()):
+        return False
+    try:
+        earlier = json.loads((out / SUMMARY_FILE).read_text(encoding="utf-8")).get("request")
+    except (OSError, ValueError, AttributeError):
+        earlier = None
+    if not isinstance(earlier, dict):
+        raise UserError(
+            f"--out {out} is not empty and holds no {SUMMARY_FILE} of an `nft sample` request (stale images "
+            "would be scored with the new ones); give a new or empty folder"
+        )
+    differing = [
+        key for key in sorted(request.keys() | earlier.keys()) if request.get(key) != earlier.get(key)
+    ]
+    if differing:
+        shown = ", ".join(
+            f"{key} ({earlier.get(key)!r} -> {request.get(key)!r})"
+            if not key.endswith("sha256")
+            else f"{key.removesuffix('_sha256')} (its content changed)"
+            for key in differing
+        )
+        raise UserError(
+            f"--out {out} holds the images of another request (it differs in {shown}); give a new or empty "
+            "folder, or rerun the same request to go on with it"
+        )
+    return True
+
+
+def _tidy(out: Path) -> None:
+    """Remove the temporary files of images whose writing a kill interrupted."""
+    for leftover in out.rglob(".*.tmp"):
+        if leftover.is_file():
+            leftover.unlink(missing_ok=True)
 
 
 def sample_images(request: SampleRequest, echo=print) -> dict[str, Any]:
-    """Build the policy of the run, load the checkpoint, sample every prompt, write the images."""
+    """Build the policy of the run, load the checkpoint, sample every prompt, write the images; into a
+    folder that already holds some images of the same request, only the missing ones."""
     from tqdm import tqdm
 
     from nft_core import registry
     from nft_core.config import load_config
-    from nft_core.io import check_output_folder
+    from nft_core.io import atomic_write_json, atomic_write_text, check_output_folder
     from nft_core.loop.preflight import check_device
     from nft_core.loop.prompts import load_prompts
     from nft_core.sampling import noise_for, sample_latents
 
     if request.out.exists() and not request.out.is_dir():
         raise UserError(f"--out {request.out}: a file, not a folder")
-    if request.out.exists() and any(request.out.iterdir()):
-        raise UserError(f"--out {request.out} is not empty (stale images would be scored with the new ones)")
-    check_output_folder(request.out)  # before any model loads
     config = load_config(request.config, list(request.overrides))
     items = load_prompts(request.prompts, "--prompts")
+    record = request_record(request, items)
+    going_on = _check_out(request.out, record)
+    check_output_folder(request.out)  # before any model loads
+    verify_source(request.checkpoint)
     solver = _solver(config, request.solver, request.steps)
     device = check_device(
         request.device or config.train.device, "--device" if request.device else "train.device"
     )
-    policy = registry.create("policies", config.policy.name, config.policy.options(), "policy")
-    policy.to(device)
-    if request.checkpoint is not None:
-        policy.load_trainable(str(request.checkpoint))
-    policy.train(False)
     geneval, per = is_geneval(items), request.images_per_prompt
     width = max(1, len(str(per - 1)))
     jobs = [(i, k) for i in range(len(items)) for k in range(per)]
-    names: list[str] = []
-    request.out.mkdir(parents=True, exist_ok=True)
-    bar = tqdm(total=len(jobs), desc="sample", unit="img", leave=False)
-    for start in range(0, len(jobs), request.batch_size):
-        batch = jobs[start : start + request.batch_size]
-        indices = list(range(start, start + len(batch)))
-        noise = noise_for(indices, tuple(policy.latent_shape), request.seed).to(device)
-        cond = policy.encode_prompts([items[i].prompt for i, _ in batch])
-        latents = sample_latents(
-            policy, solver, cond, noise, view="current", guidance=request.guidance, batch_size=len(batch)
-        )
-        images = policy.decode(latents).cpu()
-        for (i, k), image in zip(batch, images, strict=True):
-            if geneval:
-                folder = request.out / f"{i:05d}"
-                if k == 0:
-                    folder.mkdir(parents=True, exist_ok=True)
-                    (folder / "metadata.jsonl").write_text(
-                        json.dumps(items[i].metadata) + "\n", encoding="utf-8"
-                    )
-                _save_png(image, folder / "samples" / f"{k:05d}.png")
-            else:
-                name = f"{i:05d}-{k:0{width}d}.png"
-                _save_png(image, request.out / name)
-                names.append(items[i].prompt)
-        bar.update(len(batch))
-    bar.close()
+
+    def target(i: int, k: int) -> Path:
+        if geneval:
+            return request.out / f"{i:05d}" / "samples" / f"{k:05d}.png"
+        return request.out / f"{i:05d}-{k:0{width}d}.png"
+
+    if going_on:
+        _tidy(request.out)
+    pending = [j for j, (i, k) in enumerate(jobs) if not target(i, k).is_file()]
+    if going_on:
+        echo(f"{request.out}: {len(jobs) - len(pending)} of {len(jobs)} images are there; sampling the rest")
+    if pending:
+        policy = registry.create("policies", config.policy.name, config.policy.options(), "policy")
+        policy.to(device)
+        if request.checkpoint is not None:
+            policy.load_trainable(str(request.checkpoint))
+        policy.train(False)
+        atomic_write_json(request.out / SUMMARY_FILE, {"request": record, "status": "running"})
+        bar = tqdm(total=len(pending), desc="sample", unit="img", leave=False)
+        for start in range(0, len(pending), request.batch_size):
+            indices = pending[start : start + request.batch_size]
+            batch = [jobs[j] for j in indices]
+            noise = noise_for(indices, tuple(policy.latent_shape), request.seed).to(device)
+            cond = policy.encode_prompts([items[i].prompt for i, _ in batch])
+            latents = sample_latents(
+                policy, solver, cond, noise, view="current", guidance=request.guidance, batch_size=len(batch)
+            )
+            images = policy.decode(latents).cpu()
+            for (i, k), image in zip(batch, images, strict=True):
+                metadata = request.out / f"{i:05d}" / "metadata.jsonl"
+                if geneval and not metadata.is_file():
+                    atomic_write_text(metadata, json.dumps(items[i].metadata) + "\n")
+                _save_png(image, target(i, k))
+            bar.update(len(batch))
+        bar.close()
     if not geneval:
-        (request.out / "prompts.txt").write_text("".join(p + "\n" for p in names), encoding="utf-8")
+        names = [items[i].prompt for i, _ in jobs]
+        atomic_write_text(request.out / "prompts.txt", "".join(p + "\n" for p in names))
     summary = {
         "checkpoint": str(request.checkpoint) if request.checkpoint else None,
         "config": str(request.config),
@@ -182,7 +276,7 @@ def sample_images(request: SampleRequest, echo=print) -> dict[str, Any]:
         "guidance": request.guidance,
         "seed": request.seed,
     }
-    (request.out / "sample.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    atomic_write_json(request.out / SUMMARY_FILE, {**summary, "request": record, "status": "finished"})
     hint = (
         f"`nft eval geneval --images {request.out}` (shapes world: `nft eval shapes-geneval`)"
         if geneval
@@ -204,7 +298,12 @@ def add_sample_command(app) -> None:
         prompts: str = typer.Option(
             ..., "--prompts", help="prompt file (.txt, GenEval .jsonl) or source:arg"
         ),
-        out: Path = typer.Option(..., "--out", help="output folder (must be empty or new)"),
+        out: Path = typer.Option(
+            ...,
+            "--out",
+            help="output folder: new, empty, or one an interrupted run of the same request wrote into (it "
+            "goes on)",
+        ),
         config: Path | None = typer.Option(
             None, "--config", help="run config (default: the run's resolved one)"
         ),
@@ -237,6 +336,8 @@ __all__ = [
     "add_sample_command",
     "is_geneval",
     "latest_checkpoint",
+    "request_record",
     "resolve_source",
     "sample_images",
+    "verify_source",
 ]

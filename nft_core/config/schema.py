@@ -420,3 +420,13 @@ class RunConfig(_Strict):
         if all(reward.weight == 0 for reward in self.reward):
             raise ValueError("reward: every weight is 0, so nothing would be trained; give one a weight")
         return self
+
+    @field_validator("name")
+    @classmethod
+    def _name_stays_under_out(cls, value: str) -> str:
+        if not value.strip() or value in (".", "..") or "/" in value or "\\" in value or "\0" in value:
+            raise ValueError(
+                "must be a plain folder name under --out (not empty, not . or .., no / or \\), e.g. "
+                '"sd3-pickscore"'
+            )
+        return value

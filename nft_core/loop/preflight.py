@@ -115,13 +115,16 @@ def train_geometry(config: RunConfig, solver: Solver, ranks: int = 1) -> tuple[t
 
 
 def _check_init_from(source: str) -> None:
+    from nft_core.loop.setup import verify_init_from
     from nft_core.state.checkpoints import latest_checkpoint
 
     path = Path(source)
     if not path.is_dir():
         raise ConfigError(f"policy.init_from: {source} is not a folder (a run directory or a checkpoint)")
-    if (path / "checkpoints").is_dir() and latest_checkpoint(path) is None:
+    folder = latest_checkpoint(path) if (path / "checkpoints").is_dir() else path
+    if folder is None:
         raise ConfigError(f"policy.init_from: {source} holds no complete checkpoint")
+    verify_init_from(folder)
 
 
 def preflight(config: RunConfig, portable: bool = False, ranks: int = 1) -> Geometry:

@@ -115,9 +115,24 @@ def warm_start(policy: Policy, source: Path, echo: Callable[[str], Any]) -> Path
     folder = latest_checkpoint(source) if (source / "checkpoints").is_dir() else source
     if folder is None:
         raise ConfigError(f"policy.init_from: {source} holds no complete checkpoint")
+    verify_init_from(folder)
     policy.load_trainable(str(folder))
     echo(f"warm start: weights from {folder}")
     return folder
+
+
+def verify_init_from(folder: Path) -> None:
+    """A ConfigError naming `policy.init_from` and the file when the checkpoint folder's files differ
+    from the digests its state.json records (a folder without a state.json is not a checkpoint of a run
+    and is not checked)."""
+    from nft_core.state.checkpoints import STATE_FILE, CorruptCheckpoint, verify_checkpoint
+
+    if not (folder / STATE_FILE).is_file():
+        return
+    try:
+        verify_checkpoint(folder)
+    except CorruptCheckpoint as error:
+        raise ConfigError(f"policy.init_from: {error}") from None
 
 
 def shard_policy(

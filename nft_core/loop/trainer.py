@@ -49,6 +49,7 @@ from nft_core.reward_set import RewardSetOutput
 from nft_core.schedules import parse_decay_schedule
 from nft_core.state.checkpoints import latest_checkpoint
 from nft_core.state.holders import RandomState, WeightsState, seed_everything
+from nft_core.state.run_dir import lock_run_dir
 from nft_core.state.run_state import Counters, RunState
 from nft_core.types import EvalResult, Samples
 
@@ -301,7 +302,12 @@ class Trainer:
 
         With `resume` (a checkpoint folder of this run directory) the run goes on from that checkpoint
         as if it had never stopped. A run that fails writes `summary.json` with the error first.
+        Rank 0 holds the run directory's lock throughout: a second run in it is refused (`RunDirBusy`).
         """
+        with lock_run_dir(self.run_dir, enabled=self.dist.is_main):
+            return self._run(resume)
+
+    def _run(self, resume: Path | None) -> dict[str, Any]:
         started = time.time()
         saved = None
         if resume is not None:

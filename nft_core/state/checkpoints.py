@@ -9,11 +9,17 @@ instead, each rank its own shards (`nft_core.state.sharded`). Nothing is pickled
 Writing goes to `step_XXXXX.tmp/`; every file is fsynced, then the folder is renamed into place and the
 parent folder fsynced, so a kill or a full disk at any point leaves the previous checkpoints as they
 were and no folder named `step_XXXXX` that is incomplete.
+
+`state.json` records the size and sha256 of every other file of the folder (`files`); `verify_checkpoint`
+checks them, so a checkpoint damaged after it was written (flipped bits, a truncated copy) is refused
+with the file named instead of loading garbage. Checkpoints written before digests were recorded load
+unverified.
 """
 
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import re
@@ -25,15 +31,19 @@ from typing import Any
 from nft_core.errors import UserError
 
 __all__ = [
+    "FILES_KEY",
     "RESUME_FILE",
     "STATE_FILE",
     "CheckpointWriteError",
+    "CorruptCheckpoint",
     "best_checkpoint",
     "checkpoint_folders",
+    "file_digests",
     "latest_checkpoint",
     "prune_checkpoints",
     "read_resume_tensors",
     "read_state",
+    "verify_checkpoint",
     "write_checkpoint",
 ]
 
@@ -41,10 +51,16 @@ RESUME_FILE = "resume.safetensors"
 STATE_FILE = "state.json"
 _NAME = re.compile(r"^step_(\d+)$")
 _REPLACED = ".replaced"
+FILES_KEY = "files"
+"""The key of `state.json` that maps each other file of the folder to its `bytes` and `sha256`."""
 
 
 class CheckpointWriteError(UserError):
     """A checkpoint could not be written (full disk, permissions); the earlier ones are intact."""
+
+
+class CorruptCheckpoint(UserError):
+    """A checkpoint file is missing, or its size or digest differs from what `state.json` records."""
 
 
 def _fsync_path(path: Path) -> None:
@@ -113,6 +129,76 @@ def read_state(folder: Path) -> dict[str, Any]:
     if not isinstance(state, dict):
         raise UserError(f"{path}: expected a JSON object")
     return state
+
+
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def file_digests(folder: Path) -> dict[str, dict[str, Any]]:
+    """`{relative path: {"bytes": size, "sha256": hex}}` of every file under a checkpoint folder but
+    `state.json` (which records them)."""
+    folder = Path(folder)
+    found = {}
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and path != folder / STATE_FILE:
+            name = path.relative_to(folder).as_posix()
+            found[name] = {"bytes": path.stat().st_size, "sha256": _sha256(path)}
+    return found
+
+
+_verified: dict[str, tuple[Any, ...]] = {}
+"""Folders verified in this process, with the stat of each file then: a second check of an unchanged
+folder (the CLI's, then the trainer's) does not read it again."""
+
+
+def _stamp(folder: Path, names: list[str]) -> tuple[Any, ...]:
+    stats = [(folder / name).stat() for name in [STATE_FILE, *names]]
+    return tuple((s.st_ino, s.st_size, s.st_mtime_ns) for s in stats)
+
+
+def verify_checkpoint(folder: Path) -> bool:
+    """Check every file `state.json` records (present, its size, its sha256); a `CorruptCheckpoint` naming
+    the first that differs. False for a checkpoint written before digests were recorded (not verified),
+    True for a verified one."""
+    folder = Path(folder)
+    recorded = read_state(folder).get(FILES_KEY)
+    if recorded is None:
+        return False
+    if not isinstance(recorded, dict):
+        raise CorruptCheckpoint(f"{folder / STATE_FILE}: `{FILES_KEY}` is not a table of the folder's files")
+    key = os.path.realpath(folder)
+    names = sorted(recorded)
+    for name in names:
+        path = folder / name
+        if not path.is_file():
+            raise CorruptCheckpoint(f"{path}: missing from the checkpoint (its state.json records it)")
+    try:
+        stamp = _stamp(folder, names)
+        if _verified.get(key) != stamp:
+            _check_files(folder, recorded)
+    except OSError as error:  # e.g. pruned by the run that wrote it while being read
+        raise CorruptCheckpoint(f"{error.filename}: cannot be read ({error.strerror or error})") from None
+    _verified[key] = stamp
+    return True
+
+
+def _check_files(folder: Path, recorded: dict[str, Any]) -> None:
+    for name in sorted(recorded):
+        path, entry = folder / name, recorded[name]
+        if not isinstance(entry, dict):
+            raise CorruptCheckpoint(f"{folder / STATE_FILE}: `{FILES_KEY}.{name}` is not a table")
+        size = path.stat().st_size
+        if size != entry.get("bytes"):
+            raise CorruptCheckpoint(
+                f"{path}: {size} bytes, but its state.json records {entry.get('bytes')} (truncated or "
+                "changed after the checkpoint was written)"
+            )
+        if _sha256(path) != entry.get("sha256"):
+            raise CorruptCheckpoint(
+                f"{path}: corrupt (its sha256 differs from the one its checkpoint's state.json records)"
+            )
 
 
 def read_resume_tensors(folder: Path) -> dict[str, Any]:

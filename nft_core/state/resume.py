@@ -3,15 +3,29 @@ the keys a resumed run may change and the one line naming every other key that d
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from nft_core.config import RunConfig, resolved_config
 from nft_core.errors import ConfigError, UserError
-from nft_core.state.checkpoints import RESUME_FILE, latest_checkpoint, read_state
+from nft_core.state.checkpoints import (
+    RESUME_FILE,
+    CorruptCheckpoint,
+    checkpoint_folders,
+    read_state,
+    verify_checkpoint,
+)
 from nft_core.state.run_dir import existing_run_dirs
 
-__all__ = ["SAFE_TO_CHANGE", "check_same_run", "config_differences", "flatten_config", "resolve_resume"]
+__all__ = [
+    "SAFE_TO_CHANGE",
+    "check_same_run",
+    "config_differences",
+    "flatten_config",
+    "newest_verified_checkpoint",
+    "resolve_resume",
+]
 
 SAFE_TO_CHANGE = (
     "name",
@@ -66,18 +80,42 @@ def _show(value: Any) -> str:
     return "unset" if value is None else repr(value)
 
 
-def resolve_resume(spec: str, out: Path, name: str) -> tuple[Path, Path] | None:
+def newest_verified_checkpoint(run_dir: Path, echo: Callable[[str], Any] = print) -> Path | None:
+    """The newest resumable checkpoint of a run whose files match the digests its state.json records
+    (an older one without digests counts, unverified); one line through `echo` for each newer one that
+    does not. None when the run has no resumable checkpoint; a `CorruptCheckpoint` when none verifies."""
+    folders = [f for f in checkpoint_folders(run_dir) if (f / RESUME_FILE).is_file()]
+    skipped: list[str] = []
+    for folder in reversed(folders):
+        try:
+            verify_checkpoint(folder)
+        except CorruptCheckpoint as error:
+            skipped.append(str(error))
+            continue
+        if skipped:
+            more = f" (and {len(skipped) - 1} more newer ones do not verify)" if len(skipped) > 1 else ""
+            echo(f"warning: {skipped[0]}{more}; going on from {folder}, the newest checkpoint that verifies")
+        return folder
+    if skipped:
+        raise CorruptCheckpoint(f"{run_dir}: no checkpoint verifies (the newest: {skipped[0]})")
+    return None
+
+
+def resolve_resume(
+    spec: str, out: Path, name: str, echo: Callable[[str], Any] = print
+) -> tuple[Path, Path] | None:
     """`(run_dir, checkpoint)` for `--resume spec`, or None for `auto` when nothing can be resumed.
 
-    `spec` is a run directory (its newest resumable checkpoint), one checkpoint folder of it, or
-    `auto`: the newest run directory of this config's `name` under `out`, when it holds a resumable
-    checkpoint (whether that run already finished is the trainer's to say).
+    `spec` is a run directory (its newest resumable checkpoint that verifies), one checkpoint folder of
+    it (refused when it does not verify), or `auto`: the newest run directory of this config's `name`
+    under `out`, when it holds a resumable checkpoint (whether that run already finished is the
+    trainer's to say). Falling back past a checkpoint that does not verify is said through `echo`.
     """
     if spec == "auto":
         runs = existing_run_dirs(out, name)
         if not runs:
             return None
-        checkpoint = latest_checkpoint(runs[-1], resumable=True)
+        checkpoint = newest_verified_checkpoint(runs[-1], echo)
         return None if checkpoint is None else (runs[-1], checkpoint)
     path = Path(spec)
     if not path.is_dir():
@@ -85,9 +123,9 @@ def resolve_resume(spec: str, out: Path, name: str) -> tuple[Path, Path] | None:
     if (path / "state.json").is_file() and path.parent.name == "checkpoints":
         if not (path / RESUME_FILE).is_file():
             raise UserError(f"--resume {spec}: this checkpoint holds no resume state ({RESUME_FILE})")
-        read_state(path)
+        verify_checkpoint(path)
         return path.parent.parent, path
-    checkpoint = latest_checkpoint(path, resumable=True)
+    checkpoint = newest_verified_checkpoint(path, echo)
     if checkpoint is None:
         if not (path / "config.resolved.toml").is_file():
             raise UserError(f"--resume {spec}: not a run directory (no config.resolved.toml)")

@@ -10,7 +10,8 @@ holder's tensors with `torch.distributed.checkpoint` and reshards them on restor
 
 A checkpoint folder holds the policy's EMA weights in its own format (what inference loads),
 `resume.safetensors` (each holder's tensors as `<holder>.<key>`), `resume-shards/` under FSDP2 (each
-rank's shards) and `state.json` (counters, and each holder's JSON values under `resume.<holder>`).
+rank's shards) and `state.json` (counters, each holder's JSON values under `resume.<holder>`, and the
+size and sha256 of every other file, which `restore` verifies).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
 from nft_core.config import RunConfig
@@ -31,11 +33,14 @@ from nft_core.errors import UserError
 from nft_core.io import atomic_write_bytes, atomic_write_json
 from nft_core.protocols import Policy, Stateful
 from nft_core.state.checkpoints import (
+    FILES_KEY,
     RESUME_FILE,
     STATE_FILE,
     CheckpointWriteError,
+    file_digests,
     prune_checkpoints,
     read_state,
+    verify_checkpoint,
     write_checkpoint,
 )
 from nft_core.state.holders import Reshardable
@@ -153,6 +158,7 @@ class RunState:
             with self.ema.swapped_in(self.policy.trainable_parameters()):
                 self.policy.save_trainable(str(staging))
             atomic_write_bytes(staging / RESUME_FILE, save(whole))
+            state[FILES_KEY] = file_digests(staging)  # every rank's shards are written by now
             atomic_write_json(staging / STATE_FILE, state)  # last: a folder with it is whole
 
         try:
@@ -183,12 +189,18 @@ class RunState:
 
     def restore(self, folder: Path) -> dict[str, Any]:
         """Load a checkpoint into every holder (the inverse of `save`); the run goes on after its epoch.
-        Returns its state.json."""
+        Returns its state.json. A checkpoint whose files differ from the digests its state.json records is
+        refused (`CorruptCheckpoint`) before anything is loaded."""
         state = read_state(folder)
         if not (folder / RESUME_FILE).is_file() or "resume" not in state:
             raise UserError(f"{folder}: holds no resume state (written by a version without resume)")
+        verified = verify_checkpoint(folder)
         meta = state["resume"]
-        tensors = load_file(str(folder / RESUME_FILE))
+        try:
+            tensors = load_file(str(folder / RESUME_FILE))
+        except (OSError, SafetensorError) as error:  # only an unverified (older) checkpoint gets here
+            unverified = "" if verified else " (an older checkpoint without digests: it was not verified)"
+            raise UserError(f"{folder / RESUME_FILE}: cannot be read: {error}{unverified}") from None
         if (folder / SHARDS_FOLDER).is_dir():
             tensors.update(self._load_shards(folder / SHARDS_FOLDER))
         for name, holder in self.holders.items():
