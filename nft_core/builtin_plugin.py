@@ -2,6 +2,7 @@
 
 from nft_core.flowgrpo import FlowGRPOObjective, FlowGRPOOptions
 from nft_core.hookspecs import hookimpl
+from nft_core.loop.levers import CompileLever, CompileOptions, SdpaLever, SdpaOptions
 from nft_core.loop.prompts import read_prompt_file
 from nft_core.objective import NFTObjective, NFTOptions, RFTObjective, RFTOptions
 from nft_core.outputs.monitors import PixelDiversity, PixelDiversityOptions
@@ -22,6 +23,14 @@ def register_monitors(register):
         options=PixelDiversityOptions,
         description="mean pairwise pixel distance inside each prompt's group of samples",
     )
+
+
+@hookimpl
+def register_levers(register):
+    register(
+        "compile", CompileLever, options=CompileOptions, description="torch.compile of the rollout networks"
+    )
+    register("sdpa", SdpaLever, options=SdpaOptions, description="the attention kernels rollouts may use")
 
 
 @hookimpl

@@ -43,6 +43,12 @@ def register_loggers(register):
 
 
 @hookspec
+def register_levers(register):
+    """Register rollout levers: `register(name, factory, options=OptionsModel, description=...)`;
+    `factory(**options)` -> Lever (`[rollout] levers` names them; docs/rollout.md)."""
+
+
+@hookspec
 def register_prompt_sources(register):
     """Register prompt sources: `register(name, factory)`; `factory(arg) -> list[PromptItem]`."""
 

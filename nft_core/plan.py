@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-__all__ = ["Geometry", "MicroBatch", "training_plan"]
+__all__ = ["Geometry", "MicroBatch", "path_plan", "training_plan"]
 
 
 @dataclass(frozen=True)
@@ -119,4 +119,34 @@ def training_plan(
     for chunk in np.array_split(np.arange(len(visits)), optimizer_steps):
         samples = sum(len(visits[i][0]) for i in chunk)
         steps.append([MicroBatch(visits[i][0], visits[i][1], samples, visits[i][2]) for i in chunk])
+    return steps
+
+
+def path_plan(
+    index: torch.Tensor,
+    times: torch.Tensor,
+    first_step: torch.Tensor,
+    trained_steps: int,
+    micro_batch: int,
+    optimizer_steps: int = 1,
+    generator: torch.Generator | None = None,
+) -> list[list[MicroBatch]]:
+    """FlowGRPO's plan (`scripts/train_sd3.py` of yifan123/flow_grpo at ac4c86e, lines 827-871): the
+    samples `index` in a random order, split as evenly as possible into `optimizer_steps` chunks; each
+    optimizer step trains its chunk's paths on `trained_steps` steps in order (step `first_step[i] + j`
+    of sample `i` at visit `j`, time `times[first_step[i] + j]`), each visit cut into micro-batches of at
+    most `micro_batch`. So one step holds every trained step of its share of the samples."""
+    if optimizer_steps > len(index):
+        raise ValueError(f"{optimizer_steps} optimizer steps but only {len(index)} samples")
+    order = index[torch.randperm(len(index), generator=generator)]
+    steps = []
+    for chunk in np.array_split(order.numpy(), optimizer_steps):
+        chunk_index = torch.as_tensor(chunk, dtype=torch.long)
+        batches = []
+        for visit in range(trained_steps):
+            for start in range(0, len(chunk_index), micro_batch):
+                rows = chunk_index[start : start + micro_batch]
+                at = (first_step[rows] + visit).to(times.device)
+                batches.append(MicroBatch(rows, times[at], len(chunk_index) * trained_steps, visit))
+        steps.append(batches)
     return steps

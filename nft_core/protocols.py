@@ -53,6 +53,14 @@ class Reward(Protocol):
 
 
 @runtime_checkable
+class RemoteScoring(Protocol):
+    """A reward whose work runs outside this process (a reward server): its calls wait on the network
+    instead of computing, so scoring them on a worker thread hides them without slowing the sampler."""
+
+    scores_elsewhere: bool
+
+
+@runtime_checkable
 class Solver(Protocol):
     """A black-box solver: integrates the probability-flow ODE (or an SDE) from t=1 to t=0."""
 
@@ -158,6 +166,40 @@ class Stateful(Protocol):
 
 
 @runtime_checkable
+class RolloutNetworks(Protocol):
+    """A policy that names the networks its rollouts run (the `old` view's), for levers that transform
+    them (a compiler)."""
+
+    def rollout_networks(self) -> list[torch.nn.Module]:
+        """The modules that sampling with the `old` view runs (shared with training under LoRA)."""
+        ...
+
+
+@runtime_checkable
+class Lever(Protocol):
+    """A rollout acceleration (`[rollout] levers`): changes how collection samples, never what the
+    update computes. `lossless`: the samples are the plain rollout's up to float rounding (a compiler,
+    an attention kernel); lossy ones (a feature cache, fewer bits) change them, which an objective that
+    trains on the rollout's exact log-probs (FlowGRPO) cannot accept (docs/rollout.md)."""
+
+    name: str
+    lossless: bool
+
+    def rollout(self, policy: Policy) -> Any:
+        """A context manager entered around each sampling micro-batch of collection (set up lazily on
+        the first entry: compile, cache hooks)."""
+        ...
+
+
+@runtime_checkable
+class ExactRollout(Protocol):
+    """An objective whose loss uses the rollout's own log-probs (FlowGRPO's ratio), so its samples must be
+    the policy's exact ones: lossy levers and a rollout precision other than training's are refused."""
+
+    needs_exact_rollout: bool
+
+
+@runtime_checkable
 class Objective(Protocol):
     """A training loss over collected samples: `nft` is the product, others are baselines."""
 
@@ -255,9 +297,25 @@ class TrajectoryObjective(Protocol):
     on_policy: bool
 
     def sample(
-        self, policy: Policy, x1: torch.Tensor, cond: Cond, times: torch.Tensor, step_noise: torch.Tensor
+        self,
+        policy: Policy,
+        x1: torch.Tensor,
+        cond: Cond,
+        times: torch.Tensor,
+        step_noise: torch.Tensor,
+        generator: torch.Generator | None = None,
     ) -> Any:
-        """The `Trajectory` of the old view from noise `x1` over `times`, step noises `[N, S, *shape]`."""
+        """The `Trajectory` of the old view from noise `x1` over `times`, step noises `[N, S, *shape]`;
+        `generator` draws what the objective chooses once per sampling batch (FlowGRPO-Fast's window)."""
+        ...
+
+    def trained_steps(self, grid_steps: int, requested: int) -> int:
+        """How many steps of each path the update trains (of `grid_steps`; `requested` by the config)."""
+        ...
+
+    def trained_samples(self, optimality: torch.Tensor) -> torch.Tensor:
+        """`[N]` bool: the samples the update trains on, given their optimality (e.g. a non-zero
+        advantage)."""
         ...
 
     def trajectory_loss(

@@ -21,6 +21,7 @@ KINDS = {
     "objectives": "register_objectives",
     "monitors": "register_monitors",
     "trackers": "register_trackers",
+    "levers": "register_levers",
     "prompt_sources": "register_prompt_sources",
 }
 DEPRECATED_HOOKS = {"register_loggers": "register_trackers"}
@@ -32,6 +33,7 @@ SINGULAR = {
     "objectives": "objective",
     "monitors": "monitor",
     "trackers": "tracker",
+    "levers": "lever",
     "prompt_sources": "prompt source",
 }
 """What one registration of each kind is called in messages (`unknown policy 'sd33'`)."""
@@ -54,7 +56,7 @@ _cache: dict[str, dict[str, Registration]] = {}
 
 def registrations(kind: str) -> dict[str, Registration]:
     """All registrations of one kind (`rewards`, `solvers`, `policies`, `objectives`, `monitors`,
-    `trackers`, `prompt_sources`)."""
+    `trackers`, `levers`, `prompt_sources`)."""
     if kind in _cache:
         return _cache[kind]
     manager = load_plugins()

@@ -10,8 +10,16 @@ from nft_core.protocols import Policy, Solver, VelocityFn
 from nft_core.types import Cond, cat_conds, index_cond
 
 
-def policy_velocity(policy: Policy, view: str, guidance: float = 1.0, null: Cond | None = None) -> VelocityFn:
-    """`velocity(x, t, cond)` of one policy view; guidance != 1 mixes in the unconditional velocity (CFG)."""
+def policy_velocity(
+    policy: Policy,
+    view: str,
+    guidance: float = 1.0,
+    null: Cond | None = None,
+    detach_uncond: bool = False,
+) -> VelocityFn:
+    """`velocity(x, t, cond)` of one policy view; guidance != 1 mixes in the unconditional velocity (CFG),
+    in one batched call. `detach_uncond`: the unconditional half carries no gradient (FlowGRPO's training
+    forward, so that the empty prompt is not trained)."""
     if guidance == 1.0:
         return lambda x, t, cond: policy.velocity(view, x, t, cond)
 
@@ -19,6 +27,8 @@ def policy_velocity(policy: Policy, view: str, guidance: float = 1.0, null: Cond
         unconditional = null if null is not None else policy.null_cond(x.shape[0])
         both = policy.velocity(view, torch.cat([x, x]), torch.cat([t, t]), cat_conds([cond, unconditional]))
         v_cond, v_uncond = both.chunk(2)
+        if detach_uncond:
+            v_uncond = v_uncond.detach()
         return v_uncond + guidance * (v_cond - v_uncond)
 
     return guided

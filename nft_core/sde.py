@@ -10,6 +10,13 @@ Source: Liu et al. 2025, "Flow-GRPO" (arXiv 2505.05470), equation 9. From `t` to
 
 The step's density is Gaussian with that mean and standard deviation `std_t sqrt(-dt)`; its log-prob
 is averaged over the non-batch dimensions, as the FlowGRPO reference does.
+
+The reference's later "CPS" step (`sde_type = "cps"`, `flow_grpo/diffusers_patch/sd3_sde_with_logprob.py`
+at 54809b5, the Fast recipes' sampler) keeps the noise level of the next time instead:
+
+    std   = t' sin(a pi / 2)
+    mean  = (x - t v) (1 - t') + (x + (1 - t) v) sqrt(t'^2 - std^2)
+    x'    = mean + std z,   log-prob = -mean_dims (x' - mean)^2   (constants dropped, as there)
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ import math
 
 import torch
 
-__all__ = ["flowgrpo_std", "gaussian_log_prob", "sde_transition"]
+__all__ = ["cps_log_prob", "cps_transition", "flowgrpo_std", "gaussian_log_prob", "sde_transition"]
 
 
 def flowgrpo_std(t: float, noise_level: float, t_next: float) -> float:
@@ -55,3 +62,24 @@ def gaussian_log_prob(x_next: torch.Tensor, mean: torch.Tensor, std: torch.Tenso
     """`log N(x_next; mean, std^2)` per element, averaged over every dimension but the first: `[N]`."""
     log_density = -((x_next - mean) ** 2) / (2.0 * std**2) - torch.log(std) - 0.5 * math.log(2.0 * math.pi)
     return log_density.mean(dim=tuple(range(1, log_density.ndim)))
+
+
+def cps_transition(
+    x: torch.Tensor,
+    v: torch.Tensor,
+    t: torch.Tensor | float,
+    t_next: torch.Tensor | float,
+    noise_level: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(mean, std)` of FlowGRPO's CPS step from `t` to `t_next` at `(x, v)` (scalars or `[N]` times)."""
+    t_b, t_next_b = _per_sample(t, x), _per_sample(t_next, x)
+    std = t_next_b * math.sin(noise_level * math.pi / 2)
+    x0_hat, x1_hat = x - t_b * v, x + (1.0 - t_b) * v
+    mean = x0_hat * (1.0 - t_next_b) + x1_hat * torch.sqrt(t_next_b * t_next_b - std * std)
+    return mean, std
+
+
+def cps_log_prob(x_next: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+    """The CPS step's log-prob as the reference computes it: `-mean((x' - mean)^2)` over all but the first
+    dimension, its constants dropped (they cancel in the ratio)."""
+    return -((x_next - mean) ** 2).mean(dim=tuple(range(1, x_next.ndim)))

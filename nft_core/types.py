@@ -36,18 +36,26 @@ def cat_conds(conds: list[Cond]) -> Cond:
 class Trajectory:
     """The sampling paths a trajectory objective (FlowGRPO) trains on: the states at every grid time
     `[N, S + 1, *shape]` (first the noise, last the sample), each step's log-prob under the sampling
-    policy `[N, S]` and the grid `[S + 1]`."""
+    policy `[N, S]`, the grid `[S + 1]`, and the first step of each path that is trained `[N]` (0 but for
+    FlowGRPO-Fast's window of SDE steps)."""
 
     states: torch.Tensor
     log_probs: torch.Tensor
     times: torch.Tensor
+    first_step: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.first_step is None:
+            object.__setattr__(self, "first_step", torch.zeros(self.states.shape[0], dtype=torch.long))
 
     def rows(self, index: torch.Tensor) -> Trajectory:
         """The paths of the samples `index`."""
+        assert self.first_step is not None
         return Trajectory(
             self.states[index.to(self.states.device)],
             self.log_probs[index.to(self.log_probs.device)],
             self.times,
+            self.first_step[index.to(self.first_step.device)],
         )
 
     @property

@@ -66,3 +66,15 @@ def register_policies(register):
     for name, (package, class_name, options_name, description) in POLICIES.items():
         options = getattr(import_module(f"{package}.options"), options_name)
         register(name, _factory(package, class_name), options=options, description=description)
+
+
+@hookimpl
+def register_levers(register):
+    from nft_policies.levers import CacheLever, CacheOptions  # diffusers is imported when a cache is enabled
+
+    register(
+        "cache",
+        CacheLever,
+        options=CacheOptions,
+        description="diffusers' feature caches during rollouts (lossy)",
+    )

@@ -92,6 +92,8 @@ class RemoteReward(BaseReward):
 
     name: ClassVar[str] = "remote"
     Options = RemoteOptions
+    scores_elsewhere: ClassVar[bool] = True
+    """The served reward computes on the server: overlapped scoring waits on the network (RemoteScoring)."""
 
     def __init__(self, options: RemoteOptions) -> None:
         super().__init__(options)

@@ -162,6 +162,10 @@ class ShapesTinyPolicy:
             network.reshard()
         return out
 
+    def rollout_networks(self) -> list[torch.nn.Module]:
+        """The network sampling runs: the old copy (levers such as `compile` transform it)."""
+        return [self.old_model]
+
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Pixel space in [-1, 1] -> images in [0, 1]."""
         return ((latents.float() + 1) / 2).clamp(0, 1)

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from nft_solvers.grids import grid_times, shifted_grid
+from nft_solvers.grids import diffusers_grid, grid_times, shifted_grid
 
 VelocityFn = Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]
 
@@ -20,6 +20,12 @@ class SolverOptions(BaseModel):
 
     steps: int = Field(10, ge=1, description="number of solver steps (grid intervals)")
     shift: float = Field(1.0, gt=0, description="SD3 time shift of the default grid; 1.0 = uniform")
+    grid: Literal["shifted", "diffusers"] = Field(
+        "shifted",
+        description="the default grid: the uniform grid shifted (shifted), or the one diffusers' "
+        "FlowMatchEulerDiscreteScheduler samples on (diffusers: its last step before 0 is tiny, as in SD3 "
+        "and FlowGRPO)",
+    )
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -75,7 +81,10 @@ class GridSolver:
         return self.options.shift
 
     def default_grid(self) -> torch.Tensor:
-        """`steps + 1` float64 times from 1 to 0, SD3-shifted by `shift`."""
+        """`steps + 1` float64 times from 1 to 0, SD3-shifted by `shift` (`grid = "diffusers"`: the grid
+        of diffusers' flow-matching Euler scheduler)."""
+        if self.options.grid == "diffusers":
+            return diffusers_grid(self.options.steps, self.options.shift)
         return shifted_grid(self.options.steps, self.options.shift)
 
     def sample(

@@ -36,6 +36,20 @@ def shifted_grid(
     return grid.to(dtype=dtype, device=device)
 
 
+def diffusers_grid(
+    steps: int, shift: float = 1.0, train_steps: int = 1000, dtype: torch.dtype = torch.float64, device=None
+) -> torch.Tensor:
+    """The grid diffusers' `FlowMatchEulerDiscreteScheduler(shift=shift).set_timesteps(steps)` samples on
+    (SD3 and FLUX pipelines without dynamic shifting): `steps` points evenly spaced between 1 and the
+    scheduler's smallest training sigma, `shift(1 / train_steps)`, then shifted, and a final 0. Its last
+    step before 0 is tiny (0.0089 for 10 steps at shift 3, where the shifted uniform grid has 0.25)."""
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    sigma_min = float(shift_time(torch.tensor([1.0 / train_steps], dtype=torch.float64), float(shift))[0])
+    sigmas = shift_time(torch.linspace(1.0, sigma_min, steps, dtype=torch.float64), float(shift))
+    return torch.cat([sigmas, sigmas.new_zeros(1)]).to(dtype=dtype, device=device)
+
+
 def grid_times(grid: torch.Tensor | list[float] | tuple[float, ...]) -> list[float]:
     """Validate a time grid and return it as Python floats (solver coefficients are computed in float64).
 

@@ -454,3 +454,22 @@ def test_the_presets_name_the_shifts_of_their_grids():
     config = tomllib.loads((PRESETS[0].parent / "flux2-dev-pickscore.toml").read_text())
     for table in (config["solver"], config["eval"]["solver"]):
         assert table["shift"] == pytest.approx(math.exp(empirical_mu(1024, table["steps"])), abs=1e-3)
+
+
+def test_the_cache_lever_caches_rollouts_only_and_says_which_transformers_have_none(model_dirs):
+    from nft_core.errors import ConfigError
+    from nft_policies.levers import CacheLever
+
+    policy = make_policy(BY_NAME["flux"], model_dirs["flux"])
+    lever = CacheLever(kind="first-block", threshold=0.5)
+    transformer = policy.rollout_networks()[0]
+    x = torch.randn((2, *policy.latent_shape), generator=torch.Generator().manual_seed(0))
+    t, cond = torch.tensor([0.9, 0.9]), policy.encode_prompts(["a red circle", "a blue square"])
+    with torch.no_grad(), lever.rollout(policy):
+        assert transformer.is_cache_enabled
+        policy.velocity("old", x, t, cond)
+    assert not transformer.is_cache_enabled  # the update's forwards are never cached
+    assert not lever.lossless
+    with pytest.raises(ConfigError, match="cache needs a diffusers transformer with feature caches; SD3"):
+        with lever.rollout(make_policy(BY_NAME["sd3"], model_dirs["sd3"])):
+            pass

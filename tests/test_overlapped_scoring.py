@@ -101,7 +101,7 @@ def run(config: Path, out: Path, *overrides: str):
 
 
 def test_a_run_scores_the_same_with_and_without_overlap_and_logs_what_was_hidden(fast_config, tmp_path):
-    on = run(fast_config, tmp_path / "on", "train.sample_batch_size=2")
+    on = run(fast_config, tmp_path / "on", "train.sample_batch_size=2", "train.overlap_scoring=true")
     off = run(fast_config, tmp_path / "off", "train.sample_batch_size=2", "train.overlap_scoring=false")
     assert on.exit_code == 0 and off.exit_code == 0, on.output + off.output
     with_overlap, without = metrics(tmp_path / "on" / "tiny"), metrics(tmp_path / "off" / "tiny")
@@ -134,3 +134,24 @@ def test_optional_remote_reward_that_fails_mid_run_leaves_the_total(fast_config,
     records = [r for r in metrics(tmp_path / "tiny") if r["kind"] == "train"]
     assert all(r["samples/excluded"] == 0 and r["reward/remote/failed_calls"] == 2 for r in records)
     assert all(math.isfinite(r["reward/total_mean"]) for r in records)
+
+
+def test_auto_overlaps_only_where_scoring_does_not_compete_for_the_cpu():
+    from nft_core.loop.overlap import overlap_wanted
+    from nft_core.reward_set import RewardSet, RewardTerm
+
+    class Local:
+        higher_is_better = True
+
+    class Remote(Local):
+        scores_elsewhere = True
+
+    def rewards(*kinds):
+        return RewardSet([RewardTerm(f"r{i}", kind(), 1.0, lambda x, g: x) for i, kind in enumerate(kinds)])
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert not overlap_wanted("auto", rewards(Local), cpu)  # a CPU thread would slow the sampler
+    assert not overlap_wanted("auto", rewards(Remote, Local), cpu)
+    assert overlap_wanted("auto", rewards(Remote), cpu)  # it waits on the network
+    assert overlap_wanted("auto", rewards(Local), cuda)  # its own CUDA stream
+    assert overlap_wanted(True, rewards(Local), cpu) and not overlap_wanted(False, rewards(Remote), cpu)

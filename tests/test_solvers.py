@@ -217,3 +217,17 @@ def test_plugin_registers_the_builtin_table():
         if name != "diffusers":  # needs diffusers; tested in test_solvers_diffusers.py
             solver = factory(**options.model_validate({"steps": 3}).model_dump())
             assert solver.name == name and solver.steps == 3
+
+
+@pytest.mark.parametrize(("steps", "shift"), [(10, 3.0), (40, 3.0), (6, 1.0), (28, 3.0)])
+def test_the_diffusers_grid_is_the_flow_match_euler_schedulers(steps, shift):
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from nft_solvers import load
+
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=shift)
+    scheduler.set_timesteps(steps)
+    grid = load("euler", steps=steps, shift=shift, grid="diffusers").default_grid()
+    torch.testing.assert_close(grid.float(), scheduler.sigmas, rtol=0, atol=1e-7)
+    if (steps, shift) == (10, 3.0):  # SD3's 10-step grid ends ..., 0.278, 0.009, 0 (not ..., 0.43, 0.25, 0)
+        assert [round(float(t), 4) for t in grid[-3:]] == [0.278, 0.0089, 0.0]

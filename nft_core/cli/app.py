@@ -226,9 +226,12 @@ def validate(
         geometry = _preflight(config, loaded, portable, ranks)
     except UserError as error:
         fail(error)
+    from nft_core.loop.levers import build_levers, describe_rollout
+
     typer.echo(
         f"{config}: ok (policy {loaded.policy.name}, solver {loaded.solver.name}, "
-        f"rewards {', '.join(r.name for r in loaded.reward)}; {geometry.describe()})"
+        f"rewards {', '.join(r.name for r in loaded.reward)}; {geometry.describe()}; "
+        f"{describe_rollout(loaded, build_levers(loaded), 'cpu' if portable else loaded.train.device)})"
     )
 
 

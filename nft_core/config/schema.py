@@ -186,10 +186,13 @@ class TrainConfig(_Strict):
     inner_epochs: int = Field(1, ge=1, description="passes over the epoch's samples (fresh noise each pass)")
     batch_size: int = Field(32, ge=1, description="micro-batch of the update (per device)")
     sample_batch_size: int = Field(64, ge=1, description="micro-batch of sampling (per device)")
-    overlap_scoring: bool = Field(
-        True,
+    overlap_scoring: bool | Literal["auto"] = Field(
+        "auto",
         description="score each finished sampling micro-batch on a worker thread while the next one is "
-        "sampled (false: after it, in the same thread; the scores are the same either way)",
+        "sampled (false: after it, in the same thread; the scores are the same either way). auto: only "
+        "where scoring does not compete with sampling for the CPU's threads: on a CUDA device, or when "
+        "every reward scores elsewhere (remote); on a CPU a scoring thread slowed every small op of "
+        "the sampler (docs/serving.md)",
     )
     grad_clip: float = Field(1.0, gt=0, description="gradient norm clipped to this before each step")
     divergence_patience: int = Field(
@@ -329,6 +332,33 @@ class LogConfig(_Strict):
     )
 
 
+class RolloutConfig(_Strict):
+    """`[rollout]`: how collection samples, apart from what training computes (docs/rollout.md)."""
+
+    precision: Literal[REQUESTS] = Field(
+        "auto",
+        description="dtype of the policy's forward passes in collection (autocast): auto = train.precision's"
+        " choice; a precision other than training's is a lossy lever",
+    )
+    levers: list[str] = Field(
+        default_factory=list,
+        description="registered rollout levers applied to collection (`nft plugins` lists them), e.g. "
+        "compile, sdpa, cache; each declared lossless or lossy",
+    )
+    lever_options: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="`[rollout.lever_options.<name>]`: a lever's options, e.g. [rollout.lever_options.cache]"
+        ' kind = "first-block"',
+    )
+    scout_candidates: int = Field(
+        1,
+        ge=1,
+        description="scout rollouts (Sol-RL, arXiv 2604.06916): sample this many times "
+        "data.images_per_prompt candidates per prompt with the levers, score them, and regenerate exactly "
+        "(no lossy lever) the images_per_prompt whose advantages are largest in size; 1: off",
+    )
+
+
 class AlarmConfig(_Strict):
     """`[alarms]`: warnings on the ways NFT runs go wrong quietly (docs/guards.md). Each fires once when
     its condition starts to hold: a warning line, an `alarm` record in metrics.jsonl, a mark on the
@@ -391,12 +421,25 @@ class RunConfig(_Strict):
     train: TrainConfig = Field(default_factory=TrainConfig, description="`[train]`: optimisation, limits")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="`[eval]`: the fixed, paired evaluation")
     log: LogConfig = Field(default_factory=LogConfig, description="`[log]`: grids, checkpoints, monitors")
+    rollout: RolloutConfig = Field(
+        default_factory=RolloutConfig, description="`[rollout]`: rollout precision, levers, scout rollouts"
+    )
     alarms: AlarmConfig = Field(
         default_factory=AlarmConfig, description="`[alarms]`: warnings on collapse, hacking and stalls"
     )
     reward: list[RewardConfig] = Field(
         min_length=1, description="`[[reward]]`: the trained rewards (one or more), summed by weight"
     )
+
+    @field_validator("name")
+    @classmethod
+    def _name_stays_under_out(cls, value: str) -> str:
+        if not value.strip() or value in (".", "..") or "/" in value or "\\" in value or "\0" in value:
+            raise ValueError(
+                "must be a plain folder name under --out (not empty, not . or .., no / or \\), e.g. "
+                '"sd3-pickscore"'
+            )
+        return value
 
     @model_validator(mode="after")
     def _unique_reward_labels(self) -> RunConfig:
@@ -420,13 +463,3 @@ class RunConfig(_Strict):
         if all(reward.weight == 0 for reward in self.reward):
             raise ValueError("reward: every weight is 0, so nothing would be trained; give one a weight")
         return self
-
-    @field_validator("name")
-    @classmethod
-    def _name_stays_under_out(cls, value: str) -> str:
-        if not value.strip() or value in (".", "..") or "/" in value or "\\" in value or "\0" in value:
-            raise ValueError(
-                "must be a plain folder name under --out (not empty, not . or .., no / or \\), e.g. "
-                '"sd3-pickscore"'
-            )
-        return value

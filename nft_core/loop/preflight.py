@@ -15,6 +15,7 @@ import torch
 from nft_core import registry
 from nft_core.config import RunConfig
 from nft_core.errors import ConfigError
+from nft_core.loop.levers import build_levers, check_rollout
 from nft_core.loop.prompts import PromptDrawer, load_prompts
 from nft_core.plan import Geometry
 from nft_core.protocols import Solver, TrajectoryObjective
@@ -77,10 +78,13 @@ def check_objective(config: RunConfig, objective: object) -> None:
         )
 
 
-def train_geometry(config: RunConfig, solver: Solver, ranks: int = 1) -> tuple[torch.Tensor, Geometry]:
+def train_geometry(
+    config: RunConfig, solver: Solver, ranks: int = 1, trained_by: object = None
+) -> tuple[torch.Tensor, Geometry]:
     """The training times and the epoch's batch geometry on `ranks` data-parallel ranks; a ConfigError
     naming the keys when the numbers do not fit (more trained times than there are, more optimizer
-    steps than micro-batches, samples that do not split evenly over the ranks)."""
+    steps than micro-batches, samples that do not split evenly over the ranks). A trajectory objective
+    (`trained_by`) says how many steps of each path it trains (FlowGRPO-Fast: its window)."""
     times = training_times(config, solver)
     objective, data, train = config.objective, config.data, config.train
     count, available = objective.trained_times, len(times)
@@ -91,6 +95,8 @@ def train_geometry(config: RunConfig, solver: Solver, ranks: int = 1) -> tuple[t
             f"objective.trained_times: {count} exceeds the {available} training times (allowed: 1 to "
             f"{available})"
         )
+    if isinstance(trained_by, TrajectoryObjective):
+        count = trained_by.trained_steps(available, count)
     geometry = Geometry(
         data.prompts_per_epoch,
         data.images_per_prompt,
@@ -144,4 +150,5 @@ def preflight(config: RunConfig, portable: bool = False, ranks: int = 1) -> Geom
     registry.create("solvers", config.eval.solver.name, config.eval.solver.options(), "eval.solver")
     objective = registry.create("objectives", config.objective.name, config.objective.options(), "objective")
     check_objective(config, objective)
-    return train_geometry(config, solver, ranks)[1]
+    check_rollout(config, objective, build_levers(config), config.train.device)
+    return train_geometry(config, solver, ranks, objective)[1]

@@ -93,7 +93,9 @@ class Trainer:
         self.prompts, self.eval_items = build_prompts(config)
         self.policy, sharded = build_policy(config, self.dist, self.device, self.echo)
         self.precision = resolve_precision(train.precision, self.device)
-        self.train_times, self.geometry = train_geometry(config, self.solver, self.dist.world_size)
+        self.train_times, self.geometry = train_geometry(
+            config, self.solver, self.dist.world_size, self.objective
+        )
         self.state = Counters()
         self.collector = collector_for(
             self.objective,
@@ -103,7 +105,6 @@ class Trainer:
             rewards=self.rewards,
             dist=self.dist,
             device=self.device,
-            autocast=self.autocast,
             train_times=self.train_times,
         )
         self.updater = Updater(

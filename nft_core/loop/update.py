@@ -23,7 +23,7 @@ from nft_core.ema import ParameterEMA
 from nft_core.flow import forward_noising
 from nft_core.loop.collect import PROBE_STREAM, TRAINING_STREAM, CleanCollector
 from nft_core.loop.guard import Diverged, StepGuard
-from nft_core.plan import Geometry, MicroBatch, training_plan
+from nft_core.plan import Geometry, MicroBatch
 from nft_core.protocols import Policy, Stateful
 from nft_core.sampling import keyed_noise
 from nft_core.schedules import lr_factor
@@ -91,25 +91,16 @@ class Updater:
             "scaler": GradScalerState(self.scaler),
         }
 
-    def plan(self, samples: Samples) -> list[list[MicroBatch]]:
-        """This epoch's micro-batches per optimizer step (`training_plan`, drawn from the generator); a
+    def plan(self, samples: Samples, optimality: torch.Tensor) -> list[list[MicroBatch]]:
+        """This epoch's micro-batches per optimizer step, the collector's plan drawn from the generator; a
         micro-batch holds `batch_size` samples per rank."""
-        geometry = self.geometry
-        return training_plan(
-            len(samples),
-            self.train_times.to(self.device, samples.latents.dtype),
-            geometry.trained_times,
-            geometry.global_micro_batch,
-            # fewer samples than planned (some had no valid score) can leave fewer micro-batches
-            min(geometry.optimizer_steps, geometry.micro_batches_for(len(samples))),
-            geometry.inner_epochs,
-            self.generator,
-        )
+        times = self.train_times.to(self.device, samples.latents.dtype)
+        return self.collector.plan(samples, optimality, times, self.geometry, self.generator)
 
     def step(self, samples: Samples, optimality: torch.Tensor) -> dict[str, float]:
         """The objective over `plan`'s micro-batches, one optimizer step per chunk of them; returns the
         loss statistics (means over the epoch), the mean gradient norm and the skipped steps."""
-        steps = self.plan(samples)
+        steps = self.plan(samples, optimality)
         micro_batches = sum(len(step) for step in steps)
         optimality = optimality.to(self.device)
         totals: dict[str, float] = {"skipped_steps": 0, "undone_steps": 0}
@@ -153,8 +144,9 @@ class Updater:
         for part in self.dist.gather_objects(stats_sum) if self.dist.enabled else [stats_sum]:
             for key, value in part.items():
                 totals[key] = totals.get(key, 0.0) + value
-        if self.config.alarms.enabled:
-            totals["velocity_norm_ratio"] = self.velocity_norm_ratio(samples)
+        ratio = self.velocity_norm_ratio(samples) if self.config.alarms.enabled else math.nan
+        if math.isfinite(ratio):  # NaN: a reference that outputs 0 (a zero-initialised output layer)
+            totals["velocity_norm_ratio"] = ratio
         return totals
 
     @torch.no_grad()

@@ -245,6 +245,13 @@ class FlowTransformerPolicy(ABC):
             fully_shard(network, mesh=mesh)
         self.sharded = True
 
+    def rollout_networks(self) -> list[torch.nn.Module]:
+        """The transformer sampling runs (under LoRA the one shared with training; else the old copy)."""
+        if self.lora is not None:
+            return [self.transformer]
+        assert self.old_transformer is not None
+        return [self.old_transformer]
+
     def _full_network(self, view: str) -> torch.nn.Module:
         if view == "current":
             return self.transformer
