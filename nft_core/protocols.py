@@ -14,7 +14,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import torch
 
-from nft_core.types import Aggregate, Cond, RewardOutput
+from nft_core.types import Aggregate, Cond, PromptItem, RewardOutput
 
 VelocityFn = Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]
 """`velocity(x_t, t, cond) -> v` with `x_t = (1 - t) x0 + t eps` and `v = eps - x0`; `t` has shape `[N]`."""
@@ -25,7 +25,11 @@ VIEWS = ("current", "old", "reference")
 
 @runtime_checkable
 class Reward(Protocol):
-    """Scores images against their prompts. Declares its native range, direction and aggregation."""
+    """Scores images against their prompts. Declares its native range, direction and aggregation.
+
+    Images are `[N,3,H,W]` in [0, 1]; a video policy's are `[N,F,3,H,W]`, which the `frames` reward scores
+    frame by frame with an image reward. An editing prompt's source image is its metadata's
+    `source_image` (`nft_core.types.SOURCE_IMAGE`)."""
 
     name: str
     native_range: tuple[float, float]
@@ -102,7 +106,7 @@ class Policy(Protocol):
         ...
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Latents to images `[N,3,H,W]` in `[0,1]`."""
+        """Latents to images `[N,3,H,W]` in `[0,1]` (a video policy: frames `[N,F,3,H,W]`)."""
         ...
 
     def trainable_parameters(self) -> Iterable[tuple[str, torch.nn.Parameter]]:
@@ -130,6 +134,21 @@ class Policy(Protocol):
 
     def load_trainable(self, directory: str) -> None:
         """Load `save_trainable`'s output into `current` and `old`; `reference` stays the base model."""
+        ...
+
+
+@runtime_checkable
+class ConditionedPolicy(Protocol):
+    """A policy conditioned on more than the prompt's text (an editing model: the source image of each
+    `PromptItem`, its metadata's `source_image`); the collector and the evaluation encode whole items."""
+
+    def encode_items(self, items: Sequence[PromptItem]) -> Cond:
+        """Batch-first conditioning of the items (their text and condition), one row per item."""
+        ...
+
+    def null_cond_for(self, cond: Cond) -> Cond:
+        """The unconditional input of classifier-free guidance for the rows of `cond` (the empty prompt
+        with each row's own condition)."""
         ...
 
 
@@ -239,8 +258,8 @@ class Monitor(Protocol):
         group_ids: torch.Tensor,
         metadata: Sequence[dict[str, Any]] | None = None,
     ) -> dict[str, float]:
-        """Images `[N,3,H,W]` in `[0,1]`, their prompts and prompt-group ids `[N]` -> named floats (NaN
-        when there is nothing to measure, e.g. no group with two images)."""
+        """Images `[N,3,H,W]` (or videos `[N,F,3,H,W]`) in `[0,1]`, their prompts and prompt-group ids
+        `[N]` -> named floats (NaN when there is nothing to measure, e.g. no group with two images)."""
         ...
 
 
@@ -276,6 +295,16 @@ class Tracker(Protocol):
 
     def finish(self, status: str) -> None:
         """Flush and close the tracker's run; `status` is the run's (`finished`, `interrupted`, `failed`)."""
+        ...
+
+
+@runtime_checkable
+class VideoTracker(Protocol):
+    """A tracker that shows an animated sample grid (a video policy's) as a video; the others get its
+    first frame through `log_image`."""
+
+    def log_video(self, step: int, tag: str, video: str | Path, fps: float) -> None:
+        """An animated GIF grid at `step` under `tag`, played at `fps` frames per second."""
         ...
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from nft_core.protocols import Policy, Solver, VelocityFn
+from nft_core.protocols import ConditionedPolicy, Policy, Solver, VelocityFn
 from nft_core.types import Cond, cat_conds, index_cond
 
 
@@ -24,7 +24,10 @@ def policy_velocity(
         return lambda x, t, cond: policy.velocity(view, x, t, cond)
 
     def guided(x: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:
-        unconditional = null if null is not None else policy.null_cond(x.shape[0])
+        unconditional = null
+        if unconditional is None:  # an editing policy's keeps each row's source image
+            conditioned = isinstance(policy, ConditionedPolicy)
+            unconditional = policy.null_cond_for(cond) if conditioned else policy.null_cond(x.shape[0])
         both = policy.velocity(view, torch.cat([x, x]), torch.cat([t, t]), cat_conds([cond, unconditional]))
         v_cond, v_uncond = both.chunk(2)
         if detach_uncond:

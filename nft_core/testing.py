@@ -27,8 +27,8 @@ from typing import Any
 
 import torch
 
-from nft_core.protocols import VIEWS
-from nft_core.types import Aggregate
+from nft_core.protocols import VIEWS, ConditionedPolicy
+from nft_core.types import SOURCE_IMAGE, Aggregate, PromptItem
 
 __all__ = [
     "ConformanceError",
@@ -659,13 +659,21 @@ def _policy_inputs(policy: Any, label: str) -> tuple[torch.Tensor, torch.Tensor,
         label,
         f"needs `latent_shape`, a tuple of positive ints (one latent without the batch), got {shape!r}",
     )
+    conditioned = isinstance(policy, ConditionedPolicy)  # an editing policy: prompts with source images
+    encoder = "encode_items" if conditioned else "encode_prompts"
     try:
-        cond = policy.encode_prompts(list(POLICY_PROMPTS))
+        if conditioned:
+            sources = _default_images(len(POLICY_PROMPTS))
+            cond = policy.encode_items(
+                [PromptItem(p, {SOURCE_IMAGE: s}) for p, s in zip(POLICY_PROMPTS, sources, strict=True)]
+            )
+        else:
+            cond = policy.encode_prompts(list(POLICY_PROMPTS))
     except Exception as error:
-        _fail(label, f"encode_prompts raised {type(error).__name__}: {error}")
-    _check_cond(cond, len(POLICY_PROMPTS), label, "encode_prompts")
-    null = policy.null_cond(len(POLICY_PROMPTS))
-    _check_cond(null, len(POLICY_PROMPTS), label, "null_cond")
+        _fail(label, f"{encoder} raised {type(error).__name__}: {error}")
+    _check_cond(cond, len(POLICY_PROMPTS), label, encoder)
+    null = policy.null_cond_for(cond) if conditioned else policy.null_cond(len(POLICY_PROMPTS))
+    _check_cond(null, len(POLICY_PROMPTS), label, "null_cond_for" if conditioned else "null_cond")
     _ensure(set(null) == set(cond), label, f"null_cond keys {sorted(null)} differ from {sorted(cond)}")
     device = next(iter(cond.values())).device
     generator = torch.Generator().manual_seed(0)
@@ -758,7 +766,8 @@ def check_policy(policy: Any, directory: str | Path, *, atol: float = 1e-5, scal
     """Check a freshly built policy against the contract; it is trained a little and modified.
 
     Checked: `name` and `latent_shape`; `encode_prompts` / `null_cond` give batch-first tensor dicts
-    with the same keys; `velocity(view, x, t, cond)` for every view of `VIEWS` returns x's shape and
+    with the same keys (a `ConditionedPolicy`: `encode_items` of prompts with source images and
+    `null_cond_for`); `velocity(view, x, t, cond)` for every view of `VIEWS` returns x's shape and
     dtype, finite, and the same on a repeated call; an unknown view raises; before training the three
     views agree (within `atol`: `old` starts as `current`, and the reference is the base model);
     `trainable_parameters()` is non-empty, requires grad, and a loss on `current` gives them gradients
@@ -767,7 +776,8 @@ def check_policy(policy: Any, directory: str | Path, *, atol: float = 1e-5, scal
     makes it `current`; `old_parameters()` then mirrors the trainable ones and is the old view's
     storage; the reference never moves; `save_trainable` into `directory` then
     `load_trainable` after further changes restores `current` and `old` to the saved weights;
-    `decode` gives images `[N,3,H,W]` in [0, 1]; `.to(device)` returns the policy.
+    `decode` gives images `[N,3,H,W]` (or a video policy's frames `[N,F,3,H,W]`) in [0, 1]; `.to(device)`
+    returns the policy.
     """
     label = f"policy {getattr(policy, 'name', type(policy).__name__)!r}"
     _ensure(
@@ -865,10 +875,13 @@ def check_policy(policy: Any, directory: str | Path, *, atol: float = 1e-5, scal
 
     with torch.no_grad():
         images = policy.decode(x)
+    shape = tuple(getattr(images, "shape", ()))
     _ensure(
-        isinstance(images, torch.Tensor) and images.ndim == 4 and images.shape[:2] == (x.shape[0], 3),
+        isinstance(images, torch.Tensor)
+        and ((len(shape) == 4 and shape[:2] == (x.shape[0], 3)) or (len(shape) == 5 and shape[2] == 3))
+        and shape[0] == x.shape[0],
         label,
-        f"decode must return images [N,3,H,W], got {getattr(images, 'shape', images)}",
+        f"decode must return images [N,3,H,W] (a video policy: frames [N,F,3,H,W]), got {shape or images}",
     )
     _ensure(
         images.is_floating_point() and float(images.min()) >= 0 and float(images.max()) <= 1,

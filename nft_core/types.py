@@ -65,9 +65,17 @@ class Trajectory:
         return per + self.log_probs[0].numel() * self.log_probs.element_size()
 
 
+CONDITION_IMAGE = "image"
+"""The metadata key of an editing prompt's condition image: its file (the `edit:` prompt source)."""
+SOURCE_IMAGE = "source_image"
+"""The metadata key of that image, read: float `[3,H,W]` in [0, 1] (what the policy conditions on and
+the rewards compare the result with)."""
+
+
 @dataclass
 class PromptItem:
-    """One prompt with its optional per-sample metadata (GenEval metadata for GenEval-style sets)."""
+    """One prompt with its optional per-sample metadata (GenEval metadata for GenEval-style sets; an
+    editing prompt's condition image under `CONDITION_IMAGE`, read into `SOURCE_IMAGE`)."""
 
     prompt: str
     metadata: dict[str, Any] = field(default_factory=dict)

@@ -31,6 +31,12 @@ POLICIES = {
         "QwenImageOptions",
         "Qwen-Image on diffusers: 20B MMDiT, Qwen2.5-VL text encoder, video-VAE latents",
     ),
+    "qwen-image-edit": (
+        "nft_policies.qwen_image_edit",
+        "QwenImageEditPolicy",
+        "QwenImageEditOptions",
+        "Qwen-Image-Edit on diffusers: edits a source image per prompt (edit: prompt sources)",
+    ),
     "flux2": (
         "nft_policies.flux2",
         "Flux2Policy",
@@ -48,6 +54,12 @@ POLICIES = {
         "ZImagePolicy",
         "ZImageOptions",
         "Z-Image / Z-Image-Turbo on diffusers: single-stream DiT, Qwen-3 text encoder",
+    ),
+    "wan": (
+        "nft_policies.wan",
+        "WanPolicy",
+        "WanOptions",
+        "Wan 2.1 text-to-video on diffusers: videos [N, F, 3, H, W], frames and fps as options",
     ),
 }
 """Policy name -> (package, policy class in its `policy` module, options class, description)."""

@@ -73,7 +73,8 @@ def check_inputs(
     if not isinstance(images, torch.Tensor):
         raise UserError(f"{name}: images must be a torch.Tensor [N,3,H,W], got {type(images).__name__}")
     if images.ndim != 4 or images.shape[1] != 3:
-        raise UserError(f"{name}: images must have shape [N,3,H,W], got {tuple(images.shape)}")
+        video = " (videos: score their frames with the `frames` reward)" if images.ndim == 5 else ""
+        raise UserError(f"{name}: images must have shape [N,3,H,W], got {tuple(images.shape)}{video}")
     if not images.is_floating_point():
         raise UserError(
             f"{name}: images must be a float tensor with values in [0,1], got dtype {images.dtype}"

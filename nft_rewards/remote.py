@@ -177,6 +177,10 @@ class RemoteReward(BaseReward):
         """The batch as requests that each fit the server's limits: (image count, body) in order. Splits
         keep to multiples of the server's batch size where they can."""
         dtype = self.options.wire_dtype
+        if metadata is not None:  # JSON only on the wire: an edit's `source_image` tensor stays here
+            metadata = [
+                {k: v for k, v in entry.items() if not isinstance(v, torch.Tensor)} for entry in metadata
+            ]
         wire = images.dtype if dtype == "auto" else (torch.uint8 if dtype == "uint8" else WIRE_DTYPES[dtype])
         wire = wire if wire in WIRE_DTYPES.values() else torch.float32
         per_image = max(1, images[:1].numel() * torch.empty(0, dtype=wire).element_size())

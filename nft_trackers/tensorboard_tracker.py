@@ -1,4 +1,5 @@
-"""The `tensorboard` tracker: metrics and sample grids as TensorBoard event files (RUN_DIR/tensorboard)."""
+"""The `tensorboard` tracker: metrics and sample grids (videos too) as TensorBoard event files
+(RUN_DIR/tensorboard)."""
 
 from __future__ import annotations
 
@@ -23,12 +24,13 @@ class TensorBoardOptions(BaseModel):
         "tensorboard", min_length=1, description="the event files' folder; a relative one is in the run dir"
     )
     flush_secs: int = Field(30, ge=1, description="seconds between writes of pending events to disk")
-    images: bool = Field(True, description="send the sample grids (samples/*.png)")
+    images: bool = Field(True, description="send the sample grids (samples/*.png; video grids *.gif)")
 
 
 class TensorBoardTracker:
-    """Writes every scalar with `SummaryWriter.add_scalar`, every grid with `add_image`, the resolved config
-    and the final status as text. A resumed run purges the events of the epochs it redoes."""
+    """Writes every scalar with `SummaryWriter.add_scalar`, every grid with `add_image` (a video grid as
+    `add_video` does: an animated GIF), the resolved config and the final status as text. A resumed run
+    purges the events of the epochs it redoes."""
 
     name = "tensorboard"
 
@@ -64,6 +66,23 @@ class TensorBoardTracker:
         """One image event (unless `images = false`)."""
         if self.options.images:
             self._writer.add_image(tag, image_array(image), global_step=step, dataformats="HWC")
+
+    def log_video(self, step: int, tag: str, video: str | Path, fps: float) -> None:
+        """One video event (unless `images = false`): the animated GIF as it is, in the image summary
+        `add_video` writes (which would re-encode the frames with moviepy 1.x)."""
+        if not self.options.images:
+            return
+        from PIL import Image
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
+        with Image.open(video) as opened:
+            width, height = opened.size
+        gif = Summary.Image(
+            height=height, width=width, colorspace=3, encoded_image_string=Path(video).read_bytes()
+        )
+        self._writer._get_file_writer().add_summary(
+            Summary(value=[Summary.Value(tag=tag, image=gif)]), global_step=step
+        )
 
     def finish(self, status: str) -> None:
         """Write the status as text at the last step, flush and close the event file."""

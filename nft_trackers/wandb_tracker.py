@@ -36,13 +36,13 @@ class WandbOptions(BaseModel):
     dir: str = Field(
         ".", min_length=1, description="where W&B writes its `wandb/` folder; relative: in the run dir"
     )
-    images: bool = Field(True, description="send the sample grids (samples/*.png)")
+    images: bool = Field(True, description="send the sample grids (samples/*.png; video grids *.gif)")
 
 
 class WandbTracker:
     """Logs every record with `run.log` against the `epoch` axis (an evaluation and its epoch's training
-    record share a point on it), every grid as a `wandb.Image`, the resolved config as the run's config
-    and the final status in its summary."""
+    record share a point on it), every grid as a `wandb.Image` (a video grid as a `wandb.Video`), the
+    resolved config as the run's config and the final status in its summary."""
 
     name = "wandb"
 
@@ -96,6 +96,12 @@ class WandbTracker:
             return
         source = str(image) if isinstance(image, (str, Path)) else image_array(image)
         self._run.log({tag: self._wandb.Image(source), "epoch": step})
+
+    def log_video(self, step: int, tag: str, video: str | Path, fps: float) -> None:
+        """One `run.log` of a `wandb.Video` of the animated GIF grid (unless `images = false`; the GIF
+        holds its frame rate)."""
+        if self.options.images:
+            self._run.log({tag: self._wandb.Video(str(video), format="gif"), "epoch": step})
 
     def finish(self, status: str) -> None:
         """Put the status in the run's summary and finish it (exit code 0 only when it finished)."""

@@ -11,8 +11,11 @@ import torch
 from typer.testing import CliRunner
 
 
-def check_export(run_dir: Path, model_dir: Path, pipeline_class: Any, call: dict, tmp_path: Path) -> None:
-    """Export `run_dir`'s newest checkpoint both ways and compare images of `pipeline_class(**call)`."""
+def check_export(
+    run_dir: Path, model_dir: Path, pipeline_class: Any, call: dict, tmp_path: Path, output: str = "images"
+) -> None:
+    """Export `run_dir`'s newest checkpoint both ways and compare the `output` (images, or a video
+    pipeline's frames) of `pipeline_class(**call)`."""
     from nft_core.cli.app import build_app
 
     runner = CliRunner()
@@ -28,7 +31,8 @@ def check_export(run_dir: Path, model_dir: Path, pipeline_class: Any, call: dict
             pipeline.load_lora_weights(str(lora))
         fresh = {key: list(value) if isinstance(value, list) else value for key, value in call.items()}
         # a copy of the prompt list each call: ZImagePipeline rewrites it in place (its chat template)
-        return pipeline(**fresh, output_type="pt", generator=torch.Generator().manual_seed(0)).images
+        result = pipeline(**fresh, output_type="pt", generator=torch.Generator().manual_seed(0))
+        return getattr(result, output)
 
     before, with_lora = images(model_dir), images(model_dir, tmp_path / "lora")
     assert (with_lora - before).abs().max() > 1e-4, "the LoRA changes the stock pipeline's output"

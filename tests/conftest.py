@@ -35,6 +35,21 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def tiny_pipelines(tmp_path_factory):
+    """Tiny random diffusers pipelines saved once per session: `tiny_pipelines(name, save)` returns the
+    folder `save(folder)` wrote for `name` (tests/test_families.py and the families' own test files)."""
+    root = tmp_path_factory.mktemp("families")
+    built: dict[str, Path] = {}
+
+    def folder(name: str, save) -> Path:
+        if name not in built:
+            built[name] = save(root / name)
+        return built[name]
+
+    return folder
+
+
 FAST_CONFIG = """
 name = "tiny"
 [policy]

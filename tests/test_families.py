@@ -8,8 +8,11 @@
   `from_pretrained` alone, and equals LoRA-on-base within 1e-4.
 
 and that every default LoRA target wraps a module and CFG's batch of prompts and empty prompt equals two
-separate calls. Plus: for one new family (`qwen-image`) full fine-tuning sharded with FSDP2 over 2 gloo
-ranks matches one process; the step-distilled toy check (docs/flux2.md); the new presets validate.
+separate calls. The editing family (`qwen-image-edit`) runs each check with a source image per prompt
+(an `edit:` prompt source in the run, rewarded for brightness gained over the source), the video family
+(`wan`) with frames (rewarded through `frames` around brightness, with a temporal term). Plus: for one
+new family (`qwen-image`) full fine-tuning sharded with FSDP2 over 2 gloo ranks matches one process; the
+step-distilled toy check (docs/flux2.md); the new presets validate.
 Family-specific tests stay in tests/test_sd3_policy.py, tests/test_flux_policy.py and
 tests/test_sana_policy.py.
 """
@@ -26,9 +29,21 @@ from typing import Any
 import pytest
 import torch
 
+from nft_core.loop.conditions import encode_items
+from nft_core.protocols import ConditionedPolicy
 from nft_core.testing import check_policy
+from nft_core.types import SOURCE_IMAGE, PromptItem
 from nft_policies.base.layout import pack, unpack
-from tests import _flux2_tiny, _flux_tiny, _qwen_image_tiny, _sana_tiny, _sd3_tiny, _z_image_tiny
+from tests import (
+    _flux2_tiny,
+    _flux_tiny,
+    _qwen_image_edit_tiny,
+    _qwen_image_tiny,
+    _sana_tiny,
+    _sd3_tiny,
+    _wan_tiny,
+    _z_image_tiny,
+)
 
 pytest.importorskip("diffusers")
 pytest.importorskip("peft")
@@ -57,6 +72,13 @@ class Family:
     shifted_grid: bool = True
     """Whether the pipeline's grid is our shifted uniform one (`recommended_shift`); SD3's and SANA's
     pipelines space their times otherwise, Qwen-Image's stretches them to end at `shift_terminal`."""
+    edit: bool = False
+    """An editing family: each prompt comes with a source image (the stock pipeline's `image`, one prompt
+    a call), and the run draws `edit:` prompts."""
+    output: str = "images"
+    """The stock pipeline output's field: `images`, or a video family's `frames` `[N, F, 3, H, W]`."""
+    reward: str = 'name = "brightness"'
+    """The run's `[[reward]]` lines (its label is the reward's name)."""
 
     def to_pipeline(self, latents: torch.Tensor) -> torch.Tensor:
         return latents if self.patch is None or not self.packed_input else pack(latents, self.patch)
@@ -114,6 +136,18 @@ FAMILIES = [
         shifted_grid=False,
     ),
     Family(
+        "qwen-image-edit",
+        "QwenImageEditPipeline",
+        _qwen_image_edit_tiny.save_tiny_qwen_image_edit,
+        _qwen_image_edit_tiny.qwen_image_edit_options,
+        {"true_cfg_scale": 1.0},
+        patch=2,
+        run_options=f"condition_resolution = {_qwen_image_edit_tiny.CONDITION_RESOLUTION}",
+        shifted_grid=False,
+        edit=True,
+        reward='name = "brighter-than-source"',
+    ),
+    Family(
         "flux2",
         "Flux2Pipeline",
         _flux2_tiny.save_tiny_flux2,
@@ -140,19 +174,69 @@ FAMILIES = [
         _z_image_tiny.z_image_options,
         {"guidance_scale": 0.0, **_tokens(_z_image_tiny.MAX_SEQUENCE_LENGTH)},
     ),
+    Family(
+        "wan",
+        "WanPipeline",
+        _wan_tiny.save_tiny_wan,
+        _wan_tiny.wan_options,
+        {"guidance_scale": 1.0, "num_frames": _wan_tiny.FRAMES, **_tokens(_wan_tiny.MAX_SEQUENCE_LENGTH)},
+        run_options=f"frames = {_wan_tiny.FRAMES}\nfps = {_wan_tiny.FPS}",
+        shifted_grid=False,
+        output="frames",
+        reward='name = "frames"\noptions = { reward = "brightness", temporal_weight = 0.1 }',
+    ),
 ]
 BY_NAME = {family.policy: family for family in FAMILIES}
 NAMES = list(BY_NAME)
 
 
+def source_images(count: int = 2) -> torch.Tensor:
+    """Smooth random source images `[count, 3, 32, 32]`, exactly representable in 8 bits (as a PNG)."""
+    coarse = torch.rand((count, 3, 4, 4), generator=torch.Generator().manual_seed(7))
+    images = torch.nn.functional.interpolate(coarse, size=(RESOLUTION, RESOLUTION), mode="bilinear")
+    return (images * 255).round() / 255
+
+
+def prompt_items(family: Family, prompts: list[str]) -> list[PromptItem]:
+    """The prompts as items; an editing family's each with a source image."""
+    if not family.edit:
+        return [PromptItem(prompt) for prompt in prompts]
+    return [
+        PromptItem(p, {SOURCE_IMAGE: s}) for p, s in zip(prompts, source_images(len(prompts)), strict=True)
+    ]
+
+
+def null_of(policy, cond: dict) -> dict:
+    """The unconditional input of CFG: the empty prompt (with each row's source image when editing)."""
+    if isinstance(policy, ConditionedPolicy):
+        return policy.null_cond_for(cond)
+    return policy.null_cond(next(iter(cond.values())).shape[0])
+
+
+def stock_call(family: Family, prompts: list[str]) -> dict[str, Any]:
+    """The stock pipeline's prompt arguments: the prompts, and an editing family's source image (PIL)."""
+    if not family.edit:
+        return {"prompt": list(prompts)}
+    (source,) = source_images(1)
+    from PIL import Image
+
+    pixels = (source * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    return {"prompt": list(prompts), "image": Image.fromarray(pixels)}
+
+
+@pytest.fixture(autouse=True)
+def edit_condition_at_the_tiny_size(monkeypatch):
+    """The stock edit pipeline resizes source images to 1024^2 pixels; here to the tiny policy's size."""
+    _qwen_image_edit_tiny.patch_condition_size(monkeypatch)
+
+
 @pytest.fixture(scope="session")
-def model_dirs(tmp_path_factory) -> dict[str, Path]:
+def model_dirs(tiny_pipelines) -> dict[str, Path]:
     """Each family's tiny pipeline, saved with `save_pretrained` once per session (built on first use)."""
-    root = tmp_path_factory.mktemp("families")
 
     class Folders(dict):
         def __missing__(self, name: str) -> Path:
-            self[name] = BY_NAME[name].save(root / name)
+            self[name] = tiny_pipelines(name, BY_NAME[name].save)
             return self[name]
 
     return Folders()
@@ -182,15 +266,16 @@ def test_euler_sampling_and_decoding_match_the_stock_pipeline(name, model_dirs):
 
     family, folder = BY_NAME[name], model_dirs[name]
     policy, pipeline = make_policy(family, folder), stock_pipeline(family, folder)
-    noise = torch.randn((2, *policy.latent_shape), generator=torch.Generator().manual_seed(3))
+    prompts = PROMPTS[: 1 if family.edit else 2]  # the edit pipeline takes one source image a call
+    noise = torch.randn((len(prompts), *policy.latent_shape), generator=torch.Generator().manual_seed(3))
     captured: dict[str, torch.Tensor] = {}
 
     def capture(pipe, step, timestep, tensors):
         captured["latents"] = tensors["latents"]
         return {}
 
-    images = pipeline(
-        prompt=PROMPTS[:2],
+    output = pipeline(
+        **stock_call(family, prompts),
         latents=family.to_pipeline(noise.clone()),
         num_inference_steps=4,
         height=RESOLUTION,
@@ -199,19 +284,21 @@ def test_euler_sampling_and_decoding_match_the_stock_pipeline(name, model_dirs):
         callback_on_step_end=capture,
         callback_on_step_end_tensor_inputs=["latents"],
         **family.call,
-    ).images
+    )
+    images = getattr(output, family.output)
     grid = pipeline.scheduler.sigmas.double()
     if family.shifted_grid:
         shifted = EulerSolver(steps=4, shift=policy.recommended_shift(4)).default_grid()
         torch.testing.assert_close(shifted, grid, rtol=0, atol=1e-6)
-    cond = policy.encode_prompts(PROMPTS[:2])
+    cond = encode_items(policy, prompt_items(family, prompts))
     latents = EulerSolver(steps=4).sample(
         lambda x, t, c: policy.velocity("current", x, t, c), noise, grid=grid, cond=cond
     )
     expected = family.from_pipeline(captured["latents"], policy.latent_shape)
     torch.testing.assert_close(latents, expected, rtol=0, atol=1e-5)
     decoded = policy.decode(latents)
-    assert decoded.shape == (2, 3, RESOLUTION, RESOLUTION)
+    frames = (family.call["num_frames"],) if family.output == "frames" else ()
+    assert decoded.shape == (len(prompts), *frames, 3, RESOLUTION, RESOLUTION)
     torch.testing.assert_close(decoded, images, rtol=0, atol=1e-5)
 
 
@@ -243,11 +330,11 @@ def test_cfg_batches_prompts_with_the_empty_prompt(name, model_dirs):
 
     policy = make_policy(BY_NAME[name], model_dirs[name])
     x = torch.randn((2, *policy.latent_shape), generator=torch.Generator().manual_seed(0))
-    t, cond = torch.tensor([0.9, 0.4]), policy.encode_prompts(PROMPTS[:2])
+    t, cond = torch.tensor([0.9, 0.4]), encode_items(policy, prompt_items(BY_NAME[name], PROMPTS[:2]))
     with torch.no_grad():
         guided = policy_velocity(policy, "current", guidance=3.0)(x, t, cond)
         v_cond = policy.velocity("current", x, t, cond)
-        v_null = policy.velocity("current", x, t, policy.null_cond(2))
+        v_null = policy.velocity("current", x, t, null_of(policy, cond))
     torch.testing.assert_close(guided, v_null + 3.0 * (v_cond - v_null), rtol=0, atol=1e-5)
 
 
@@ -290,7 +377,7 @@ shift = {shift}
 grid_every = 0
 progress = false
 [[reward]]
-name = "{reward}"
+{reward}
 normalize = "group-zscore"
 """
 LORA = "[policy.lora]\nrank = 4\nalpha = 8.0"
@@ -298,11 +385,10 @@ LORA = "[policy.lora]\nrank = 4\nalpha = 8.0"
 
 def write_run_config(tmp: Path, name: str, folder: Path, steps: int = 3, epochs: int = 6, **extra) -> Path:
     """A run of `epochs` NFT epochs of a rank-4 LoRA on the tiny model, `steps` Euler steps on the grid
-    of the policy's `recommended_shift`, rewarded for brightness; `extra` overrides the `policy_extra`
-    lines, `lora`, `shift`, `lr` and `reward`."""
+    of the policy's `recommended_shift`, rewarded by the family's toy reward; `extra` overrides the
+    `policy_extra` lines, `lora`, `shift`, `lr` and `reward` (the `[[reward]]` lines but `normalize`)."""
     family = BY_NAME[name]
-    prompts = tmp / "prompts.txt"
-    prompts.write_text("\n".join(PROMPTS[:2]) + "\n")
+    prompts = write_prompts(tmp, family)
     options = family.options(folder)
     config = tmp / f"{name}.toml"
     config.write_text(
@@ -313,7 +399,7 @@ def write_run_config(tmp: Path, name: str, folder: Path, steps: int = 3, epochs:
             tokens=options["max_sequence_length"],
             policy_extra=extra.get("policy_extra", family.run_options),
             lora=extra.get("lora", LORA),
-            reward=extra.get("reward", "brightness"),
+            reward=extra.get("reward", family.reward),
             steps=steps,
             shift=extra.get("shift", make_policy(family, folder).recommended_shift(steps)),
             prompts=prompts,
@@ -322,6 +408,28 @@ def write_run_config(tmp: Path, name: str, folder: Path, steps: int = 3, epochs:
         )
     )
     return config
+
+
+def write_prompts(tmp: Path, family: Family) -> str:
+    """The run's prompt source: a prompt file, or for an editing family an `edit:` JSONL whose prompts
+    name source images written beside it."""
+    if not family.edit:
+        path = tmp / "prompts.txt"
+        path.write_text("\n".join(PROMPTS[:2]) + "\n")
+        return str(path)
+    from torchvision.utils import save_image
+
+    lines = []
+    for index, (prompt, source) in enumerate(zip(PROMPTS[:2], source_images(2), strict=True)):
+        save_image(source, tmp / f"source-{index}.png")
+        lines.append(json.dumps({"prompt": prompt, "image": f"source-{index}.png"}))
+    (tmp / "edits.jsonl").write_text("\n".join(lines) + "\n")
+    return f"edit:{tmp / 'edits.jsonl'}"
+
+
+def reward_label(family: Family) -> str:
+    """The name of the run's reward, as `summary.json` keys its scores."""
+    return family.reward.split('"')[1]
 
 
 def run_nft(config: Path, out: Path):
@@ -352,8 +460,8 @@ def test_a_six_epoch_nft_run_raises_the_toy_reward(name, nft_runs):
     assert summary["status"] == "finished" and summary["optimizer_steps"] == 6
     moved = [float(p.detach().abs().max()) for n, p in trainer.policy.trainable_parameters() if "lora_B" in n]
     assert moved and max(moved) > 0, "LoRA B starts at zero: the update moved it"
-    before = summary["eval_before"]["brightness"]["score"]
-    after = summary["eval_after"]["brightness"]["score"]
+    label = reward_label(BY_NAME[name])
+    before, after = summary["eval_before"][label]["score"], summary["eval_after"][label]["score"]
     assert after > before, (before, after)  # paired evaluation: the same prompts and noise
 
 
@@ -366,9 +474,10 @@ def test_nft_export_loads_in_the_stock_pipeline_and_the_merged_folder_equals_lor
     from tests._export_check import check_export
 
     family = BY_NAME[name]
-    call = dict(prompt=PROMPTS[:1], num_inference_steps=2, height=RESOLUTION, width=RESOLUTION, **family.call)
+    call = dict(**stock_call(family, PROMPTS[:1]), num_inference_steps=2, height=RESOLUTION, width=RESOLUTION)
     trainer, _ = nft_runs(name)
-    check_export(trainer.run_dir, model_dirs[name], getattr(diffusers, family.pipeline), call, tmp_path)
+    pipeline = getattr(diffusers, family.pipeline)
+    check_export(trainer.run_dir, model_dirs[name], pipeline, call | family.call, tmp_path, family.output)
     index = json.loads((tmp_path / "merged" / "model_index.json").read_text())
     assert index["_class_name"] == family.pipeline
 
@@ -384,7 +493,7 @@ def test_full_finetuning_sharded_with_fsdp2_on_two_gloo_ranks_matches_one_proces
 
     folder = model_dirs["qwen-image"]
     # the ranks are new processes: a built-in reward, not the test's toy one
-    extra = dict(lora="lora = false", reward="jpeg-compressibility")
+    extra = dict(lora="lora = false", reward='name = "jpeg-compressibility"')
     config = write_run_config(tmp_path, "qwen-image", folder, steps=2, epochs=2, **extra)
     common = ["train.adam_eps=1.0", "train.lr=0.05", "eval.baseline_guidance=[]", "log.grid_every=0"]
     common += ["train.threads=1", 'train.parallel="fsdp2"', "data.images_per_prompt=2"]
@@ -415,19 +524,44 @@ def test_nft_at_a_step_distilled_models_settings_runs_and_raises_the_toy_reward(
 
 
 # ---- the presets of the new families ----------------------------------------------------------------
+ROOT = Path(__file__).resolve().parents[1]
 PRESETS = sorted(
     path
-    for pattern in ("qwen-image-*.toml", "flux2-*.toml")
-    for path in (Path(__file__).resolve().parents[1] / "examples").glob(pattern)
+    for pattern in ("qwen-image-*.toml", "flux2-*.toml", "wan-*.toml", "plugins/*.toml")
+    for path in (ROOT / "examples").glob(pattern)
 )
 
 
+@pytest.fixture
+def vlm_judge_plugin(monkeypatch):
+    """The in-tree nft-vlm-judge plugin registered in this process, as `pip install` would (the editing
+    preset names its reward), removed afterwards."""
+    from nft_core import registry
+    from nft_core.plugins import load_plugins
+
+    monkeypatch.syspath_prepend(str(ROOT / "plugins" / "nft-vlm-judge"))
+    import nft_vlm_judge.plugin
+
+    manager = load_plugins()
+    added = not manager.has_plugin("nft-vlm-judge")
+    if added:
+        manager.register(nft_vlm_judge.plugin, name="nft-vlm-judge")
+    registry.clear_cache()
+    yield
+    if added:
+        manager.unregister(name="nft-vlm-judge")
+    registry.clear_cache()
+
+
 @pytest.mark.parametrize("preset", PRESETS, ids=[p.stem for p in PRESETS])
-def test_the_new_presets_validate_without_loading_weights(preset, monkeypatch):
+def test_the_new_presets_validate_without_loading_weights(preset, monkeypatch, request):
     from typer.testing import CliRunner
 
     from nft_core.cli.app import build_app
     from nft_policies.base import loading
+
+    if preset.parent.name == "plugins":  # a preset that names a plugin's reward: installed for it
+        request.getfixturevalue("vlm_judge_plugin")
 
     def forbidden(*args, **kwargs):
         raise AssertionError("validation must not load weights")
@@ -450,7 +584,13 @@ def test_the_presets_name_the_shifts_of_their_grids():
 
     from nft_policies.flux2.policy import empirical_mu
 
-    assert {p.stem for p in PRESETS} == {"qwen-image-ocr", "qwen-image-geneval", "flux2-dev-pickscore"}
+    assert {p.stem for p in PRESETS} == {
+        "qwen-image-ocr",
+        "qwen-image-geneval",
+        "flux2-dev-pickscore",
+        "wan-t2v-pickscore",
+        "qwen-image-edit-vlm-judge",
+    }
     config = tomllib.loads((PRESETS[0].parent / "flux2-dev-pickscore.toml").read_text())
     for table in (config["solver"], config["eval"]["solver"]):
         assert table["shift"] == pytest.approx(math.exp(empirical_mu(1024, table["steps"])), abs=1e-3)

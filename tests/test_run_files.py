@@ -25,9 +25,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from nft_core.cli.app import build_app
-from nft_core.cli.image_folders import read_image
 from nft_core.config import load_config
 from nft_core.errors import UserError
+from nft_core.loop.images import read_image
 from nft_core.loop.trainer import Trainer
 from nft_core.state.checkpoints import (
     FILES_KEY,

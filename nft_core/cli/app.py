@@ -313,7 +313,8 @@ def score(
     device: str = typer.Option("cpu", "--device", help="torch device for the reward model"),
 ) -> None:
     """Score images with one reward; prompts (and metadata) pair with the images in order."""
-    from nft_core.cli.image_folders import ImageSet, check_images, image_files, score_files
+    from nft_core.cli.image_folders import ImageSet, image_files, score_files
+    from nft_core.loop.images import check_images
     from nft_core.loop.prompts import read_prompt_file
 
     warn_plugin_errors()
@@ -359,7 +360,8 @@ def eval_(
     The folder is GenEval's layout (`<index>/metadata.jsonl`, `<index>/samples/*.png`) or, with a
     `prompts.txt` beside the images, the flat one.
     """
-    from nft_core.cli.image_folders import ImageSet, check_images, image_files, metadata_layout, score_files
+    from nft_core.cli.image_folders import ImageSet, image_files, metadata_layout, score_files
+    from nft_core.loop.images import check_images
     from nft_core.loop.prompts import read_prompt_file
 
     warn_plugin_errors()

@@ -111,15 +111,19 @@ def _solver(config: Any, name: str | None, steps: int | None):
     return registry.create("solvers", name or base.name, options, "--solver")
 
 
-def _save_png(image, path: Path) -> None:
-    """The image `[3, H, W]` in [0, 1] as a PNG, written whole or not at all (temporary name, rename)."""
+def _save_png(image, path: Path, fps: float | None = None) -> None:
+    """The image `[3, H, W]` in [0, 1] as a PNG (with `fps`, a video's frames `[F, 3, H, W]` as an
+    animated PNG), written whole or not at all (temporary name, rename)."""
     from PIL import Image
 
     from nft_core.io import atomic_write_bytes
 
-    array = (image.float() * 255).round().clamp(0, 255).byte().permute(1, 2, 0).numpy()
+    frames = image if fps is not None else image[None]
+    arrays = (frames.float() * 255).round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
+    pictures = [Image.fromarray(array) for array in arrays]
+    animated = dict(save_all=True, append_images=pictures[1:], duration=1000 / (fps or 1), loop=0)
     buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
+    pictures[0].save(buffer, format="PNG", **(animated if fps is not None else {}))
     atomic_write_bytes(path, buffer.getvalue())
 
 
@@ -207,8 +211,10 @@ def sample_images(request: SampleRequest, echo=print) -> dict[str, Any]:
     from nft_core import registry
     from nft_core.config import load_config
     from nft_core.io import atomic_write_json, atomic_write_text, check_output_folder
+    from nft_core.loop.conditions import encode_items, with_sources
     from nft_core.loop.preflight import check_device
     from nft_core.loop.prompts import load_prompts
+    from nft_core.outputs.observer import video_fps
     from nft_core.sampling import noise_for, sample_latents
 
     if request.out.exists() and not request.out.is_dir():
@@ -226,6 +232,7 @@ def sample_images(request: SampleRequest, echo=print) -> dict[str, Any]:
     geneval, per = is_geneval(items), request.images_per_prompt
     width = max(1, len(str(per - 1)))
     jobs = [(i, k) for i in range(len(items)) for k in range(per)]
+    fps = video_fps(config)  # a video policy's samples are animated PNGs
 
     def target(i: int, k: int) -> Path:
         if geneval:
@@ -249,7 +256,7 @@ def sample_images(request: SampleRequest, echo=print) -> dict[str, Any]:
             indices = pending[start : start + request.batch_size]
             batch = [jobs[j] for j in indices]
             noise = noise_for(indices, tuple(policy.latent_shape), request.seed).to(device)
-            cond = policy.encode_prompts([items[i].prompt for i, _ in batch])
+            cond = encode_items(policy, with_sources([items[i] for i, _ in batch]))
             latents = sample_latents(
                 policy, solver, cond, noise, view="current", guidance=request.guidance, batch_size=len(batch)
             )
@@ -258,7 +265,10 @@ def sample_images(request: SampleRequest, echo=print) -> dict[str, Any]:
                 metadata = request.out / f"{i:05d}" / "metadata.jsonl"
                 if geneval and not metadata.is_file():
                     atomic_write_text(metadata, json.dumps(items[i].metadata) + "\n")
-                _save_png(image, target(i, k))
+                if image.ndim == 4:  # a video's frames
+                    _save_png(image, target(i, k), fps)
+                else:
+                    _save_png(image, target(i, k))
             bar.update(len(batch))
         bar.close()
     if not geneval:

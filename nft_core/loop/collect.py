@@ -21,6 +21,7 @@ import torch
 from nft_core.config import RunConfig
 from nft_core.distributed import Distributed
 from nft_core.flowgrpo import path_steps
+from nft_core.loop.conditions import encode_items, with_sources
 from nft_core.loop.levers import build_levers, check_rollout, rollout_context, rollout_precision
 from nft_core.loop.overlap import OverlappedScoring, overlap_wanted
 from nft_core.loop.precision import autocast, resolve_precision
@@ -117,9 +118,10 @@ class CleanCollector:
         """Sample `items` (consecutive groups of `per_prompt`), the noise of item `i` keyed by
         `noise_ids[i]` (default `i`)."""
         per_prompt = per_prompt or self.config.data.images_per_prompt
+        items = with_sources(items)  # an editing prompt's source image, for the policy and the rewards
         prompts = [item.prompt for item in items]
         group_ids = torch.arange(len(items)) // per_prompt
-        cond = self.policy.encode_prompts(prompts)
+        cond = encode_items(self.policy, items)
         mine = self.dist.share(len(items))
         keys = mine if noise_ids is None else [noise_ids[i] for i in mine]
         noise = keyed_noise(

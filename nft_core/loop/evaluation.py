@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from nft_core.distributed import Distributed
+from nft_core.loop.conditions import encode_items, with_sources
 from nft_core.protocols import Policy, Reward, Solver
 from nft_core.sampling import noise_for, sample_latents
 from nft_core.types import EvalResult, PromptItem, RewardOutput
@@ -64,6 +65,7 @@ def evaluate(
     this rank's share (rank 0's is the first rows).
     """
     dist = dist or Distributed()
+    items = with_sources(items)
     prompts = [item.prompt for item in items]
     metadata = [item.metadata for item in items]
     mine = dist.share(len(items))
@@ -72,7 +74,7 @@ def evaluate(
     padding = -(-len(items) // dist.world_size) - len(mine)
     rows = [*mine, *[mine[-1] if len(mine) else len(items) - 1] * padding]
     noise = noise_for(rows, tuple(policy.latent_shape), seed).to(device)
-    cond = policy.encode_prompts([prompts[i] for i in rows])
+    cond = encode_items(policy, [items[i] for i in rows])
     latents = sample_latents(
         policy, solver, cond, noise, view=view, guidance=guidance, batch_size=batch_size, progress=progress
     )

@@ -43,7 +43,7 @@ class PixelDiversityOptions(BaseModel):
 
 class PixelDiversity:
     """Within-prompt diversity: the mean pairwise RMS pixel distance of each group's images (0: all equal,
-    in [0, 1] for images in [0, 1])."""
+    in [0, 1] for images in [0, 1]); a video's distance is over all its frames."""
 
     name = "pixel-diversity"
 
@@ -57,10 +57,11 @@ class PixelDiversity:
         group_ids: torch.Tensor,
         metadata: Sequence[dict[str, Any]] | None = None,
     ) -> dict[str, float]:
-        pooled = images.float()
+        pooled = images.float().reshape(-1, *images.shape[-3:])  # a video's frames as images
         side = max(images.shape[-2:])
         if side > self.size:
             pooled = F.adaptive_avg_pool2d(
                 pooled, (self.size * images.shape[-2] // side, self.size * images.shape[-1] // side)
             )
-        return {"distance": group_pairwise_distance(pooled, group_ids.cpu())}
+        features = pooled.reshape(images.shape[0], -1)  # a video: all its frames, one row
+        return {"distance": group_pairwise_distance(features, group_ids.cpu())}

@@ -18,19 +18,28 @@ from typing import Any
 import tomli_w
 import torch
 
+from nft_core import registry
 from nft_core.config import RunConfig
 from nft_core.distributed import Distributed
 from nft_core.io import append_jsonl, atomic_write_json, atomic_write_text
+from nft_core.loop.conditions import with_sources
 from nft_core.outputs.alarms import AlarmSettings, check_alarms
 from nft_core.outputs.metrics import eval_record
 from nft_core.outputs.tracking import Trackers
-from nft_core.outputs.visuals import plot_curves, sample_grid, spread_over_tags, total_reward_legend
+from nft_core.outputs.visuals import (
+    VIDEO_FPS,
+    beside_sources,
+    plot_curves,
+    sample_grid,
+    spread_over_tags,
+    total_reward_legend,
+)
 from nft_core.protocols import Monitor
 from nft_core.reward_set import RewardSet, RewardSetOutput
 from nft_core.state.run_state import Counters
 from nft_core.types import EvalResult, PromptItem, Samples
 
-__all__ = ["Outputs"]
+__all__ = ["Outputs", "video_fps"]
 
 PHASES = ("sampling", "reward", "training")
 """The timed phases of an epoch (`seconds/<phase>` in metrics.jsonl); training includes the refresh."""
@@ -111,7 +120,8 @@ class Outputs:
         self.sound_alarms()
         epoch, every = self.counters.epoch, self.config.log.grid_every
         if every and epoch % every == 0:
-            self.write_grid(f"epoch_{epoch:04d}", samples.images, samples.prompts, scored.total)
+            grid = f"epoch_{epoch:04d}"
+            self.write_grid(grid, samples.images, samples.prompts, scored.total, metadata=samples.metadata)
 
     def warn_failed_rewards(self, scored: RewardSetOutput) -> None:
         """One warning line per reward whose calls raised this epoch, and what became of its samples."""
@@ -286,7 +296,9 @@ class Outputs:
         first = self.rewards.terms[0].name
         prompts, tags = [i.prompt for i in self.eval_items], [i.metadata.get("tag") for i in self.eval_items]
         assert result.images is not None
-        self.write_grid(name, result.images, prompts, result.per_image[first], tags=tags, label=first)
+        metadata = [item.metadata for item in self.eval_items]
+        scores = result.per_image[first]
+        self.write_grid(name, result.images, prompts, scores, tags=tags, label=first, metadata=metadata)
 
     def write_grid(
         self,
@@ -296,11 +308,13 @@ class Outputs:
         scores: torch.Tensor,
         tags: list[str | None] | None = None,
         label: str | None = None,
+        metadata: list[dict[str, Any]] | None = None,
     ) -> None:
         """A grid of up to `log.grid_images` of this rank's images (rank 0 writes), each captioned with its
         prompt and score. Without `tags` (training): the first images, the score their total reward, which
         the grid's title spells out. With `tags` (evaluation): the tags take turns (`spread_over_tags`) and
-        the score is the reward named `label`."""
+        the score is the reward named `label`. Editing results are shown beside their source images
+        (`metadata`); videos make an animated GIF (`samples/<name>.gif`), which trackers get as a video."""
         if not self.dist.is_main:
             return
         shown = min(len(prompts), images.shape[0])
@@ -316,6 +330,21 @@ class Outputs:
             title = f"{name}: {count} of {len(prompts)} images, tags taking turns; score = {label} per image"
             texts = [f"[{tags[i]}] {prompts[i]}" if tags[i] else prompts[i] for i in chosen]
             captions = [f"{text}\n{label} {scores[i]:.2f}" for text, i in zip(texts, chosen, strict=True)]
-        path = self.run_dir / "samples" / f"{name}.png"
-        sample_grid(images[chosen], captions, path, title=title)
-        self.trackers.image(self.counters.epoch, path)
+        shown_images = images[chosen]
+        if metadata is not None:  # an edit beside its source (read for the shown ones only)
+            picked = with_sources([PromptItem(prompts[i], metadata[i]) for i in chosen])
+            shown_images = beside_sources(shown_images, [item.metadata for item in picked])
+            if shown_images.shape[-1] != images.shape[-1]:
+                title += " (left: the source image, right: the edit)"
+        video = shown_images.ndim == 5
+        path = self.run_dir / "samples" / f"{name}{'.gif' if video else '.png'}"
+        animation = {"fps": video_fps(self.config)} if video else {}
+        sample_grid(shown_images, captions, path, title=title, **animation)
+        self.trackers.image(self.counters.epoch, path, animation.get("fps"))
+
+
+def video_fps(config: RunConfig) -> float:
+    """The frame rate videos play at: the policy's `fps` option (its default when unset), else 8."""
+    options = registry.get("policies", config.policy.name, "policy.name").options
+    declared = None if options is None else options.model_fields.get("fps")
+    return float(config.policy.options().get("fps", declared.default if declared else VIDEO_FPS))

@@ -59,7 +59,7 @@ class RunData:
     curves: bytes | None = None
     """`curves.png`, or the curves drawn from `metrics.jsonl` when it is missing."""
     grids: dict[str, bytes] = field(default_factory=dict)
-    """`samples/<name>.png` by name: eval_before, eval_after, the latest epoch's."""
+    """`samples/<name>.png` (a video run's `.gif`) by name: eval_before, eval_after, the latest epoch's."""
     skipped_lines: int = 0
     """Lines of `metrics.jsonl` that are not JSON (a run killed while writing one)."""
 
@@ -118,13 +118,11 @@ def load_run(run_dir: str | Path) -> RunData:
         from nft_core.outputs.visuals import curves_png  # matplotlib only when there is something to draw
 
         run.curves = curves_png(run.records)
-    samples = run_dir / "samples"
-    for name, _ in GRIDS:
-        if (samples / f"{name}.png").is_file():
-            run.grids[name] = (samples / f"{name}.png").read_bytes()
-    epochs = sorted(samples.glob("epoch_*.png")) if samples.is_dir() else []
-    if epochs:
-        run.grids[epochs[-1].stem] = epochs[-1].read_bytes()
+    samples = run_dir / "samples"  # PNG grids; a video policy's are animated GIFs
+    found = {p.stem: p for p in sorted(samples.glob("*")) if p.suffix in (".png", ".gif")}
+    for name in [name for name, _ in GRIDS] + sorted(n for n in found if n.startswith("epoch_"))[-1:]:
+        if name in found:
+            run.grids[name] = found[name].read_bytes()
     return run
 
 
@@ -304,9 +302,13 @@ def _missing(text: str) -> str:
     return f'<p class="missing">{_esc(text)}</p>'
 
 
+def _kind(data: bytes) -> str:
+    return "gif" if data[:4] == b"GIF8" else "png"  # a video policy's grids are animated GIFs
+
+
 def _image(data: bytes, alt: str, css: str) -> str:
     encoded = base64.b64encode(data).decode("ascii")
-    return f'<img class="{css}" alt="{_esc(alt)}" src="data:image/png;base64,{encoded}">'
+    return f'<img class="{css}" alt="{_esc(alt)}" src="data:image/{_kind(data)};base64,{encoded}">'
 
 
 def _sparkline(values: Sequence[float | None], width: int = 160, height: int = 28) -> str:
@@ -428,8 +430,8 @@ def _curves_html(run: RunData) -> str:
 def _grid_html(run: RunData, name: str, label: str) -> str:
     if name not in run.grids:
         return _missing(_missing_reason(run, f"samples/{name}.png"))
-    image = _image(run.grids[name], f"{run.name}: {label}", "grid")
-    return f"<figure><figcaption>{_esc(label)}: samples/{_esc(name)}.png</figcaption>{image}</figure>"
+    image, kind = _image(run.grids[name], f"{run.name}: {label}", "grid"), _kind(run.grids[name])
+    return f"<figure><figcaption>{_esc(label)}: samples/{_esc(name)}.{kind}</figcaption>{image}</figure>"
 
 
 def _grid_names(run: RunData) -> list[tuple[str, str]]:

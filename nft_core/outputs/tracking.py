@@ -2,10 +2,11 @@
 from ever stopping the run.
 
 The trainer calls a `Trackers` in four places: `start` (once, before the loop), `log` (every record it
-appends to metrics.jsonl), `image` (every sample grid it writes) and `finish` (the run's status, also on
-failure). A tracker that cannot start is left out with a warning; one that raises later is disabled with
-one warning and closed. Nothing is started until there is something to send, so a process that logs
-nothing (a resumed run that had already finished) opens no tracker run.
+appends to metrics.jsonl), `image` (every sample grid it writes; a video grid as a video where the
+tracker can show one) and `finish` (the run's status, also on failure). A tracker that cannot start
+is left out with a warning; one that raises later is disabled with one warning and closed. Nothing is
+started until there is something to send, so a process that logs nothing (a resumed run that had
+already finished) opens no tracker run.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 
 from nft_core import registry
 from nft_core.errors import ConfigError
-from nft_core.protocols import Tracker
+from nft_core.protocols import Tracker, VideoTracker
 
 __all__ = ["Trackers", "check_trackers", "image_tag", "record_scalars"]
 
@@ -112,11 +113,19 @@ class Trackers:
         step, scalars = int(record["epoch"]), record_scalars(record)
         self._each(lambda tracker: tracker.log_scalars(step, scalars), "logging")
 
-    def image(self, step: int, path: Path) -> None:
-        """Send a sample grid the run wrote (a PNG file) under `image_tag(path)`."""
+    def image(self, step: int, path: Path, fps: float | None = None) -> None:
+        """Send a sample grid the run wrote under `image_tag(path)`: a PNG, or with `fps` an animated GIF
+        (a video policy's), which a `VideoTracker` gets as a video and any other as its first frame."""
         self._open()
-        tag = image_tag(Path(path))
-        self._each(lambda tracker: tracker.log_image(step, tag, Path(path)), "sending an image")
+        tag, path = image_tag(Path(path)), Path(path)
+
+        def send(tracker: Tracker) -> None:
+            if fps is not None and isinstance(tracker, VideoTracker):
+                tracker.log_video(step, tag, path, fps)
+            else:
+                tracker.log_image(step, tag, path)
+
+        self._each(send, "sending an image")
 
     def finish(self, status: str) -> None:
         """Close every started tracker with the run's status; never raises. Idempotent."""

@@ -1,4 +1,5 @@
-"""Pictures a person would rather look at than read: sample grids with prompts and scores, metric curves."""
+"""Pictures a person would rather look at than read: sample grids with prompts and scores (videos as
+animated GIFs, editing results beside their source images), metric curves."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from nft_core.io import atomic_write_bytes
+from nft_core.types import SOURCE_IMAGE
 
 LINE_HEIGHT = 12
 """Pixels per caption or title line (Pillow's default font)."""
@@ -40,6 +42,13 @@ def _caption_lines(caption: str, width: int) -> list[str]:
     return [*_wrap(" ".join(text), width, CAPTION_LINES - 1), *_wrap(last, width, 1)]
 
 
+VIDEO_FPS = 8.0
+"""The playback rate of an animated grid when the policy declares none."""
+GRID_FRAMES = 32
+"""At most this many frames of a video are drawn into an animated grid (spread evenly; the playback
+keeps the video's duration)."""
+
+
 def sample_grid(
     images: torch.Tensor,
     captions: Sequence[str],
@@ -47,32 +56,63 @@ def sample_grid(
     columns: int = 8,
     cell: int = 128,
     title: str | None = None,
+    fps: float = VIDEO_FPS,
 ) -> None:
-    """A PNG grid: each image upscaled to `cell` px (nearest), its caption below (the prompt, then after a
-    newline the score line, which is never cut), and `title` (what the score is) in a band above."""
+    """A grid: each image scaled to `cell` px high (nearest, its aspect kept), its caption below (the
+    prompt, then after a newline the score line, which is never cut), and `title` (what the score is) in
+    a band above. Images `[N,3,H,W]` make a PNG; videos `[N,F,3,H,W]` an animated GIF at `fps` frames a
+    second, looping."""
     count = images.shape[0]
     columns = max(1, min(columns, count))
     rows = (count + columns - 1) // columns
-    width = cell // 6
-    lines = [_caption_lines(captions[index], width) for index in range(count)]
+    wide = max(1, round(cell * images.shape[-1] / images.shape[-2]))
+    lines = [_caption_lines(captions[index], wide // 6) for index in range(count)]
     caption_height = LINE_HEIGHT * max((len(cell_lines) for cell_lines in lines), default=1) + 4
-    title_lines = _wrap(title, columns * cell // 6, limit=4) if title else []
+    title_lines = _wrap(title, columns * wide // 6, limit=4) if title else []
     top = LINE_HEIGHT * len(title_lines) + 6 if title_lines else 0
-    canvas = Image.new("RGB", (columns * cell, top + rows * (cell + caption_height)), "white")
-    draw = ImageDraw.Draw(canvas)
+    base = Image.new("RGB", (columns * wide, top + rows * (cell + caption_height)), "white")
+    draw = ImageDraw.Draw(base)
     font = ImageFont.load_default()
     for line_number, line in enumerate(title_lines):
         draw.text((4, 3 + LINE_HEIGHT * line_number), line, fill="black", font=font)
-    pixels = (images.float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-    for index in range(count):
-        x, y = (index % columns) * cell, top + (index // columns) * (cell + caption_height)
-        tile = Image.fromarray(pixels[index]).resize((cell, cell), Image.NEAREST)
-        canvas.paste(tile, (x, y))
-        for line_number, line in enumerate(lines[index]):
+    corners = [((i % columns) * wide, top + (i // columns) * (cell + caption_height)) for i in range(count)]
+    for (x, y), cell_lines in zip(corners, lines, strict=True):
+        for line_number, line in enumerate(cell_lines):
             draw.text((x + 2, y + cell + 1 + LINE_HEIGHT * line_number), line, fill="black", font=font)
+    video = images.ndim == 5
+    frames = images if video else images.unsqueeze(1)
+    step = max(1, -(-frames.shape[1] // GRID_FRAMES))
+    frames = frames[:, ::step].float().clamp(0, 1).mul(255).round().to(torch.uint8)
+    pixels = frames.permute(0, 1, 3, 4, 2).cpu().numpy()  # [N, F, H, W, 3]
+    canvases = []
+    for frame in range(pixels.shape[1]):
+        canvas = base.copy()
+        for index, corner in enumerate(corners):
+            canvas.paste(Image.fromarray(pixels[index, frame]).resize((wide, cell), Image.NEAREST), corner)
+        canvases.append(canvas)
     buffer = io.BytesIO()
-    canvas.save(buffer, format="PNG")
+    if video:
+        duration = max(20, round(1000 * step / fps))
+        canvases[0].save(
+            buffer, format="GIF", save_all=True, append_images=canvases[1:], duration=duration, loop=0
+        )
+    else:
+        canvases[0].save(buffer, format="PNG")
     atomic_write_bytes(path, buffer.getvalue())
+
+
+def beside_sources(images: torch.Tensor, metadata: Sequence[dict[str, Any]]) -> torch.Tensor:
+    """Editing results `[N,3,H,W]` with each one's source image (its metadata's `SOURCE_IMAGE`, scaled
+    to the result's size) on its left: `[N,3,H,2W]`; the images as they are when a row has no source."""
+    sources = [entry.get(SOURCE_IMAGE) for entry in metadata]
+    if images.ndim != 4 or not sources or any(source is None for source in sources):
+        return images
+    size = tuple(images.shape[-2:])
+    scaled = [
+        torch.nn.functional.interpolate(source[None].float(), size=size, mode="bilinear", antialias=True)[0]
+        for source in sources
+    ]
+    return torch.cat([torch.stack(scaled).clamp(0, 1).to(images.device), images.float()], dim=-1)
 
 
 def spread_over_tags(tags: Sequence[str | None], prompts: Sequence[str], count: int) -> list[int]:

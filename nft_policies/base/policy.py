@@ -1,5 +1,5 @@
 """What every diffusers flow-matching transformer policy shares (`sd3`, `flux`, `sana`, `qwen-image`,
-`flux2`, `flux2-klein`, `z-image`).
+`qwen-image-edit`, `flux2`, `flux2-klein`, `z-image`, `wan`).
 
 - The three views: LoRA adapters `default` (current) and `old`, the reference = adapters disabled
   (`LoraViews`); or full fine-tuning with a frozen `old` copy and a frozen reference copy.
@@ -15,7 +15,10 @@
   `export` for use without this project.
 
 A family subclasses `FlowTransformerPolicy`, names its `block_lists`, implements `_encode`, `_forward` and
-`_latent_shape`, and overrides `_decode_latents` when its VAE's latent is not the plain scaled one.
+`_latent_shape`, and overrides `_decode_latents` when its VAE's latent is not the plain scaled one. A video
+family's latent has a frame axis (`[C, F, h, w]`) and its `_decode_latents` returns frames
+`[N, F, 3, H, W]`; an editing family encodes whole prompt items (`encode_items`, the prompt with its
+source image, cached per pair through `_lookup`).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import copy
 import json
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, ClassVar
@@ -93,7 +96,7 @@ class FlowTransformerPolicy(ABC):
         self.device = torch.device("cpu")
         self.sharded = False
         """Whether `fully_shard` sharded the transformers (FSDP2, full fine-tuning)."""
-        self._cache: OrderedDict[str, dict[str, torch.Tensor]] = OrderedDict()
+        self._cache: OrderedDict[Hashable, dict[str, torch.Tensor]] = OrderedDict()
         self._null: dict[str, torch.Tensor] | None = None
 
     # ---- what a family implements -------------------------------------------------------------------
@@ -160,11 +163,12 @@ class FlowTransformerPolicy(ABC):
         return torch.autocast(device_type=self.device.type, dtype=self.compute_dtype)
 
     # ---- prompts ------------------------------------------------------------------------------------
-    def _lookup(self, prompts: Sequence[str]) -> dict[str, dict[str, torch.Tensor]]:
-        """Embeddings of each distinct prompt: from the LRU cache, the rest encoded in batches."""
-        found: dict[str, dict[str, torch.Tensor]] = {}
+    def _lookup(self, keys: Sequence[Hashable], encode: Callable[[list], dict] | None = None) -> dict:
+        """Embeddings of each distinct key (a prompt; an editing family's (prompt, image) pair): from the
+        LRU cache, the rest encoded in batches with `encode` (default: `_encode`)."""
+        found: dict[Hashable, dict[str, torch.Tensor]] = {}
         missing = []
-        for prompt in dict.fromkeys(prompts):
+        for prompt in dict.fromkeys(keys):
             if prompt in self._cache:
                 self._cache.move_to_end(prompt)
                 found[prompt] = self._cache[prompt]
@@ -173,7 +177,7 @@ class FlowTransformerPolicy(ABC):
         step = self.options.text_batch_size
         for start in range(0, len(missing), step):
             batch = missing[start : start + step]
-            encoded = self._encode(batch)
+            encoded = (encode or self._encode)(batch)
             for row, prompt in enumerate(batch):
                 found[prompt] = {key: value[row].clone() for key, value in encoded.items()}
                 if self.options.prompt_cache_size:
@@ -182,11 +186,14 @@ class FlowTransformerPolicy(ABC):
             self._cache.popitem(last=False)
         return found
 
+    def _stacked(self, found: dict, keys: Sequence[Hashable]) -> Cond:
+        """`_lookup`'s rows of `keys` stacked into batch-first tensors on the policy's device."""
+        names = found[keys[0]].keys() if keys else ()
+        return {name: torch.stack([found[k][name] for k in keys]).to(self.device) for name in names}
+
     def encode_prompts(self, prompts: Sequence[str]) -> Cond:
         """The family's conditioning tensors, one row per prompt, on the policy's device."""
-        found = self._lookup(prompts)
-        keys = found[prompts[0]].keys() if prompts else ()
-        return {key: torch.stack([found[p][key] for p in prompts]).to(self.device) for key in keys}
+        return self._stacked(self._lookup(prompts), prompts)
 
     def null_cond(self, batch_size: int) -> Cond:
         """The empty prompt's conditioning (the unconditional input of classifier-free guidance)."""
@@ -266,7 +273,8 @@ class FlowTransformerPolicy(ABC):
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Latents -> images `[N, 3, H, W]` in `[0, 1]` through the VAE (in batches)."""
+        """Latents -> images `[N, 3, H, W]` (a video family's frames `[N, F, 3, H, W]`) in `[0, 1]` through
+        the VAE (in batches)."""
         images = []
         for chunk in latents.split(self.options.decode_batch_size):
             decoded = self._decode_latents(chunk.to(device=self.device, dtype=self.pipeline.vae.dtype))

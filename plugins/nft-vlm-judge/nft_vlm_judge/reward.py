@@ -5,6 +5,9 @@ uint8, resized to `image_size` squared (PIL bicubic), sent as a base64 PNG data 
 instruction with the caption, at temperature 0; the reply is searched for `Final Score: <1-5>`
 (decimals allowed). A reply without one scores 0, as in the reference, and is counted in the
 `parsed` detail.
+
+An edit (its metadata holds the `source_image` an editing policy conditioned on) is judged against its
+source: the source image, then the edit, then `edit_instruction` with the editing instruction.
 """
 
 from __future__ import annotations
@@ -21,12 +24,14 @@ from PIL import Image
 from pydantic import Field, field_validator
 
 from nft_core.errors import UserError
+from nft_core.types import SOURCE_IMAGE
 from nft_rewards.base import BaseReward, RewardOptions, quantize_uint8, to_numpy_hwc
 from nft_vlm_judge.client import ChatClient
 
 __all__ = [
     "API_KEY_ENV",
     "BASE_URL_ENV",
+    "DEFAULT_EDIT_INSTRUCTION",
     "DEFAULT_INSTRUCTION",
     "MODEL_ENV",
     "VLMJudgeOptions",
@@ -50,6 +55,19 @@ DEFAULT_INSTRUCTION = (
     "Text Caption: [{prompt}]"
 )
 """The UnifiedReward-style instruction; `{prompt}` is replaced by the image's caption."""
+
+DEFAULT_EDIT_INSTRUCTION = (
+    "<image>\n<image>\n"
+    "You are given a source image (the first) and an edited image (the second) made from it by following "
+    "an editing instruction. Evaluate the edit on two criteria:\n"
+    "1. Instruction following: how well the edited image carries out the instruction while keeping what "
+    "the instruction does not ask to change.\n"
+    "2. Overall image quality of the edited image: clarity, detail and the absence of artifacts.\n"
+    "Considering both, give a score from 1 to 5 after 'Final Score:'.\n"
+    "Instruction: [{prompt}]"
+)
+"""The instruction for an edit (sent after the source image and the edit); `{prompt}` is the edit's
+instruction."""
 
 FINAL_SCORE = re.compile(r"Final Score:\s*([1-5](?:\.\d+)?)")
 
@@ -93,6 +111,11 @@ class VLMJudgeOptions(RewardOptions):
     instruction: str = Field(
         DEFAULT_INSTRUCTION, description="text after the image; `{prompt}` is the caption"
     )
+    edit_instruction: str = Field(
+        DEFAULT_EDIT_INSTRUCTION,
+        description="text after the source image and the edit, for samples with a source_image (an "
+        "editing policy's); `{prompt}` is the editing instruction",
+    )
 
     @field_validator("base_url")
     @classmethod
@@ -101,7 +124,7 @@ class VLMJudgeOptions(RewardOptions):
             raise ValueError("must start with http:// or https://")
         return value
 
-    @field_validator("instruction")
+    @field_validator("instruction", "edit_instruction")
     @classmethod
     def _has_prompt(cls, value: str) -> str:
         if "{prompt}" not in value:
@@ -147,16 +170,18 @@ class VLMJudgeReward(BaseReward):
     def extra_repr(self) -> str:
         return f"url={self.client.url!r}, model={self.model!r}"
 
-    def request(self, image_url: str, prompt: str) -> dict[str, Any]:
-        """The chat-completion payload for one image and its caption."""
+    def request(self, image_url: str, prompt: str, source_url: str | None = None) -> dict[str, Any]:
+        """The chat-completion payload for one image and its caption (an edit: its source image first)."""
+        urls = [image_url] if source_url is None else [source_url, image_url]
+        instruction = self.options.instruction if source_url is None else self.options.edit_instruction
         payload: dict[str, Any] = {
             "model": self.model,
             "messages": [
                 {
                     "role": "user",
                     "content": [
-                        {"type": "image_url", "image_url": {"url": image_url}},
-                        {"type": "text", "text": self.options.instruction.replace("{prompt}", prompt)},
+                        *({"type": "image_url", "image_url": {"url": url}} for url in urls),
+                        {"type": "text", "text": instruction.replace("{prompt}", prompt)},
                     ],
                 }
             ],
@@ -170,8 +195,16 @@ class VLMJudgeReward(BaseReward):
         self, images: torch.Tensor, prompts: list[str], metadata: Any
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Send the batch's requests concurrently; scores keep the batch order."""
-        urls = [encode_png(array, self.options.image_size) for array in to_numpy_hwc(quantize_uint8(images))]
-        payloads = [self.request(url, prompt) for url, prompt in zip(urls, prompts, strict=True)]
+        size = self.options.image_size
+        urls = [encode_png(array, size) for array in to_numpy_hwc(quantize_uint8(images))]
+        sources = (
+            [entry.get(SOURCE_IMAGE) for entry in metadata] if metadata is not None else [None] * len(urls)
+        )
+        source_urls = [
+            None if source is None else encode_png(to_numpy_hwc(quantize_uint8(source[None]))[0], size)
+            for source in sources
+        ]
+        payloads = [self.request(*request) for request in zip(urls, prompts, source_urls, strict=True)]
         workers = min(self.options.concurrency, len(payloads))
         with ThreadPoolExecutor(max_workers=workers) as pool:
             replies = list(pool.map(self.client.complete, payloads))

@@ -67,6 +67,24 @@ def test_parse_final_score(text, score):
     assert parse_final_score(text) == score
 
 
+def test_an_edit_is_judged_against_its_source_image(judge_server):
+    from nft_vlm_judge.reward import DEFAULT_EDIT_INSTRUCTION
+
+    from nft_core.types import SOURCE_IMAGE
+
+    reward = VLMJudgeReward.from_options(base_url=judge_server.url, image_size=0)
+    sources = [torch.zeros((3, 24, 24)), None]
+    metadata = [{SOURCE_IMAGE: sources[0]}, {}]
+    reward(images(2), ["make it red", "a red circle"], metadata)
+    edit, plain = sorted(judge_server.requests, key=lambda r: len(r["body"]["messages"][0]["content"]))[::-1]
+    parts = edit["body"]["messages"][0]["content"]
+    assert [part["type"] for part in parts] == ["image_url", "image_url", "text"]
+    first = Image.open(io.BytesIO(base64.b64decode(parts[0]["image_url"]["url"].split(",", 1)[1])))
+    assert first.size == (24, 24)  # the source first, then the edit
+    assert parts[2]["text"] == DEFAULT_EDIT_INSTRUCTION.replace("{prompt}", "make it red")
+    assert [part["type"] for part in plain["body"]["messages"][0]["content"]] == ["image_url", "text"]
+
+
 def test_unparsable_reply_scores_zero(judge_server):
     judge_server.reply = "I cannot rate this image."
     output = VLMJudgeReward.from_options(base_url=judge_server.url)(images(2), ["a", "b"])
