@@ -136,6 +136,33 @@ def test_the_compile_lever_compiles_each_rollout_network_once(monkeypatch):
     assert compiled == ["reduce-overhead"] * 2 and lever.cold_seconds is not None and lever.lossless
 
 
+def test_regional_compile_takes_the_repeated_blocks_and_a_network_without_them_whole():
+    calls = []
+
+    class Network(torch.nn.Module):
+        def __init__(self, blocks):
+            super().__init__()
+            self._repeated_blocks = blocks
+
+        def compile(self, mode=None):
+            calls.append(("whole", mode))
+
+        def compile_repeated_blocks(self, mode=None):  # diffusers raises when no block is named
+            if not self._repeated_blocks:
+                raise ValueError("_repeated_blocks is empty")
+            calls.append(("blocks", mode))
+
+    class Policy:
+        networks = [Network(["FluxTransformerBlock"]), Network([])]
+
+        def rollout_networks(self):
+            return self.networks
+
+    with CompileLever(regional=True).rollout(Policy()):
+        pass
+    assert calls == [("blocks", "default"), ("whole", "default")]
+
+
 def test_the_sdpa_lever_gives_the_plain_rollout(fast_config, tmp_path):
     plain = Trainer(load_config(fast_config, QUIET), tmp_path / "a", echo=lambda *_: None).collect()
     config = load_config(

@@ -53,7 +53,8 @@ class CompileOptions(BaseModel):
     regional: bool = Field(
         True,
         description="compile each repeated block (diffusers' compile_repeated_blocks) rather than the whole"
-        " network: a fraction of the cold compile time for most of the speed",
+        " network: a fraction of the cold compile time for most of the speed (a network that names no"
+        " repeated blocks is compiled whole)",
     )
 
 
@@ -79,9 +80,10 @@ class CompileLever:
             if id(network) in self._done:
                 continue
             began = time.perf_counter()
-            compile_blocks = getattr(network, "compile_repeated_blocks", None)  # diffusers' ModelMixin
-            if self.options.regional and compile_blocks is not None:
-                compile_blocks(mode=self.options.mode)
+            # diffusers' ModelMixin; a class that names no repeated blocks (SD3, SANA) compiles whole
+            blocks = getattr(network, "_repeated_blocks", None)
+            if self.options.regional and blocks and hasattr(network, "compile_repeated_blocks"):
+                network.compile_repeated_blocks(mode=self.options.mode)
             else:
                 network.compile(mode=self.options.mode)
             self._done.add(id(network))
