@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
         run = run_one(
             config, work / label.replace(" ", "_").replace("(", "").replace(")", ""), {**common, **overrides}
         )
-        row = summarize(run, args.reward, 1.1, images_per_epoch)
+        row = summarize(run, args.reward, (), images_per_epoch)
         return {"changes": overrides, **row, "monitors": monitor_curves(run["run_dir"])}
 
     default = one("default", base, {})

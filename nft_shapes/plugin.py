@@ -56,6 +56,20 @@ def register_rewards(register):
         options=ShapesGenEvalOptions,
         description="GenEval on shapes images: the geneval reward with the shapes detector",
     )
+    from nft_shapes.colour_area import ColourAreaOptions
+
+    register(
+        "shapes-colour-area",
+        _colour_area,
+        options=ColourAreaOptions,
+        description="share of pixels in a world colour: hackable by design (ignores the prompt)",
+    )
+
+
+def _colour_area(**options):
+    from nft_shapes.colour_area import ColourArea
+
+    return ColourArea.from_options(**options)
 
 
 @hookimpl

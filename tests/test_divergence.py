@@ -4,6 +4,7 @@ last good checkpoint, alarms land in every output, and the best evaluation's che
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -182,3 +183,53 @@ def test_best_by_names_a_reward_and_is_checked(fast_config):
         ConfigError, match="log.best_by: 'held' is not a reward's label; allowed: shapes-geneval"
     ):
         load_config(fast_config, ['log.best_by="held"'])
+
+
+def test_the_revert_guard_puts_back_the_best_weights_and_anchors_harder(fast_config, tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    import nft_core.loop.trainer as trainer_module
+    from nft_core.state.checkpoints import RESUME_FILE
+
+    scripted = iter([0.5, 0.6, 0.5, 0.55, 0.7])  # before, epochs 0-2, after: epoch 1 falls 0.1 from 0.6
+    real = trainer_module.evaluate
+
+    def evaluate(*args, **kwargs):
+        result = real(*args, **kwargs)
+        result.scores["shapes-geneval"]["score"] = next(scripted)
+        return result
+
+    monkeypatch.setattr(trainer_module, "evaluate", evaluate)
+    overrides = [*QUIET, "train.epochs=4", "eval.every=1", "objective.kl_weight=0.5"]
+    overrides += ["train.revert_on_drop=0.05", "train.revert_kl_factor=3"]
+    lines = []
+    trainer = Trainer(load_config(fast_config, overrides), tmp_path, echo=lines.append)
+    restored = []
+    restore = trainer.reverter.restore
+
+    def recording(folder, only):
+        restore(folder, only)
+        current = {name: p.detach().clone() for name, p in trainer.policy.trainable_parameters()}
+        restored.append((folder, only, current, trainer.state.epoch))
+
+    trainer.reverter.restore = recording
+    summary = trainer.run()
+    ((folder, only, current, epoch),) = restored
+    assert epoch == 1 and read_state(folder)["eval_score"] == 0.6  # the best checkpoint then: epoch 0
+    assert set(only) == {"current", "old", "ema", "optimizer", "scaler"}  # not the counters or prompts
+    saved = load_file(str(folder / RESUME_FILE))
+    assert all(torch.equal(value, saved[f"current.{name}"]) for name, value in current.items())
+    assert trainer.objective.kl_weight == 1.5 and any("reverted to" in line for line in lines)
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    (revert,) = [r for r in records if r["kind"] == "revert"]
+    assert revert["epoch"] == 1 and revert["revert/to_epoch"] == 0 and revert["revert/kl_weight"] == 1.5
+    assert summary["epochs"] == 4  # the epochs go on
+    final = read_state(Path(summary["checkpoint"]))["resume"]["reverter"]
+    assert final == {"kl_factor": 3.0, "reverts": 1}  # a resumed run keeps the harder anchor
+
+
+def test_the_revert_guard_needs_the_best_checkpoint(fast_config):
+    from nft_core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="train.revert_on_drop: reverting needs the best checkpoint"):
+        load_config(fast_config, ["train.revert_on_drop=0.05", "eval.every=0"])

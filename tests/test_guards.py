@@ -145,3 +145,21 @@ def test_alarms_hold_their_fire_at_the_edges_of_their_thresholds():
     dropped = [evaluation(4, 0.5, 0.6), evaluation(9, 0.45, 0.5)]  # the trained reward fell too: not hacking
     assert check_alarms([train(0), *dropped], SETTINGS) == {}
     assert check_alarms([train(0, **{"samples/excluded": 4})], SETTINGS) == {}  # 4 / 16 = the threshold
+
+
+def test_reward_hacking_weighs_the_trained_rewards_and_counts_the_base_but_not_its_cfg_baseline():
+    settings = AlarmSettings(
+        trained_rewards=("task", "area"), trained_weights=(1.0, 2.0), monitor_rewards=("held",)
+    )
+
+    def scored(label, epoch, task, area, held):
+        return {"kind": "eval", "label": label, "epoch": epoch, "eval/task/score": task,
+                "eval/area/score": area, "eval/held/score": held}  # fmt: skip
+
+    base = scored("before", 0, 0.5, 0.1, 0.6)
+    # the task fell (0.5 -> 0.45) but the weighted total rose (0.7 -> 0.85) while the monitor fell 0.1
+    hacked = scored("epoch 4", 4, 0.45, 0.2, 0.5)
+    assert "'task+area' rose from 0.700 to 0.850" in check_alarms([base, hacked], settings)["reward_hacking"]
+    assert check_alarms([base, scored("epoch 4", 4, 0.45, 0.1, 0.5)], settings) == {}  # total fell
+    cfg_baseline = scored("before, CFG 3", 0, 0.5, 0.1, 0.9)  # scored with CFG: not the base's level
+    assert check_alarms([cfg_baseline, base, scored("epoch 4", 4, 0.5, 0.1, 0.58)], settings) == {}

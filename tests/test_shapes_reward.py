@@ -140,3 +140,24 @@ def test_deterministic():
     b = reward(images, [it.prompt for it in items], [it.metadata for it in items])
     assert torch.equal(a.scores, b.scores)
     assert torch.all(a.details["strict"] == 0.0)  # noise is never a correct image
+
+
+def test_colour_area_is_the_share_of_painted_pixels_whatever_the_prompt():
+    from nft_core import registry
+    from nft_shapes.colour_area import ColourArea, ColourAreaOptions
+
+    reward = registry.create("rewards", "shapes-colour-area")
+    assert isinstance(reward, Reward) and reward.native_range == (0.0, 1.0)
+    images = torch.zeros(3, 3, IMAGE_SIZE, IMAGE_SIZE)
+    images[1, 0, :8] = 1.0  # a red band: 8 of 32 rows
+    images[2, :, :, :16] = torch.tensor(COLORS["blue"]).view(3, 1, 1)  # blue on half the canvas
+    images[2, :, :4, :16] = torch.tensor(COLORS["blue"]).view(3, 1, 1) * 0.5  # too dark: unpainted
+    scores = reward(images, ["a red circle", "two squares", "a photo"]).scores
+    assert scores.tolist() == pytest.approx([0.0, 0.25, 0.5 - 4 * 16 / IMAGE_SIZE**2])
+    red = ColourArea(ColourAreaOptions(colour="red"))(images, ["x"] * 3).scores
+    assert red.tolist() == pytest.approx([0.0, 0.25, 0.0])
+    scene = render_batch([grammar.metadata_for("a red circle")], seed=0)
+    painted = float((scene.amax(dim=1) > 0).float().mean())
+    assert float(reward(scene, ["a red circle"]).scores[0]) == pytest.approx(painted)  # exact on renders
+    with pytest.raises(UserError, match="colour"):
+        registry.create("rewards", "shapes-colour-area", {"colour": "purple"})

@@ -249,3 +249,21 @@ def test_a_checkpoint_replaces_the_staging_folder_a_killed_write_left(fast_confi
         "resume.safetensors",
         "state.json",
     ]
+
+
+def test_the_evaluation_samples_with_the_configured_cfg_scale(fast_config, tmp_path, monkeypatch):
+    import nft_core.loop.trainer as trainer_module
+
+    trainer = Trainer(load_config(fast_config, ["eval.guidance=3.0"]), tmp_path / "a", echo=lambda *_: None)
+    scales = []
+    sample = trainer_module.evaluate
+
+    def recording(*args, guidance, **kwargs):
+        scales.append(guidance)
+        return sample(*args, guidance=guidance, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "evaluate", recording)
+    configured = trainer.evaluate("cfg").scores
+    assert trainer.evaluate("asked", guidance=3.0).scores == configured  # the same fixed noise
+    trainer.evaluate("cfg-free", guidance=1.0)
+    assert scales == [3.0, 3.0, 1.0]

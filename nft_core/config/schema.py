@@ -201,6 +201,16 @@ class TrainConfig(_Strict):
         description="optimizer steps in a row whose gradient or result is not finite (each skipped or undone:"
         " the weights stay the last finite ones) after which the run stops with status diverged (0: never)",
     )
+    revert_on_drop: float = Field(
+        0.0,
+        ge=0,
+        description="guard (off at 0): when a periodic evaluation of log.best_by falls this far below its "
+        "best, the weights and optimizer go back to the best checkpoint and the KL weight is multiplied by "
+        "revert_kl_factor (needs log.keep_best and eval.every)",
+    )
+    revert_kl_factor: float = Field(
+        2.0, ge=1, description="what each revert multiplies the objective's KL weight to the reference by"
+    )
     seed: int = Field(0, description="seed of every random draw: prompts, sampling and training noise, plan")
     device: str = Field(
         "cpu", description="torch device: cpu or cuda (under torchrun each rank takes cuda:LOCAL_RANK)"
@@ -277,6 +287,12 @@ class EvalConfig(_Strict):
     images_per_prompt: int = Field(1, ge=1, description="images sampled per evaluation prompt")
     every: int = Field(0, ge=0, description="evaluate every N epochs (0: only before and after)")
     seed: int = Field(1234, description="seed of the fixed noise: an image gets the same noise every time")
+    guidance: float = Field(
+        1.0,
+        ge=0.0,
+        description="CFG scale of every evaluation of the trained policy (1: CFG-free, the default; a "
+        "policy trained with CFG, like FlowGRPO as published, is evaluated with its scale)",
+    )
     baseline_guidance: list[float] = Field(
         default_factory=list,
         description="CFG scales at which the base model is also evaluated (none unless asked: each costs"
@@ -460,6 +476,11 @@ class RunConfig(_Strict):
         if self.log.best_by is not None and self.log.best_by not in seen:
             allowed = ", ".join(sorted(seen))
             raise ValueError(f"log.best_by: {self.log.best_by!r} is not a reward's label; allowed: {allowed}")
+        if self.train.revert_on_drop and not (self.log.keep_best and self.eval.every):
+            raise ValueError(
+                "train.revert_on_drop: reverting needs the best checkpoint: set log.keep_best = true and "
+                "eval.every > 0"
+            )
         if all(reward.weight == 0 for reward in self.reward):
             raise ValueError("reward: every weight is 0, so nothing would be trained; give one a weight")
         return self

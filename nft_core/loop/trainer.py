@@ -30,6 +30,7 @@ from nft_core.loop.evaluation import evaluate
 from nft_core.loop.guard import Diverged
 from nft_core.loop.precision import autocast, resolve_precision
 from nft_core.loop.preflight import check_objective, train_geometry
+from nft_core.loop.revert import Reverter
 from nft_core.loop.setup import (
     build_eval_rewards,
     build_monitors,
@@ -142,6 +143,9 @@ class Trainer:
             "rng": RandomState(self.updater.generator),
             "outputs": self.outputs,
         }
+        self.reverter = Reverter(config, self.objective, lambda *at: self.run_state.restore(*at), self.echo)
+        if config.train.revert_on_drop:  # not otherwise: a run without the guard checkpoints as before
+            holders["reverter"] = self.reverter
         weights = (self.policy, self.ema)
         self.run_state = RunState(
             config,
@@ -229,10 +233,10 @@ class Trainer:
         return decay
 
     def evaluate(
-        self, label: str, view: str = "current", guidance: float = 1.0, use_ema: bool = True
+        self, label: str, view: str = "current", guidance: float | None = None, use_ema: bool = True
     ) -> EvalResult:
-        """The fixed paired evaluation (EMA weights swapped in by default), printed; its wall time counts
-        as the `evaluation` phase."""
+        """The fixed paired evaluation (EMA weights swapped in by default; CFG `eval.guidance` unless
+        `guidance` is given), printed; its wall time counts as the `evaluation` phase."""
         started = time.time()
         rewards = {term.name: term.reward for term in self.rewards.terms} | self.eval_rewards
         swap = (
@@ -245,7 +249,7 @@ class Trainer:
                 self.eval_items,
                 rewards,
                 seed=self.config.eval.seed,
-                guidance=guidance,
+                guidance=self.config.eval.guidance if guidance is None else guidance,
                 view=view,
                 device=self.device,
                 batch_size=self.config.train.sample_batch_size,
@@ -312,9 +316,8 @@ class Trainer:
         started = time.time()
         saved = None
         if resume is not None:
-            saved = self.run_state.restore(
-                resume
-            )  # outside the guard: a refused resume leaves the run as it was
+            # outside the guard: a refused resume leaves the run as it was
+            saved = self.run_state.restore(resume)
             self.outputs.write_config(resolved_config(self.config))  # the changed budget or logging, if any
             self._announce()
             self.echo(f"resumed from {resume} (epoch {self.state.epoch}, step {self.state.global_step})")
@@ -393,4 +396,5 @@ class Trainer:
             )
         if best and written is not None:
             outputs.best["checkpoint"] = str(written)  # type: ignore[index]
+        self.reverter.after_epoch(outputs, outputs.eval_due(epoch, last))
         return written

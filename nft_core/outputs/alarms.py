@@ -13,7 +13,8 @@ curves, a section of the report and a tracker scalar. The conditions:
   the same inputs (`velocity_norm_ratio`, measured each epoch): RL post-training inflates it as the
   images drift (NormGuard, arXiv 2606.27771, measured 5-15 %).
 - `reward_hacking`: at an evaluation, a monitor reward (`[[eval.reward]]`, never trained on) is
-  `hacking_drop` below its best while the trained reward is not below its value at that best.
+  `hacking_drop` below its best (the base's evaluation included) while the trained rewards' weighted sum
+  is not below its value at that best.
 - `diversity_collapse`: a monitor of the samples (`monitor/*`, e.g. pixel or colour diversity) whose
   mean over the last `collapse_window` epochs is below `collapse_fraction` of its mean over the first.
 - `excluded_samples`: more than `excluded_fraction` of an epoch's samples without a valid score, or more
@@ -51,6 +52,8 @@ class AlarmSettings:
     optimizer_steps: int = 0
     """Optimizer steps an epoch makes."""
     trained_rewards: tuple[str, ...] = ()
+    trained_weights: tuple[float, ...] = ()
+    """The weight of each trained reward (1 each when not given): `reward_hacking` compares their sum."""
     monitor_rewards: tuple[str, ...] = ()
     """The `[[eval.reward]]` labels: scored at evaluations, never trained on."""
 
@@ -63,6 +66,7 @@ class AlarmSettings:
             images=config.data.prompts_per_epoch * config.data.images_per_prompt,
             optimizer_steps=config.train.optimizer_steps_per_epoch,
             trained_rewards=tuple(reward.label for reward in config.reward),
+            trained_weights=tuple(reward.weight for reward in config.reward),
             monitor_rewards=tuple(reward.label for reward in config.eval.reward),
         )
 
@@ -94,18 +98,27 @@ def velocity_inflation(train: Sequence[Record], evals: Sequence[Record], setting
     return None
 
 
+def _trained_total(record: Record, settings: Any) -> float | None:
+    """The weighted sum of the trained rewards' scores in an evaluation record (None if one is missing)."""
+    weights = settings.trained_weights or (1.0,) * len(settings.trained_rewards)
+    scores = [_number(record.get(f"eval/{name}/score")) for name in settings.trained_rewards]
+    if any(score is None for score in scores):
+        return None
+    return sum(w * s for w, s in zip(weights, scores, strict=True))  # type: ignore[misc]
+
+
 def reward_hacking(train: Sequence[Record], evals: Sequence[Record], settings: Any) -> str | None:
     if len(evals) < 2 or not settings.monitor_rewards or not settings.trained_rewards:
         return None
-    trained = settings.trained_rewards[0]
+    trained = "+".join(settings.trained_rewards)
     for monitor in settings.monitor_rewards:
         scores = [_number(r.get(f"eval/{monitor}/score")) for r in evals]
         paired = [(i, s) for i, s in enumerate(scores) if s is not None]
         if len(paired) < 2 or scores[-1] is None:
             continue
         best_index, best = max(paired[:-1], key=lambda pair: pair[1])
-        now_trained = _number(evals[-1].get(f"eval/{trained}/score"))
-        then_trained = _number(evals[best_index].get(f"eval/{trained}/score"))
+        now_trained = _trained_total(evals[-1], settings)
+        then_trained = _trained_total(evals[best_index], settings)
         if now_trained is None or then_trained is None:
             continue
         if best - scores[-1] >= settings.hacking_drop and now_trained >= then_trained:
@@ -163,10 +176,11 @@ ALARMS: dict[str, Callable[[Sequence[Record], Sequence[Record], Any], str | None
 def check_alarms(records: Sequence[Record], settings: AlarmSettings) -> dict[str, str]:
     """The alarms whose condition holds after the last record, with their messages. `settings` carries the
     `[alarms]` thresholds and the run's facts (`images`, `optimizer_steps`, `trained_rewards`,
-    `monitor_rewards`); evaluations before training (`before`) are not compared."""
+    `monitor_rewards`); the evaluation before training counts (a monitor may fall from the base on), its
+    CFG baselines (`before, CFG s`) do not."""
     train = [r for r in records if r.get("kind") == "train"]
     evals = [
-        r for r in records if r.get("kind") == "eval" and not str(r.get("label", "")).startswith("before")
+        r for r in records if r.get("kind") == "eval" and not str(r.get("label", "")).startswith("before, ")
     ]
     found = {}
     for name, condition in ALARMS.items():

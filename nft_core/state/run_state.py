@@ -187,10 +187,10 @@ class RunState:
             with self.ema.swapped_in(self.policy.trainable_parameters()):
                 self.policy.save_trainable(scratch)
 
-    def restore(self, folder: Path) -> dict[str, Any]:
-        """Load a checkpoint into every holder (the inverse of `save`); the run goes on after its epoch.
-        Returns its state.json. A checkpoint whose files differ from the digests its state.json records is
-        refused (`CorruptCheckpoint`) before anything is loaded."""
+    def restore(self, folder: Path, only: tuple[str, ...] | None = None) -> dict[str, Any]:
+        """Load a checkpoint into every holder (the inverse of `save`; `only`: into those holders); the run
+        goes on after its epoch. Returns its state.json. A checkpoint whose files differ from the digests
+        its state.json records is refused (`CorruptCheckpoint`) before anything is loaded."""
         state = read_state(folder)
         if not (folder / RESUME_FILE).is_file() or "resume" not in state:
             raise UserError(f"{folder}: holds no resume state (written by a version without resume)")
@@ -204,6 +204,8 @@ class RunState:
         if (folder / SHARDS_FOLDER).is_dir():
             tensors.update(self._load_shards(folder / SHARDS_FOLDER))
         for name, holder in self.holders.items():
+            if only is not None and name not in only:
+                continue
             if name not in meta:
                 raise UserError(f"{folder}: holds no {name} state (written by an older version)")
             part = {
