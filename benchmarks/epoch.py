@@ -177,7 +177,7 @@ def measure(
             minimal_sampling(calls, trainer.precision, trainer.device)
             minimal["sampling"].append(time.perf_counter() - began)
             optimality, _ = trainer.optimality(samples, scored.total)
-            plan = trainer.updater.plan(samples)  # a fresh draw of the same geometry
+            plan = trainer.updater.plan(samples, optimality)  # a fresh draw of the same geometry
             trainer.policy.model.load_state_dict(start_weights)
             began = time.perf_counter()
             minimal_training(trainer, samples, optimality, plan)

@@ -58,7 +58,7 @@ def test_minimal_training_updates_the_weights_as_the_trainer_does(fast_config, t
     trainer.ema.shadow = start["ema"]
     trainer.updater.generator.set_state(start["generator"])
     trainer.state.global_step -= trainer.geometry.optimizer_steps
-    plan = trainer.updater.plan(samples)
+    plan = trainer.updater.plan(samples, optimality)
     epoch.minimal_training(trainer, samples, optimality, plan)
     found = [policy.model.state_dict(), policy.old_model.state_dict(), trainer.ema.shadow]
 
