@@ -15,6 +15,7 @@ from nft_core.cli.app import build_app
 from nft_core.config import load_config
 from nft_core.hookspecs import hookimpl
 from nft_core.loop.trainer import Trainer
+from nft_core.loop.update import Updater
 from nft_core.state.checkpoints import best_checkpoint, checkpoint_folders, read_state
 
 runner = CliRunner()
@@ -154,6 +155,23 @@ def test_an_alarm_is_a_warning_a_record_a_curve_mark_a_report_section_and_a_trac
     healthy = [json.loads(line) for line in (tmp_path / "ok" / "metrics.jsonl").read_text().splitlines()]
     assert not [r for r in healthy if r["kind"] == "alarm"]
     assert all("velocity_norm_ratio" not in r for r in healthy if r["kind"] == "train")  # v_ref is 0 here
+
+
+def test_the_velocity_probe_runs_every_probe_every_epochs(fast_config, tmp_path, monkeypatch):
+    probed: list[int] = []
+
+    def probe(updater, samples) -> float:
+        probed.append(updater.counters.epoch)
+        return 1.0 + updater.counters.epoch
+
+    monkeypatch.setattr(Updater, "velocity_norm_ratio", probe)
+    overrides = [*QUIET, "train.epochs=5", "alarms.probe_every=2", "log.checkpoint_every=0"]
+    config = load_config(fast_config, overrides)
+    Trainer(config, tmp_path, echo=lambda *_: None).run()
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    ratios = {r["epoch"]: r.get("velocity_norm_ratio") for r in records if r["kind"] == "train"}
+    assert probed == [0, 2, 4]
+    assert ratios == {0: 1.0, 1: None, 2: 3.0, 3: None, 4: 5.0}
 
 
 def test_the_best_evaluation_keeps_its_checkpoint_and_best_picks_it(fast_config, tmp_path):

@@ -139,6 +139,17 @@ def test_each_alarm_fires_on_records_built_to_trigger_it(name, records):
     assert set(check_alarms(records, SETTINGS)) == {name}
 
 
+def test_velocity_inflation_reads_the_newest_probe_between_probes():
+    def unprobed(epoch: int) -> dict:
+        return {key: value for key, value in train(epoch).items() if key != "velocity_norm_ratio"}
+
+    inflated = [train(0), train(5, velocity_norm_ratio=1.3), unprobed(6), unprobed(7)]
+    assert set(check_alarms(inflated, SETTINGS)) == {"velocity_inflation"}
+    healed = [train(0, velocity_norm_ratio=1.3), train(5, velocity_norm_ratio=1.1), unprobed(6)]
+    assert check_alarms(healed, SETTINGS) == {}
+    assert check_alarms([unprobed(0), unprobed(1)], SETTINGS) == {}
+
+
 def test_alarms_hold_their_fire_at_the_edges_of_their_thresholds():
     assert check_alarms([train(e, v_old_gap=0.0) for e in range(2)], SETTINGS) == {}  # 2 < gap_epochs
     assert check_alarms([train(0, velocity_norm_ratio=1.2)], SETTINGS) == {}  # not above 1.2

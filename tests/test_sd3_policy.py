@@ -270,6 +270,25 @@ def test_gradients_survive_view_switches_under_gradient_checkpointing(model_dir)
         torch.testing.assert_close(switched[name], plain[name], rtol=0, atol=0)
 
 
+def test_sampling_keeps_its_view_while_training_returns_to_current(model_dir):
+    """In eval mode a view stays active (sampling's `old` steps switch once); in train mode every call
+    returns to `current`, which a checkpointed backward reruns."""
+    policy = make_policy(model_dir)
+    perturb_trained(policy)
+    x, t, cond = inputs(policy)
+    policy.train(False)
+    with torch.no_grad():
+        v_old = policy.velocity("old", x, t, cond)
+        assert policy.lora.view == "old"
+        torch.testing.assert_close(policy.velocity("old", x, t, cond), v_old, rtol=0, atol=0)
+        v_current = policy.velocity("current", x, t, cond)
+    assert policy.lora.view == "current" and not torch.equal(v_current, v_old)
+    policy.train(True)
+    with torch.no_grad():
+        policy.velocity("reference", x, t, cond)
+    assert policy.lora.view == "current"
+
+
 def test_bf16_precision_keeps_lora_master_weights_in_fp32(model_dir):
     policy = make_policy(model_dir, precision="bf16")
     assert policy.pipeline.text_encoder.dtype == torch.bfloat16

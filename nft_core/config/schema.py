@@ -381,7 +381,13 @@ class AlarmConfig(_Strict):
     curves, a section of the report and a tracker scalar `alarm/<name>`. They never change training."""
 
     enabled: bool = Field(
-        True, description="watch the run with the alarms below (costs two small forwards an epoch)"
+        True, description="watch the run with the alarms below (two small forwards every probe_every epochs)"
+    )
+    probe_every: int = Field(
+        5,
+        ge=1,
+        description="velocity_inflation: measure the velocity-norm ratio every this many epochs (and at the"
+        " first); each probe is one current and one reference forward over 8 samples",
     )
     gap_floor: float = Field(
         1e-7, ge=0, description="stalled_gap: mean |v - v_old| below this counts as no gap (NFT degenerates)"

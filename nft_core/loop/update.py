@@ -144,7 +144,9 @@ class Updater:
         for part in self.dist.gather_objects(stats_sum) if self.dist.enabled else [stats_sum]:
             for key, value in part.items():
                 totals[key] = totals.get(key, 0.0) + value
-        ratio = self.velocity_norm_ratio(samples) if self.config.alarms.enabled else math.nan
+        alarms = self.config.alarms
+        probe = alarms.enabled and self.counters.epoch % alarms.probe_every == 0
+        ratio = self.velocity_norm_ratio(samples) if probe else math.nan
         if math.isfinite(ratio):  # NaN: a reference that outputs 0 (a zero-initialised output layer)
             totals["velocity_norm_ratio"] = ratio
         return totals

@@ -10,8 +10,8 @@ curves, a section of the report and a tracker scalar. The conditions:
   positive and negative branches of NFT coincide and the update degenerates into advantage-weighted
   regression (seen with `old_decay = "none"` and one optimizer step an epoch).
 - `velocity_inflation`: the trained policy's velocity norm above `norm_ratio` times the reference's on
-  the same inputs (`velocity_norm_ratio`, measured each epoch): RL post-training inflates it as the
-  images drift (NormGuard, arXiv 2606.27771, measured 5-15 %).
+  the same inputs (`velocity_norm_ratio`, measured every `probe_every` epochs): RL post-training
+  inflates it as the images drift (NormGuard, arXiv 2606.27771, measured 5-15 %).
 - `reward_hacking`: at an evaluation, a monitor reward (`[[eval.reward]]`, never trained on) is
   `hacking_drop` below its best (the base's evaluation included) while the trained rewards' weighted sum
   is not below its value at that best.
@@ -60,7 +60,7 @@ class AlarmSettings:
     @classmethod
     def of(cls, config: RunConfig) -> AlarmSettings:
         """The settings of a run config."""
-        alarms = config.alarms.model_dump(exclude={"enabled"})
+        alarms = config.alarms.model_dump(exclude={"enabled", "probe_every"})  # the probe is the updater's
         return cls(
             **alarms,
             images=config.data.prompts_per_epoch * config.data.images_per_prompt,
@@ -88,7 +88,8 @@ def stalled_gap(train: Sequence[Record], evals: Sequence[Record], settings: Any)
 
 
 def velocity_inflation(train: Sequence[Record], evals: Sequence[Record], settings: Any) -> str | None:
-    ratio = _number(train[-1].get("velocity_norm_ratio")) if train else None
+    probed = [record for record in train if "velocity_norm_ratio" in record]  # every `probe_every` epochs
+    ratio = _number(probed[-1]["velocity_norm_ratio"]) if probed else None
     if ratio is not None and ratio > settings.norm_ratio:
         return (
             f"the trained velocity's norm is {ratio:.3f}x the reference's (threshold "

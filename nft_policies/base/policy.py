@@ -225,10 +225,15 @@ class FlowTransformerPolicy(ABC):
         if view not in VIEWS:
             raise ValueError(f"unknown policy view {view!r}; allowed: {', '.join(VIEWS)}")
         t = t.to(device=x_t.device, dtype=torch.float32).expand(x_t.shape[0])
+        switch = nullcontext()
         if self.lora is not None:
-            network, switch = self.transformer, self.lora.use(view)
+            network = self.transformer
+            if network.training:  # back to `current` after the call: gradient checkpointing's backward
+                switch = self.lora.use(view)  # reruns the current view's forward after the others'
+            else:  # sampling and evaluation: the view stays, so `old` steps switch once, not twice a step
+                self.lora.activate(view)
         else:
-            network, switch = self._full_network(view), nullcontext()
+            network = self._full_network(view)
         with switch, self._autocast():
             out = self._forward(network, x_t, t, cond)
         if self.sharded and not torch.is_grad_enabled():
