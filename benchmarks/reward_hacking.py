@@ -1,6 +1,6 @@
 """Reward hacking on the shapes world, caught by the alarm and held off by the guards.
 
-    python benchmarks/reward_hacking.py [--seeds 0 1] [--epochs 40] [--parallel 2]
+    python benchmarks/reward_hacking.py [--seeds 0 1] [--epochs 60] [--parallel 2]
         [--out benchmarks/results/reward-hacking]
 
 Every run trains on GenEval's partial credit plus `shapes-colour-area` for red (the share of red pixels:
@@ -8,12 +8,14 @@ a model earns it by painting objects red, whatever colour the prompt asks for) a
 GenEval (`shapes-geneval`, official outcome) as an eval-only monitor (`[[eval.reward]]`, label `geneval`)
 on the held-out prompts. GenEval's credit is learned first; once most groups score alike on it, the red
 area is what separates their samples, and the run starts to paint red.
-`VARIANTS` are run on every seed: no guard, then the guards of docs/guards.md. For each run the JSON holds
+`VARIANTS` are run on every seed: no guard (no KL term), the default's KL anchor, and the anchor with
+the other guards of docs/guards.md; the learning rate is constant. For each run the JSON holds
 both curves, the monitored GenEval's best and final and its fall from the best, the alarms that fired
 (with their epochs), the best checkpoint by GenEval (`log.best_by`) and the seconds per epoch; `result.png`
 draws the curves. It also measures what the alarms cost an epoch of the embedded default, as a ratio in
-one process (`alarm_cost`): the probe's two forwards and the alarm checks over a run's records against
-the epoch's collection and update.
+one process (`alarm_cost`): the probe's two forwards (every `alarms.probe_every` epochs: `ratio` is the
+average over epochs, `ratio_probe_epoch` an epoch that probes) and the alarm checks over a run's records,
+against the epoch's collection and update.
 """
 
 from __future__ import annotations
@@ -41,12 +43,20 @@ HACKABLE = {"name": "shapes-colour-area", "weight": 2.0, "normalize": "none", "o
 TASK = {"name": "shapes-geneval", "weight": 1.0, "normalize": "none", "options": {"outcome": "partial"}}
 MONITOR = {"name": "shapes-geneval", "alias": "geneval", "options": {"outcome": "official"}}
 
+ANCHOR = {"objective.kl_weight": 1.0}
 VARIANTS: dict[str, dict[str, Any]] = {
-    "no guard": {},
-    "normguard + adaptive KL": {"objective.norm_guard": 1.0, "objective.kl_adaptive": True},
-    "revert": {"train.revert_on_drop": 0.03, "train.revert_kl_factor": 2.0},
+    "no guard": {"objective.kl_weight": 0.0},
+    "KL anchor": ANCHOR,
+    "KL anchor + revert": {**ANCHOR, "train.revert_on_drop": 0.03, "train.revert_kl_factor": 2.0},
+    "KL anchor + NormGuard + adaptive KL": {
+        **ANCHOR,
+        "objective.norm_guard": 1.0,
+        "objective.kl_adaptive": True,
+    },
 }
-"""Overrides of each variant. Every run keeps the best checkpoint by the monitor (`log.best_by`)."""
+"""Overrides of each variant. "no guard" is NFT's own objective (the reference trains without a KL term);
+the KL anchor to the base is the default recipe's (`examples/shapes-geneval.toml`). Every run keeps the
+best checkpoint by the monitor (`log.best_by`): what `nft export --best` hands out."""
 
 
 def hackable_config(base: dict[str, Any]) -> dict[str, Any]:
@@ -133,11 +143,14 @@ def alarm_cost(base_path: Path, epochs: int = 3) -> dict[str, Any]:
         check_alarms(records, settings)
         check_seconds.append(time.perf_counter() - began)
     epoch, probe, check = (statistics.median(v) for v in (epoch_seconds, probe_seconds, check_seconds))
+    every = trainer.config.alarms.probe_every
     return {
         "epoch_seconds": epoch,
         "probe_seconds": probe,
         "check_seconds": check,
-        "ratio": (probe + check) / epoch,
+        "probe_every": every,
+        "ratio_probe_epoch": (probe + check) / epoch,
+        "ratio": (probe / every + check) / epoch,
         "epochs_timed": epochs,
     }
 
@@ -198,6 +211,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     common = {
         "train.epochs": args.epochs,
         "train.threads": args.threads,
+        "train.lr_schedule": "constant",  # the hack keeps its pull to the end; the default decays lr
         "eval.every": args.eval_every,
         "eval.prompts": args.eval_prompts,
         "eval.baseline_guidance": [],

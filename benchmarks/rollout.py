@@ -1,7 +1,7 @@
 """Rollout levers measured, not assumed: collection speed and the held-out score, each lever against the
 plain rollout in the same run.
 
-    python benchmarks/rollout.py [--epochs 30] [--repeats 5] [--threads 2] [--skip-scores]
+    python benchmarks/rollout.py [--epochs 30] [--repeats 5] [--threads 2] [--skip-scores | --skip-speed]
         [--out benchmarks/results/rollout.json]
 
 Embedded world (examples/shapes-geneval.toml): for each lever setting, `--repeats` collections of one
@@ -9,7 +9,9 @@ epoch's samples after one warm-up (images per second of sampling and decoding; s
 then a run of `--epochs` epochs and its held-out shapes-GenEval score (fp32 training; CFG-free evaluation
 in fp32, as always). A tiny random diffusers SD3 pipeline (timings only): the same for the levers that
 apply to it. Every figure is also given as a ratio to the plain rollout of the same run, and the JSON
-names the machine (CPU, torch's kernel set, bf16 units, threads).
+names the machine (CPU, torch's kernel set, bf16 units, threads). The scores are counted in epochs, so
+they may be run apart from the timings (which want a quiet machine): `--skip-speed` / `--skip-scores`
+keep the other part of an existing `--out` file, with the machine and threads each part ran with.
 """
 
 from __future__ import annotations
@@ -122,6 +124,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--skip-scores", action="store_true", help="timings only")
+    parser.add_argument("--skip-speed", action="store_true", help="held-out scores only")
     parser.add_argument("--skip-sd3", action="store_true")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "rollout.json"))
     args = parser.parse_args()
@@ -129,12 +132,18 @@ def main() -> None:
     levers = dict(SHAPES_LEVERS)
     if not native_bf16(torch.device("cpu")):
         levers.pop("bf16-rollout")
-    speed = {
-        name: collection_speed(Path(args.config), o, args.repeats, args.threads) for name, o in levers.items()
-    }
-    with_ratios(speed, "images_per_second")
-    print(json.dumps({"speed": speed}, indent=1), flush=True)
-    scores: dict[str, Any] = {}
+    out = Path(args.out)
+    kept = json.loads(out.read_text()) if out.is_file() else {}
+    kept_world = kept.get("shapes_world", {})
+    speed: dict[str, Any] = kept_world.get("collection", {}) if args.skip_speed else {}
+    if not args.skip_speed:
+        speed = {
+            name: collection_speed(Path(args.config), o, args.repeats, args.threads)
+            for name, o in levers.items()
+        }
+        with_ratios(speed, "images_per_second")
+        print(json.dumps({"speed": speed}, indent=1), flush=True)
+    scores: dict[str, Any] = kept_world.get("held_out_after_epochs", {}) if args.skip_scores else {}
     if not args.skip_scores:
         for name, overrides in levers.items():
             scores[name] = held_out_score(Path(args.config), overrides, args.epochs, args.threads)
@@ -142,18 +151,20 @@ def main() -> None:
         plain = scores["plain"]["score"]
         for entry in scores.values():
             entry["change"] = entry["score"] - plain
-    sd3: dict[str, Any] = {}
-    if not args.skip_sd3:
+    sd3: dict[str, Any] = kept.get("tiny_sd3_collection", {}) if args.skip_speed else {}
+    if not args.skip_sd3 and not args.skip_speed:
         with tempfile.TemporaryDirectory() as folder:
             sd3 = tiny_sd3(Path(folder), args.repeats, args.threads)
         with_ratios(sd3, "images_per_second")
+    ran = {"machine": machine_facts(), "threads": args.threads}
     payload = {
-        "machine": machine_facts(),
-        "epochs": args.epochs,
+        "machine": ran if not args.skip_speed else kept.get("machine", ran),
+        "scores_machine": ran if not args.skip_scores else kept.get("scores_machine", ran),
+        "epochs": args.epochs if not args.skip_scores else kept.get("epochs", args.epochs),
         "shapes_world": {"collection": speed, "held_out_after_epochs": scores},
         "tiny_sd3_collection": sd3,
     }
-    Path(args.out).write_text(json.dumps(payload, indent=2) + "\n")
+    out.write_text(json.dumps(payload, indent=2) + "\n")
     print(json.dumps(payload, indent=1))
 
 
