@@ -48,15 +48,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "no guard": {"objective.kl_weight": 0.0},
     "KL anchor": ANCHOR,
     "KL anchor + revert": {**ANCHOR, "train.revert_on_drop": 0.03, "train.revert_kl_factor": 2.0},
-    "KL anchor + NormGuard + adaptive KL": {
-        **ANCHOR,
-        "objective.norm_guard": 1.0,
-        "objective.kl_adaptive": True,
-    },
 }
 """Overrides of each variant. "no guard" is NFT's own objective (the reference trains without a KL term);
 the KL anchor to the base is the default recipe's (`examples/shapes-geneval.toml`). Every run keeps the
-best checkpoint by the monitor (`log.best_by`): what `nft export --best` hands out."""
+best checkpoint by the monitor (`log.best_by`): what `nft export --best` hands out. NormGuard and the
+adaptive KL (`objective.norm_guard`, `objective.kl_adaptive`) are not variants of the measured result."""
 
 
 def hackable_config(base: dict[str, Any]) -> dict[str, Any]:
@@ -86,7 +82,10 @@ def curves(run_dir: Path) -> dict[str, Any]:
         if r["kind"] == "alarm"
     ]
     train = [r for r in records if r["kind"] == "train"]
-    return {"curve": points, "alarms": alarms, "train": train}
+    reverts = [
+        {"epoch": r["epoch"], "to_epoch": r.get("revert/to_epoch")} for r in records if r["kind"] == "revert"
+    ]
+    return {"curve": points, "alarms": alarms, "train": train, "reverts": reverts}
 
 
 def summarize(run: dict[str, Any]) -> dict[str, Any]:
@@ -109,6 +108,7 @@ def summarize(run: dict[str, Any]) -> dict[str, Any]:
             (a["epoch"] for a in found["alarms"] if "reward_hacking" in a["names"]), None
         ),
         "best_checkpoint": {k: kept.get(k) for k in ("score", "epoch", "checkpoint")},
+        "reverts": found["reverts"],
         "seconds_per_epoch": statistics.fmean(
             sum(r[f"seconds/{p}"] for p in ("sampling", "reward", "training")) for r in found["train"]
         ),
@@ -195,6 +195,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--base", type=Path, default=ROOT / "examples" / "shapes-geneval.toml")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "reward-hacking")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument(
+        "--seeds-for",
+        action="append",
+        default=[],
+        metavar="VARIANT=S,S",
+        help="other seeds for one variant (repeatable), e.g. 'KL anchor + revert=0'",
+    )
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--eval-every", type=int, default=5)
     parser.add_argument("--eval-prompts", default="shapes:eval-24")
@@ -218,7 +225,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "log.grid_every": 0,
         "log.progress": False,
     }
-    jobs = [(name, seed) for name in VARIANTS for seed in args.seeds]
+    seeds = {name: list(args.seeds) for name in VARIANTS}
+    for item in args.seeds_for:
+        name, _, listed = item.partition("=")
+        if name not in VARIANTS:
+            parser.error(f"--seeds-for: unknown variant {name!r}; known: {', '.join(VARIANTS)}")
+        seeds[name] = [int(seed) for seed in listed.split(",")]
+    jobs = [(name, seed) for name in VARIANTS for seed in seeds[name]]
 
     def one(job: tuple[str, int]) -> dict[str, Any]:
         name, seed = job
@@ -238,7 +251,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "epochs": args.epochs,
         "eval_every": args.eval_every,
         "eval_prompts": args.eval_prompts,
-        "variants": {name: {"overrides": VARIANTS[name], "runs": runs} for name, runs in variants.items()},
+        "variants": {
+            name: {"overrides": VARIANTS[name], "seeds": seeds[name], "runs": runs}
+            for name, runs in variants.items()
+        },
         "alarm_cost": alarm_cost(args.base, args.cost_epochs) if args.cost_epochs else None,
         "machine": machine_facts("cpu"),
     }

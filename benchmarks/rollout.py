@@ -11,7 +11,8 @@ in fp32, as always). A tiny random diffusers SD3 pipeline (timings only): the sa
 apply to it. Every figure is also given as a ratio to the plain rollout of the same run, and the JSON
 names the machine (CPU, torch's kernel set, bf16 units, threads). The scores are counted in epochs, so
 they may be run apart from the timings (which want a quiet machine): `--skip-speed` / `--skip-scores`
-keep the other part of an existing `--out` file, with the machine and threads each part ran with.
+and `--levers` keep the rest of an existing `--out` file, which is written after every lever, with the
+machine and threads each part ran with.
 """
 
 from __future__ import annotations
@@ -123,6 +124,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--levers", help="comma-separated names of SHAPES_LEVERS (default: all)")
     parser.add_argument("--skip-scores", action="store_true", help="timings only")
     parser.add_argument("--skip-speed", action="store_true", help="held-out scores only")
     parser.add_argument("--skip-sd3", action="store_true")
@@ -132,40 +134,57 @@ def main() -> None:
     levers = dict(SHAPES_LEVERS)
     if not native_bf16(torch.device("cpu")):
         levers.pop("bf16-rollout")
+    if args.levers:
+        levers = {name: levers[name] for name in args.levers.split(",")}
     out = Path(args.out)
     kept = json.loads(out.read_text()) if out.is_file() else {}
-    kept_world = kept.get("shapes_world", {})
-    speed: dict[str, Any] = kept_world.get("collection", {}) if args.skip_speed else {}
-    if not args.skip_speed:
-        speed = {
-            name: collection_speed(Path(args.config), o, args.repeats, args.threads)
-            for name, o in levers.items()
-        }
+    world = kept.get("shapes_world", {})
+    speed: dict[str, Any] = world.get("collection", {})
+    scores: dict[str, Any] = world.get("held_out_after_epochs", {})
+    if kept.get("epochs", args.epochs) != args.epochs:
+        scores = {}  # scores after another number of epochs do not compare
+    sd3: dict[str, Any] = kept.get("tiny_sd3_collection", {})
+    ran = {"machine": machine_facts(), "threads": args.threads}
+
+    def write() -> None:  # after every lever: a stopped call keeps what it measured
+        now = json.loads(out.read_text()) if out.is_file() else {}  # another call may have written parts
+        if args.skip_speed:
+            speed.update({k: v for k, v in now.get("shapes_world", {}).get("collection", {}).items()})
+            sd3.update(now.get("tiny_sd3_collection", {}))
+        if args.skip_scores:
+            scores.update(now.get("shapes_world", {}).get("held_out_after_epochs", {}))
         with_ratios(speed, "images_per_second")
+        with_ratios(sd3, "images_per_second")
+        plain = scores.get("plain", {}).get("score")
+        for entry in scores.values():
+            if plain is not None:
+                entry["change"] = entry["score"] - plain
+        payload = {
+            "machine": ran if not args.skip_speed else now.get("machine", ran),
+            "scores_machine": ran if not args.skip_scores else now.get("scores_machine", ran),
+            "epochs": args.epochs,
+            "shapes_world": {"collection": speed, "held_out_after_epochs": scores},
+            "tiny_sd3_collection": sd3,
+        }
+        if "note" in now:
+            payload["note"] = now["note"]
+        out.write_text(json.dumps(payload, indent=2) + "\n")
+
+    if not args.skip_speed:
+        for name, overrides in levers.items():
+            speed[name] = collection_speed(Path(args.config), overrides, args.repeats, args.threads)
+            write()
         print(json.dumps({"speed": speed}, indent=1), flush=True)
-    scores: dict[str, Any] = kept_world.get("held_out_after_epochs", {}) if args.skip_scores else {}
     if not args.skip_scores:
         for name, overrides in levers.items():
             scores[name] = held_out_score(Path(args.config), overrides, args.epochs, args.threads)
+            write()
             print(json.dumps({name: scores[name]}), flush=True)
-        plain = scores["plain"]["score"]
-        for entry in scores.values():
-            entry["change"] = entry["score"] - plain
-    sd3: dict[str, Any] = kept.get("tiny_sd3_collection", {}) if args.skip_speed else {}
     if not args.skip_sd3 and not args.skip_speed:
         with tempfile.TemporaryDirectory() as folder:
             sd3 = tiny_sd3(Path(folder), args.repeats, args.threads)
-        with_ratios(sd3, "images_per_second")
-    ran = {"machine": machine_facts(), "threads": args.threads}
-    payload = {
-        "machine": ran if not args.skip_speed else kept.get("machine", ran),
-        "scores_machine": ran if not args.skip_scores else kept.get("scores_machine", ran),
-        "epochs": args.epochs if not args.skip_scores else kept.get("epochs", args.epochs),
-        "shapes_world": {"collection": speed, "held_out_after_epochs": scores},
-        "tiny_sd3_collection": sd3,
-    }
-    out.write_text(json.dumps(payload, indent=2) + "\n")
-    print(json.dumps(payload, indent=1))
+    write()
+    print(out.read_text())
 
 
 if __name__ == "__main__":
