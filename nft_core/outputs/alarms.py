@@ -88,8 +88,9 @@ def stalled_gap(train: Sequence[Record], evals: Sequence[Record], settings: Any)
 
 
 def velocity_inflation(train: Sequence[Record], evals: Sequence[Record], settings: Any) -> str | None:
-    probed = [record for record in train if "velocity_norm_ratio" in record]  # every `probe_every` epochs
-    ratio = _number(probed[-1]["velocity_norm_ratio"]) if probed else None
+    # the newest probe: it runs every `probe_every` epochs
+    probed = next((record for record in reversed(train) if "velocity_norm_ratio" in record), None)
+    ratio = _number(probed["velocity_norm_ratio"]) if probed else None
     if ratio is not None and ratio > settings.norm_ratio:
         return (
             f"the trained velocity's norm is {ratio:.3f}x the reference's (threshold "
