@@ -57,3 +57,10 @@ def test_a_run_is_read_into_its_fall_its_alarm_and_its_kept_best(tmp_path):
     assert row["alarms"] == [{"epoch": 9, "names": ["diversity_collapse", "reward_hacking"]}]
     assert row["best_checkpoint"] == {"score": 0.66, "epoch": 4, "checkpoint": "checkpoints/step_00005"}
     assert row["seconds_per_epoch"] == 4.0
+
+
+def test_the_alarms_cost_is_timed_against_an_epoch(fast_config):
+    cost = hacking.alarm_cost(fast_config, epochs=1)
+    assert cost["probe_every"] == 5 and cost["epochs_timed"] == 1
+    assert cost["epoch_seconds"] > 0 and cost["probe_seconds"] > 0 and cost["check_seconds"] > 0
+    assert cost["ratio"] == (cost["probe_seconds"] / 5 + cost["check_seconds"]) / cost["epoch_seconds"]
