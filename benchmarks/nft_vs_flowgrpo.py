@@ -9,7 +9,8 @@ few epochs. Each run is its own `nft run` process (its peak memory is its own) a
 held-out score reaches the highest target** (the benchmark stops it with SIGTERM after that
 evaluation) **or until its cap**: NFT's is `--nft-max-minutes`, FlowGRPO's is `--cap-factor` times
 the slowest NFT seed's training minutes to the highest target. Training minutes count sampling,
-scoring and the update, not the evaluations.
+scoring and the update, not the evaluations. Every run is fp32 (training and rollouts: FlowGRPO's ratio
+needs them alike) with a constant learning rate (the runs stop at a target, not at an epoch count).
 
 FlowGRPO runs as its reference does (`nft_core/flowgrpo.py` names each default's source; the recipe
 and its adaptations to the world are written into the result), in two protocols:
@@ -348,8 +349,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     targets = tuple(sorted(args.targets))
     levels = [f"{level:g}" for level in targets]
     stop_at = (args.reward, targets[-1])
-    common = {
+    common = {  # fp32 and a constant lr for every method: runs stop at a target, not at an epoch count
         "train.epochs": 100_000,
+        "train.lr_schedule": "constant",
+        "train.precision": "fp32",
         "eval.prompts": args.eval_prompts,
         "eval.baseline_guidance": [],
         "log.grid_every": 0,
