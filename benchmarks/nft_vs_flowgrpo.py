@@ -2,6 +2,7 @@
 
     python benchmarks/nft_vs_flowgrpo.py [--seeds 0 1 2] [--targets 0.6 0.7] [--cap-factor 5]
         [--out benchmarks/results/nft_vs_flowgrpo] [--base examples/shapes-geneval.toml]
+        [--threads 1 --jobs 2]
 
 Every run starts from the same checkpoint (the base config's policy), draws the same training prompts
 and is scored by the same held-out evaluation (`--eval-prompts`, the base config's eval solver) every
@@ -26,7 +27,8 @@ the target (None where the cap was hit, stated as `capped`), and the ratio FlowG
 minutes (and images) over seeds with a 95% bootstrap interval over seeds (a capped seed counts as the
 cap, and the ratio is then marked a lower bound). `result.png` draws every curve against training
 minutes and against images sampled. Timings belong to this machine (recorded in the JSON); the curves
-in images do not.
+in images do not. With `--jobs 2` two runs share the machine at every moment (each `--threads` wide), so
+every method's minutes carry the same contention; images to a target carry none.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -336,6 +339,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--sweep", type=int, default=len(SWEEP), help="FlowGRPO settings to sweep (0: none)")
     parser.add_argument("--protocols", nargs="+", choices=("equal", "paper"), default=["equal", "paper"])
     parser.add_argument("--threads", type=int, default=0, help="train.threads of every run (0: the default)")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at a time (each its own process)")
     parser.add_argument("--rft", action="store_true", help="also run positive-only RFT (NFT's cap)")
     parser.add_argument("--work", type=Path, default=None, help="run folders (default: a folder in --out)")
     return parser
@@ -362,18 +366,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         **({"train.threads": args.threads} if args.threads else {}),
     }
 
+    def one_run(label: str, config: dict[str, Any], every: int, seed: int, extra: dict, cap: float) -> dict:
+        setting = "_".join(f"{key.split('.')[-1]}{value:g}" for key, value in extra.items())
+        folder = work / label / (setting or "recipe") / f"seed{seed}"
+        print(f"{label} {setting or 'recipe'} seed {seed}, cap {cap:.2f} training minutes", flush=True)
+        overrides = {**common, "train.max_minutes": cap, "eval.every": every, "train.seed": seed, **extra}
+        run = run_one(config, folder, overrides, stop_at)
+        return {"seed": seed, **extra, **summarize(run, args.reward, targets, images_per_epoch)}
+
+    def in_parallel(requests: list[tuple]) -> list[dict[str, Any]]:
+        """`one_run(*request)` of every request, `--jobs` at a time, in the order asked."""
+        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+            return list(pool.map(lambda request: one_run(*request), requests))
+
     def method_runs(
         label: str, config: dict[str, Any], every: int, seeds: list[int], extra: dict, cap: float
     ) -> list[dict[str, Any]]:
-        rows = []
-        for seed in seeds:
-            setting = "_".join(f"{key.split('.')[-1]}{value:g}" for key, value in extra.items())
-            folder = work / label / (setting or "recipe") / f"seed{seed}"
-            print(f"{label} {setting or 'recipe'} seed {seed}, cap {cap:.2f} training minutes", flush=True)
-            overrides = {**common, "train.max_minutes": cap, "eval.every": every, "train.seed": seed, **extra}
-            run = run_one(config, folder, overrides, stop_at)
-            rows.append({"seed": seed, **extra, **summarize(run, args.reward, targets, images_per_epoch)})
-        return rows
+        return in_parallel([(label, config, every, seed, extra, cap) for seed in seeds])
 
     nft = method_runs("nft", base, args.eval_every[0], args.seeds, {}, args.nft_max_minutes)
     reached = [row["to"][levels[-1]] for row in nft]
@@ -388,21 +397,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         )
     equal = merged(base, FLOWGRPO_RECIPE)
     every = args.eval_every[1]
-    sweep = [
-        {"setting": setting, **method_runs("flowgrpo-sweep", equal, every, args.seeds[:1], setting, cap)[0]}
-        for setting in SWEEP[: args.sweep]
-    ]
+    settings = SWEEP[: args.sweep]
+    first = args.seeds[0]
+    swept = in_parallel([("flowgrpo-sweep", equal, every, first, setting, cap) for setting in settings])
+    sweep = [{"setting": setting, **row} for setting, row in zip(settings, swept, strict=True)]
     best = max(sweep, key=lambda row: _sweep_rank(row, levels[-1])) if sweep else None
     best_setting = best["setting"] if best else {}
     methods: dict[str, list[dict[str, Any]]] = {"nft": nft}
+    # the rest of both protocols share one queue, so that `--jobs` runs stay busy
+    queue: list[tuple[str, tuple]] = []
     if "equal" in args.protocols:
         rest = args.seeds[1:] if best else args.seeds
-        methods["flowgrpo"] = ([best] if best else []) + method_runs(
-            "flowgrpo", equal, every, rest, best_setting, cap
-        )
+        queue += [("flowgrpo", ("flowgrpo", equal, every, seed, best_setting, cap)) for seed in rest]
     if "paper" in args.protocols:
         paper = merged(equal, PAPER_PROTOCOL)
-        methods["flowgrpo-paper"] = method_runs("flowgrpo-paper", paper, every, args.seeds, best_setting, cap)
+        label = "flowgrpo-paper"
+        queue += [(label, (label, paper, every, seed, best_setting, cap)) for seed in args.seeds]
+    if "equal" in args.protocols:
+        methods["flowgrpo"] = [best] if best else []
+    for (name, _), row in zip(queue, in_parallel([request for _, request in queue]), strict=True):
+        methods.setdefault(name, []).append(row)
     if args.rft:
         methods["rft"] = method_runs(
             "rft", merged(base, RFT), args.eval_every[0], args.seeds, {}, args.nft_max_minutes
@@ -423,6 +437,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "eval_prompts": args.eval_prompts,
         "eval_every": {"nft": args.eval_every[0], "flowgrpo": args.eval_every[1]},
         "seeds": args.seeds,
+        "threads_per_run": args.threads or "the base config's",
+        "runs_at_a_time": args.jobs,
         "images_per_epoch": images_per_epoch,
         "nft_cap_minutes": args.nft_max_minutes,
         "flowgrpo_cap_minutes": cap,

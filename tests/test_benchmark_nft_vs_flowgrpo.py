@@ -63,7 +63,7 @@ def test_the_benchmark_stops_each_run_at_the_target_and_writes_both_protocols(fa
         [
             *("--base", str(fast_config), "--out", str(out), "--seeds", "0", "--targets", "0"),
             *("--reward", "shapes-geneval", "--eval-prompts", "shapes:eval-1", "--eval-every", "1", "1"),
-            *("--sweep", "1", "--nft-max-minutes", "1"),
+            *("--sweep", "1", "--nft-max-minutes", "1", "--jobs", "2"),
         ]
     )
     assert result == json.loads((out / "result.json").read_text()) and (out / "result.png").is_file()

@@ -223,7 +223,9 @@ def curves_figure(records: list[dict]) -> Any:
                 ncol=columns,
                 frameon=False,
             )
-    figure.tight_layout()
+    # fixed margins, not tight_layout(): measuring every label costs a draw, and the curves are redrawn at
+    # every evaluation; savefig's bbox_inches="tight" still keeps the legends below the panels
+    figure.subplots_adjust(left=0.03, right=0.97, top=0.92, bottom=0.14, wspace=0.3)
     return figure
 
 
