@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from tests._qwen_image_tiny import MAX_SEQUENCE_LENGTH, RESOLUTION, build_tiny_qwen_image
+from tests._qwen_image_tiny import MAX_SEQUENCE_LENGTH, RESOLUTION, build_tiny_qwen_image, qwen_vl_encoder
 from tests._z_image_tiny import chat_tokenizer
 
 VISION_TOKENS = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
@@ -46,46 +46,16 @@ def vl_processor(tokenizer):
 
 
 def vl_encoder(tokenizer):
-    """A Qwen2.5-VL model (one text layer and one vision layer, hidden 16) that knows the tokenizer's
-    vision token ids."""
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
-
-    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in VISION_TOKENS}
-    config = Qwen2_5_VLConfig(
-        text_config={
-            "vocab_size": len(tokenizer),
-            "hidden_size": 16,
-            "intermediate_size": 16,
-            "num_hidden_layers": 1,
-            "num_attention_heads": 2,
-            "num_key_value_heads": 2,
-            "rope_scaling": {"mrope_section": [1, 1, 2], "rope_type": "default", "type": "default"},
-            "rope_theta": 1000000.0,
-            "bos_token_id": 0,
-            "eos_token_id": 2,
-            "pad_token_id": 0,
-        },
-        vision_config={
-            "depth": 1,
-            "hidden_size": 16,
-            "intermediate_size": 16,
-            "num_heads": 2,
-            "out_hidden_size": 16,
-            "fullatt_block_indexes": [0],
-            "window_size": 28,
-        },
-        hidden_size=16,
-        vocab_size=len(tokenizer),
-        bos_token_id=0,
-        eos_token_id=2,
-        pad_token_id=0,
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
-        vision_token_id=ids["<|image_pad|>"],
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-    )
-    return Qwen2_5_VLForConditionalGeneration(config).eval()
+    """Qwen-Image's tiny Qwen2.5-VL encoder that knows the tokenizer's vision token ids and runs its
+    one-layer vision tower (full attention in its one block)."""
+    token = tokenizer.convert_tokens_to_ids
+    ids = {
+        "start": token("<|vision_start|>"),
+        "end": token("<|vision_end|>"),
+        "image": token("<|image_pad|>"),
+        "video": token("<|video_pad|>"),
+    }
+    return qwen_vl_encoder(len(tokenizer), ids, fullatt_block_indexes=[0], window_size=28)
 
 
 def build_tiny_qwen_image_edit(seed: int = 0):

@@ -19,10 +19,18 @@ RESOLUTION = 32
 MAX_SEQUENCE_LENGTH = 64
 
 
-def qwen_vl_encoder(vocab_size: int):
-    """A Qwen2.5-VL model: one text layer of hidden 16 and a one-layer vision tower (never run)."""
+def qwen_vl_encoder(vocab_size: int, vision_ids: dict[str, int] | None = None, **vision: object):
+    """A Qwen2.5-VL model: one text layer of hidden 16 and a one-layer vision tower (never run here; the
+    editing pipeline runs it, with `vision_ids` naming its tokenizer's vision tokens and `vision` options
+    added to the tower's config). Without `vision_ids` the last three ids stand for them."""
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
+    ids = vision_ids or {
+        "start": vocab_size - 3,
+        "end": vocab_size - 2,
+        "image": vocab_size - 1,
+        "video": vocab_size - 1,
+    }
     config = Qwen2_5_VLConfig(
         text_config={
             "vocab_size": vocab_size,
@@ -43,17 +51,18 @@ def qwen_vl_encoder(vocab_size: int):
             "intermediate_size": 16,
             "num_heads": 2,
             "out_hidden_size": 16,
+            **vision,
         },
         hidden_size=16,
         vocab_size=vocab_size,
         bos_token_id=0,
         eos_token_id=2,
         pad_token_id=0,
-        vision_start_token_id=vocab_size - 3,
-        vision_end_token_id=vocab_size - 2,
-        vision_token_id=vocab_size - 1,
-        image_token_id=vocab_size - 1,
-        video_token_id=vocab_size - 1,
+        vision_start_token_id=ids["start"],
+        vision_end_token_id=ids["end"],
+        vision_token_id=ids["image"],
+        image_token_id=ids["image"],
+        video_token_id=ids["video"],
     )
     return Qwen2_5_VLForConditionalGeneration(config).eval()
 
