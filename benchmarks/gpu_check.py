@@ -77,145 +77,20 @@ LEVERS = (
 a family's allowance); the compile levers come at the end, with the time left."""
 COMPILE_LEVERS = ("compile-default", "compile-reduce-overhead")
 
-# ---- stand-in text encoders, tokenizers and VAEs ---------------------------------------------------
-CHARS = list("abcdefghijklmnopqrstuvwxyz0123456789.,!?'\"-")
-CHAT_TEMPLATE = (
-    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for part in message['content'] %}{{ part['text'] }}{% endfor %}{% endif %}"
-    "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+# ---- the parts around each transformer: stand-ins at the real widths (nft_policies/standins.py) ------
+from nft_policies.standins import (  # noqa: E402 (after the checkout is on the path)
+    char_tokenizer,
+    clip_encoder,
+    clip_tokenizer,
+    flux2_vae,
+    gemma2_encoder,
+    kl_vae,
+    mistral3_encoder,
+    qwen3_config,
+    qwen_vl_encoder,
+    t5_encoder,
+    t5_tokenizer,
 )
-
-
-def clip_tokenizer():
-    """A character-level CLIP BPE tokenizer (no merges), 77 tokens."""
-    from transformers import CLIPTokenizer
-
-    vocab: dict[str, int] = {}
-    for suffix in ("", "</w>"):
-        for char in CHARS:
-            vocab[char + suffix] = len(vocab)
-    for special in ("<|startoftext|>", "<|endoftext|>"):
-        vocab[special] = len(vocab)
-    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
-
-
-def t5_tokenizer():
-    """A character-level T5 unigram tokenizer."""
-    from transformers import T5Tokenizer
-
-    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
-    pieces += [("\u2581" + c, -1.0) for c in CHARS] + [(c, -2.0) for c in CHARS] + [("\u2581", -3.0)]
-    return T5Tokenizer(vocab=pieces, extra_ids=0, model_max_length=512)
-
-
-def char_tokenizer(chat: bool):
-    """A fast tokenizer with one token per character: Gemma-like (`<bos>` first) or a chat tokenizer with
-    `<|im_start|>` / `<|im_end|>` and a chat template (Qwen, Mistral stand-ins); right padding."""
-    from tokenizers import Regex, Tokenizer, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    if chat:
-        specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<unk>"]
-    else:
-        specials = ["<pad>", "<eos>", "<bos>", "<unk>"]
-    vocab = {token: index for index, token in enumerate([*specials, *dict.fromkeys([*CHARS, *" \n:;()"])])}
-    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
-    if chat:
-        tokenizer = PreTrainedTokenizerFast(
-            tokenizer_object=backend,
-            pad_token="<|endoftext|>",
-            eos_token="<|im_end|>",
-            unk_token="<unk>",
-            additional_special_tokens=["<|im_start|>"],
-            padding_side="right",
-            model_max_length=4096,
-        )
-        tokenizer.chat_template = CHAT_TEMPLATE
-        return tokenizer
-    backend.post_processor = processors.TemplateProcessing(
-        single="<bos> $A", special_tokens=[("<bos>", vocab["<bos>"])]
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        pad_token="<pad>",
-        eos_token="<eos>",
-        bos_token="<bos>",
-        unk_token="<unk>",
-        padding_side="right",
-        model_max_length=4096,
-    )
-
-
-def clip_encoder(tokenizer, width: int, projection: bool):
-    """A one-layer CLIP text encoder of hidden size `width` (with a `width` projection for SD3)."""
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-
-    config = CLIPTextConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=width,
-        intermediate_size=37,
-        num_hidden_layers=1,
-        num_attention_heads=4 if width % 4 == 0 else 2,
-        max_position_embeddings=77,
-        projection_dim=width,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    return CLIPTextModelWithProjection(config) if projection else CLIPTextModel(config)
-
-
-def t5_encoder(tokenizer, width: int):
-    """A one-layer T5 encoder of width `width` (4 heads of 16)."""
-    from transformers import T5Config, T5EncoderModel
-
-    config = T5Config(
-        vocab_size=len(tokenizer),
-        d_model=width,
-        d_kv=16,
-        d_ff=64,
-        num_layers=1,
-        num_heads=4,
-        relative_attention_num_buckets=8,
-        decoder_start_token_id=0,
-    )
-    return T5EncoderModel(config)
-
-
-def qwen3_config(vocab_size: int, width: int, layers: int):
-    """A Qwen-3 language model config of hidden size `width` (2 heads of 8)."""
-    from transformers import Qwen3Config
-
-    return Qwen3Config(
-        vocab_size=vocab_size,
-        hidden_size=width,
-        intermediate_size=16,
-        num_hidden_layers=layers,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        head_dim=8,
-        max_position_embeddings=2048,
-    )
-
-
-def kl_vae(latent_channels: int, scaling: float, shift: float):
-    """A 4-level KL VAE (downscale 8, as SD3's and FLUX.1's) with 8-16 channels."""
-    from diffusers import AutoencoderKL
-
-    return AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=["DownEncoderBlock2D"] * 4,
-        up_block_types=["UpDecoderBlock2D"] * 4,
-        block_out_channels=[8, 16, 16, 16],
-        layers_per_block=1,
-        latent_channels=latent_channels,
-        norm_num_groups=4,
-        scaling_factor=scaling,
-        shift_factor=shift,
-    )
 
 
 def sd3_parts(config: dict[str, Any]) -> dict[str, Any]:
@@ -250,22 +125,9 @@ def flux_parts(config: dict[str, Any]) -> dict[str, Any]:
 def sana_parts(config: dict[str, Any]) -> dict[str, Any]:
     """SANA: a one-layer Gemma-2 stand-in of the caption width, a 6-level DC-AE (downscale 32)."""
     from diffusers import AutoencoderDC
-    from transformers import Gemma2Config, Gemma2Model
 
     tokenizer = char_tokenizer(chat=False)
-    text_encoder = Gemma2Model(
-        Gemma2Config(
-            head_dim=16,
-            hidden_size=config["caption_channels"],
-            intermediate_size=64,
-            max_position_embeddings=8192,
-            num_attention_heads=2,
-            num_hidden_layers=1,
-            num_key_value_heads=2,
-            vocab_size=len(tokenizer),
-            attn_implementation="eager",
-        )
-    )
+    text_encoder = gemma2_encoder(len(tokenizer), config["caption_channels"])
     levels = 6
     vae = AutoencoderDC(
         in_channels=3,
@@ -292,7 +154,6 @@ def qwen_image_parts(config: dict[str, Any]) -> dict[str, Any]:
     """Qwen-Image: a Qwen2.5-VL stand-in (one text layer at the joint width, a one-layer vision tower it
     never runs), the Qwen-Image video VAE at base width 8 (downscale 8)."""
     from diffusers import AutoencoderKLQwenImage
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
     tokenizer = char_tokenizer(chat=True)
     vocab, width = len(tokenizer), config["joint_attention_dim"]
@@ -300,40 +161,7 @@ def qwen_image_parts(config: dict[str, Any]) -> dict[str, Any]:
     half = width // heads // 2
     sections = [half // 4, (half - half // 4) // 2]
     sections.append(half - sum(sections))
-    text_encoder = Qwen2_5_VLForConditionalGeneration(
-        Qwen2_5_VLConfig(
-            text_config={
-                "vocab_size": vocab,
-                "hidden_size": width,
-                "intermediate_size": 16,
-                "num_hidden_layers": 1,
-                "num_attention_heads": heads,
-                "num_key_value_heads": 2,
-                "rope_scaling": {"mrope_section": sections, "rope_type": "default", "type": "default"},
-                "rope_theta": 1000000.0,
-                "bos_token_id": 0,
-                "eos_token_id": 2,
-                "pad_token_id": 0,
-            },
-            vision_config={
-                "depth": 1,
-                "hidden_size": 16,
-                "intermediate_size": 16,
-                "num_heads": 2,
-                "out_hidden_size": width,
-            },
-            hidden_size=width,
-            vocab_size=vocab,
-            bos_token_id=0,
-            eos_token_id=2,
-            pad_token_id=0,
-            vision_start_token_id=vocab - 3,
-            vision_end_token_id=vocab - 2,
-            vision_token_id=vocab - 1,
-            image_token_id=vocab - 1,
-            video_token_id=vocab - 1,
-        )
-    ).eval()
+    text_encoder = qwen_vl_encoder(vocab, width, heads, sections)
     channels = config["out_channels"]
     vae = AutoencoderKLQwenImage(
         base_dim=8,
@@ -355,62 +183,15 @@ TEXT_LAYERS = (0, 1, 2)
 def flux2_parts(config: dict[str, Any], klein: bool) -> dict[str, Any]:
     """FLUX.2: a two-layer Mistral-3 ([dev]) or Qwen-3 ([klein]) stand-in whose three hidden states make the
     joint width, the FLUX.2 VAE (downscale 8, then 2 x 2 patches) with random batch-norm statistics."""
-    import torch
-    from diffusers import AutoencoderKLFlux2
-    from transformers import Mistral3Config, Mistral3ForConditionalGeneration, Qwen3ForCausalLM
+    from transformers import Qwen3ForCausalLM
 
     tokenizer = char_tokenizer(chat=True)
     vocab, width = len(tokenizer), config["joint_attention_dim"] // len(TEXT_LAYERS)
     if klein:
         text_encoder = Qwen3ForCausalLM(qwen3_config(vocab, width, 2)).eval()
     else:
-        text_encoder = Mistral3ForConditionalGeneration(
-            Mistral3Config(
-                text_config={
-                    "model_type": "mistral",
-                    "vocab_size": vocab,
-                    "hidden_size": width,
-                    "intermediate_size": 16,
-                    "max_position_embeddings": 2048,
-                    "num_attention_heads": 2,
-                    "num_hidden_layers": 2,
-                    "num_key_value_heads": 2,
-                    "head_dim": 8,
-                    "sliding_window": None,
-                    "bos_token_id": 1,
-                    "eos_token_id": 2,
-                    "pad_token_id": 0,
-                },
-                vision_config={
-                    "model_type": "pixtral",
-                    "hidden_size": 16,
-                    "num_hidden_layers": 1,
-                    "num_attention_heads": 2,
-                    "intermediate_size": 16,
-                    "image_size": 12,
-                    "patch_size": 6,
-                    "num_channels": 3,
-                },
-                bos_token_id=1,
-                eos_token_id=2,
-                pad_token_id=0,
-                image_token_index=vocab - 1,
-                vision_feature_layer=-1,
-            )
-        ).eval()
-    vae = AutoencoderKLFlux2(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(8, 16, 16, 16),
-        layers_per_block=1,
-        latent_channels=config["in_channels"] // 4,
-        norm_num_groups=4,
-    )
-    with torch.no_grad():
-        vae.bn.running_mean.normal_(0.0, 0.2)
-        vae.bn.running_var.uniform_(0.5, 2.0)
+        text_encoder = mistral3_encoder(vocab, width, layers=2, max_positions=2048)
+    vae = flux2_vae(config["in_channels"] // 4)
     parts = dict(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae)
     return {**parts, "is_distilled": False} if klein else parts
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from nft_policies import standins
 from tests._z_image_tiny import chat_tokenizer, qwen3_config
 
 RESOLUTION = 32
@@ -28,62 +29,12 @@ GATE_SCALE = 8.0
 
 def mistral3_encoder(vocab_size: int):
     """A Mistral-3 model: one text layer of hidden 16 and a one-layer Pixtral tower (never run)."""
-    from transformers import Mistral3Config, Mistral3ForConditionalGeneration
-
-    config = Mistral3Config(
-        text_config={
-            "model_type": "mistral",
-            "vocab_size": vocab_size,
-            "hidden_size": 16,
-            "intermediate_size": 16,
-            "max_position_embeddings": 512,
-            "num_attention_heads": 2,
-            "num_hidden_layers": 1,
-            "num_key_value_heads": 2,
-            "head_dim": 8,
-            "sliding_window": None,
-            "bos_token_id": 1,
-            "eos_token_id": 2,
-            "pad_token_id": 0,
-        },
-        vision_config={
-            "model_type": "pixtral",
-            "hidden_size": 16,
-            "num_hidden_layers": 1,
-            "num_attention_heads": 2,
-            "intermediate_size": 16,
-            "image_size": 12,
-            "patch_size": 6,
-            "num_channels": 3,
-        },
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
-        image_token_index=vocab_size - 1,
-        vision_feature_layer=-1,
-    )
-    return Mistral3ForConditionalGeneration(config).eval()
+    return standins.mistral3_encoder(vocab_size)
 
 
 def flux2_vae():
     """The FLUX.2 VAE, 4 latent channels, downscale 2, with random batch-norm statistics."""
-    from diffusers import AutoencoderKLFlux2
-
-    vae = AutoencoderKLFlux2(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=4,
-        sample_size=RESOLUTION,
-    )
-    with torch.no_grad():
-        vae.bn.running_mean.normal_(0.0, 0.2)
-        vae.bn.running_var.uniform_(0.5, 2.0)
-    return vae
+    return standins.flux2_vae(4, levels=2, sample_size=RESOLUTION)
 
 
 def build_tiny_flux2(seed: int = 0, klein: bool = False):

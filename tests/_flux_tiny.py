@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from tests._rewards_tiny import clip_tokenizer
+from nft_policies.standins import clip_tokenizer
 from tests._sd3_tiny import clip_text_encoder, t5_encoder, t5_tokenizer, tiny_vae
 
 RESOLUTION = 32

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import torch
 
-from tests._qwen_image_tiny import MAX_SEQUENCE_LENGTH, RESOLUTION, build_tiny_qwen_image, qwen_vl_encoder
+from nft_policies.standins import qwen_vl_encoder
+from tests._qwen_image_tiny import MAX_SEQUENCE_LENGTH, RESOLUTION, build_tiny_qwen_image
 from tests._z_image_tiny import chat_tokenizer
 
 VISION_TOKENS = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
@@ -55,7 +56,7 @@ def vl_encoder(tokenizer):
         "image": token("<|image_pad|>"),
         "video": token("<|video_pad|>"),
     }
-    return qwen_vl_encoder(len(tokenizer), ids, fullatt_block_indexes=[0], window_size=28)
+    return qwen_vl_encoder(len(tokenizer), vision_ids=ids, fullatt_block_indexes=[0], window_size=28)
 
 
 def build_tiny_qwen_image_edit(seed: int = 0):

@@ -13,58 +13,11 @@ from pathlib import Path
 
 import torch
 
+from nft_policies.standins import qwen_vl_encoder
 from tests._z_image_tiny import chat_tokenizer
 
 RESOLUTION = 32
 MAX_SEQUENCE_LENGTH = 64
-
-
-def qwen_vl_encoder(vocab_size: int, vision_ids: dict[str, int] | None = None, **vision: object):
-    """A Qwen2.5-VL model: one text layer of hidden 16 and a one-layer vision tower (never run here; the
-    editing pipeline runs it, with `vision_ids` naming its tokenizer's vision tokens and `vision` options
-    added to the tower's config). Without `vision_ids` the last three ids stand for them."""
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
-
-    ids = vision_ids or {
-        "start": vocab_size - 3,
-        "end": vocab_size - 2,
-        "image": vocab_size - 1,
-        "video": vocab_size - 1,
-    }
-    config = Qwen2_5_VLConfig(
-        text_config={
-            "vocab_size": vocab_size,
-            "hidden_size": 16,
-            "intermediate_size": 16,
-            "num_hidden_layers": 1,
-            "num_attention_heads": 2,
-            "num_key_value_heads": 2,
-            "rope_scaling": {"mrope_section": [1, 1, 2], "rope_type": "default", "type": "default"},
-            "rope_theta": 1000000.0,
-            "bos_token_id": 0,
-            "eos_token_id": 2,
-            "pad_token_id": 0,
-        },
-        vision_config={
-            "depth": 1,
-            "hidden_size": 16,
-            "intermediate_size": 16,
-            "num_heads": 2,
-            "out_hidden_size": 16,
-            **vision,
-        },
-        hidden_size=16,
-        vocab_size=vocab_size,
-        bos_token_id=0,
-        eos_token_id=2,
-        pad_token_id=0,
-        vision_start_token_id=ids["start"],
-        vision_end_token_id=ids["end"],
-        vision_token_id=ids["image"],
-        image_token_id=ids["image"],
-        video_token_id=ids["video"],
-    )
-    return Qwen2_5_VLForConditionalGeneration(config).eval()
 
 
 def build_tiny_qwen_image(seed: int = 0):

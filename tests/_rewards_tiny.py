@@ -12,21 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-CHARS = list("abcdefghijklmnopqrstuvwxyz0123456789.,!?'\"-")
+from nft_policies.standins import clip_tokenizer
+
 PROJECTION = 16
-
-
-def clip_tokenizer():
-    """A character-level CLIP BPE tokenizer (no merges), 77 tokens, built in memory."""
-    from transformers import CLIPTokenizer
-
-    vocab: dict[str, int] = {}
-    for suffix in ("", "</w>"):
-        for char in CHARS:
-            vocab[char + suffix] = len(vocab)
-    for special in ("<|startoftext|>", "<|endoftext|>"):
-        vocab[special] = len(vocab)
-    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
 
 
 def save_tiny_clip(folder: Path, seed: int = 0, image_size: int = 32) -> Path:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from tests._rewards_tiny import CHARS
+from nft_policies import standins
 
 RESOLUTION = 32
 MAX_SEQUENCE_LENGTH = 16
@@ -20,32 +20,12 @@ MAX_SEQUENCE_LENGTH = 16
 
 def char_tokenizer():
     """A fast tokenizer with one token per character (unknown ones `<unk>`), `<bos>` prepended."""
-    from tokenizers import Regex, Tokenizer, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    specials = ["<pad>", "<eos>", "<bos>", "<unk>"]
-    characters = dict.fromkeys([*CHARS, *" \n:;()"])
-    vocab = {token: index for index, token in enumerate([*specials, *characters])}
-    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
-    backend.post_processor = processors.TemplateProcessing(
-        single="<bos> $A", special_tokens=[("<bos>", vocab["<bos>"])]
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        pad_token="<pad>",
-        eos_token="<eos>",
-        bos_token="<bos>",
-        unk_token="<unk>",
-        padding_side="right",
-        model_max_length=4096,
-    )
+    return standins.char_tokenizer(chat=False)
 
 
 def build_tiny_sana(seed: int = 0):
     """The pipeline, randomly initialised with `seed`."""
     from diffusers import AutoencoderDC, FlowMatchEulerDiscreteScheduler, SanaPipeline, SanaTransformer2DModel
-    from transformers import Gemma2Config, Gemma2Model
 
     torch.manual_seed(seed)
     tokenizer = char_tokenizer()
@@ -80,19 +60,7 @@ def build_tiny_sana(seed: int = 0):
         decoder_act_fns="silu",
         scaling_factor=0.41407,
     )
-    text_encoder = Gemma2Model(
-        Gemma2Config(
-            head_dim=16,
-            hidden_size=8,
-            intermediate_size=64,
-            max_position_embeddings=8192,
-            num_attention_heads=2,
-            num_hidden_layers=1,
-            num_key_value_heads=2,
-            vocab_size=len(tokenizer),
-            attn_implementation="eager",
-        )
-    )
+    text_encoder = standins.gemma2_encoder(len(tokenizer), 8)
     return SanaPipeline(
         tokenizer=tokenizer,
         text_encoder=text_encoder,

@@ -12,75 +12,26 @@ from pathlib import Path
 
 import torch
 
-from tests._rewards_tiny import CHARS, clip_tokenizer
+from nft_policies import standins
+from nft_policies.standins import clip_tokenizer, t5_tokenizer
 
 RESOLUTION = 32
 MAX_SEQUENCE_LENGTH = 16
 
 
-def t5_tokenizer():
-    """A character-level T5 unigram tokenizer."""
-    from transformers import T5Tokenizer
-
-    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
-    pieces += [("\u2581" + c, -1.0) for c in CHARS] + [(c, -2.0) for c in CHARS] + [("\u2581", -3.0)]
-    return T5Tokenizer(vocab=pieces, extra_ids=0, model_max_length=512)
-
-
 def clip_text_encoder(tokenizer, projection: bool = True):
     """A 2-layer CLIP text encoder (hidden 32), with a 32-d projection (SD3) or without (FLUX)."""
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-
-    config = CLIPTextConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=37,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=77,
-        projection_dim=32,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    return CLIPTextModelWithProjection(config) if projection else CLIPTextModel(config)
+    return standins.clip_encoder(tokenizer, 32, projection, layers=2)
 
 
 def t5_encoder(tokenizer, d_model: int):
     """A 2-layer T5 encoder of width `d_model`."""
-    from transformers import T5Config, T5EncoderModel
-
-    return T5EncoderModel(
-        T5Config(
-            vocab_size=len(tokenizer),
-            d_model=d_model,
-            d_kv=d_model // 4,
-            d_ff=64,
-            num_layers=2,
-            num_heads=4,
-            relative_attention_num_buckets=8,
-            decoder_start_token_id=0,
-        )
-    )
+    return standins.t5_encoder(tokenizer, d_model, layers=2, d_kv=d_model // 4)
 
 
 def tiny_vae(scaling_factor: float, shift_factor: float):
     """A 2-level KL VAE: 4 latent channels, downscale 2."""
-    from diffusers import AutoencoderKL
-
-    return AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=["DownEncoderBlock2D"] * 2,
-        up_block_types=["UpDecoderBlock2D"] * 2,
-        block_out_channels=[8, 16],
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=4,
-        sample_size=RESOLUTION,
-        scaling_factor=scaling_factor,
-        shift_factor=shift_factor,
-    )
+    return standins.kl_vae(4, scaling_factor, shift_factor, levels=2, sample_size=RESOLUTION)
 
 
 def build_tiny_sd3(seed: int = 0):

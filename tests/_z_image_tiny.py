@@ -13,57 +13,22 @@ from pathlib import Path
 
 import torch
 
-from tests._rewards_tiny import CHARS
+from nft_policies import standins
 from tests._sd3_tiny import tiny_vae
 
 RESOLUTION = 32
 MAX_SEQUENCE_LENGTH = 64
-CHAT_TEMPLATE = (
-    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for part in message['content'] %}{{ part['text'] }}{% endfor %}{% endif %}"
-    "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
 
 
 def chat_tokenizer():
     """A fast tokenizer with one token per character, `<|im_start|>` / `<|im_end|>` as special tokens and a
     chat template that accepts plain or list-of-parts message content; right padding."""
-    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<unk>"]
-    characters = dict.fromkeys([*CHARS, *" \n:;()"])
-    vocab = {token: index for index, token in enumerate([*specials, *characters])}
-    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        pad_token="<|endoftext|>",
-        eos_token="<|im_end|>",
-        unk_token="<unk>",
-        additional_special_tokens=["<|im_start|>"],
-        padding_side="right",
-        model_max_length=4096,
-    )
-    tokenizer.chat_template = CHAT_TEMPLATE
-    return tokenizer
+    return standins.char_tokenizer(chat=True)
 
 
 def qwen3_config(vocab_size: int, layers: int = 1):
     """A Qwen-3 language model config of hidden size 16."""
-    from transformers import Qwen3Config
-
-    return Qwen3Config(
-        vocab_size=vocab_size,
-        hidden_size=16,
-        intermediate_size=16,
-        num_hidden_layers=layers,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        head_dim=8,
-        max_position_embeddings=512,
-    )
+    return standins.qwen3_config(vocab_size, 16, layers, max_positions=512)
 
 
 def build_tiny_z_image(seed: int = 0):
