@@ -244,6 +244,47 @@ def test_view_switches_never_go_through_diffusers_model_level_adapter_calls(mode
             assert torch.equal(policy.velocity(view, x, t, cond), expected[view]), view
 
 
+def test_sampling_on_a_cpu_runs_the_adapter_merged_and_puts_the_base_weights_back_exactly(model_dir):
+    """`policy.lora.merge_for_sampling` (auto: on a CPU): an eval-mode call without gradients runs each
+    adapted layer as one linear with the adapter folded in, equal to the adapter run beside it to
+    rounding; the merge follows the adapter's weights, and any training-mode call restores the base."""
+    policies = []
+    for merge in ("auto", False):
+        torch.manual_seed(0)  # the same LoRA initialisation
+        policies.append(make_policy(model_dir, lora={"rank": 4, "alpha": 8.0, "merge_for_sampling": merge}))
+    merged, plain = policies
+    assert merged._merge_for_sampling and not plain._merge_for_sampling
+    for policy in (merged, plain):
+        perturb_trained(policy)
+        policy.lora.refresh(0.5)  # old != current
+    x, t, cond = inputs(merged)
+    base = {
+        name: p.detach().clone() for name, p in merged.transformer.named_parameters() if "lora_" not in name
+    }
+    merged.train(False), plain.train(False)
+    with torch.no_grad():
+        for view in ("old", "current", "old", "reference"):
+            torch.testing.assert_close(merged.velocity(view, x, t, cond), plain.velocity(view, x, t, cond),
+                                       rtol=0, atol=1e-5)  # fmt: skip
+        merged.velocity("old", x, t, cond)
+        assert merged.lora._merged is not None and all(layer.merged for layer in merged.lora._layers)
+        for policy in (merged, plain):  # the old adapter moves: the merge is redone
+            policy.lora.refresh(0.0)
+        torch.testing.assert_close(merged.velocity("old", x, t, cond), plain.velocity("old", x, t, cond),
+                                   rtol=0, atol=1e-5)  # fmt: skip
+    merged.train(True), plain.train(True)
+    with torch.no_grad():  # the update's old prediction: merged for the call (the kept merge), then current
+        torch.testing.assert_close(merged.velocity("old", x, t, cond), plain.velocity("old", x, t, cond),
+                                   rtol=0, atol=1e-5)  # fmt: skip
+    assert merged.lora.view == "current" and merged.lora._merged is None
+    # a training forward runs the adapter on the original weights: it gets a gradient
+    merged.velocity("current", x, t, cond).square().mean().backward()
+    assert merged.lora._merged is None and not any(layer.merged for layer in merged.lora._layers)
+    after = {name: p for name, p in merged.transformer.named_parameters() if "lora_" not in name}
+    assert all(torch.equal(after[name], value) for name, value in base.items())
+    assert all(p.grad is not None for _, p in merged.trainable_parameters())
+
+
 def test_gradients_survive_view_switches_under_gradient_checkpointing(model_dir):
     """The objective queries `reference` after `current` and before backward: gradients must not change."""
     policy = make_policy(model_dir, gradient_checkpointing=True)

@@ -93,6 +93,11 @@ class LoraViews:
 
         self._layers = [module for module in transformer.modules() if isinstance(module, BaseTunerLayer)]
         self.view: str | None = None
+        self._merged: tuple | None = None
+        """(adapter, its weights' versions) while an adapter is merged into the base weights, else None."""
+        self._originals: list[tuple[torch.nn.Parameter, torch.Tensor]] = []
+        self._kept: tuple[tuple, list[torch.Tensor]] | None = None
+        """The last merge's key and merged weights, reused while the adapter's weights stay the same."""
         self.activate("current")
 
     @staticmethod
@@ -101,9 +106,11 @@ class LoraViews:
         return trained_name.replace(f".{TRAINED}.", f".{OLD}.")
 
     def activate(self, view: str) -> None:
-        """Make `view` the active one: current = `default`, old = `old`, reference = adapters disabled."""
+        """Make `view` the active one: current = `default`, old = `old`, reference = adapters disabled; an
+        adapter merged for sampling is taken out first."""
         if view not in VIEWS:
             raise ValueError(f"unknown policy view {view!r}; allowed: {', '.join(VIEWS)}")
+        self.unmerge()  # a training forward must run the adapter itself (its weights get the gradient)
         if view == self.view:
             return
         if view == "reference":
@@ -122,13 +129,74 @@ class LoraViews:
         self.view = view
 
     @contextmanager
-    def use(self, view: str) -> Iterator[None]:
-        """Run a block with `view` active, then return to `current`."""
-        self.activate(view)
+    def use(self, view: str, merged: bool = False) -> Iterator[None]:
+        """Run a block with `view` active (with `merged`, its adapter merged: a block without gradients),
+        then return to `current`."""
+        if merged:
+            self.merge(view)
+        else:
+            self.activate(view)
         try:
             yield
         finally:
             self.activate("current")
+
+    # ---- sampling with the adapter merged into the weights ------------------------------------------
+    def mergeable(self) -> bool:
+        """Whether every adapted layer is a plain LoRA linear (no DoRA, no LoRA bias) `merge` can fold."""
+        from peft.tuners.lora.layer import Linear
+
+        return all(
+            isinstance(layer, Linear) and not layer.lora_variant and not any(layer.lora_bias.values())
+            for layer in self._layers
+        )
+
+    def _versions(self, adapter: str) -> tuple:
+        weights = self.trained if adapter == TRAINED else self.old
+        return tuple((weight._version, weight.data_ptr()) for weight in weights.values())
+
+    @torch.no_grad()
+    def merge(self, view: str) -> None:
+        """Activate `view` (current or old) with its adapter added into each adapted weight, so that a
+        forward runs one linear a layer instead of three and the adapter's Python (on a CPU: 19 -> 16 ms a
+        call of the tiny SD3 at batch 8). The base weights are swapped, not changed: `unmerge` (any
+        switch) puts the originals back exactly. The merged weights are kept for the next merge of the same
+        adapter (the old one is merged again for every no-gradient forward of an update) and recomputed
+        when its weights have changed (an optimizer step, the old refresh, an EMA swap)."""
+        if view not in ("current", "old"):
+            raise ValueError(f"only the current or old view merges, not {view!r}")
+        adapter = TRAINED if view == "current" else OLD
+        key = (adapter, self._versions(adapter))
+        if self._merged == key and self.view == view:
+            return
+        self.activate(view)  # unmerges: the base weights are the originals again
+        if self._kept is None or self._kept[0] != key:
+            merged = [
+                layer.get_base_layer().weight.data
+                + layer.get_delta_weight(adapter).to(layer.get_base_layer().weight.dtype)
+                for layer in self._layers
+            ]
+            self._kept = (key, merged)
+        for layer, merged_weight in zip(self._layers, self._kept[1], strict=True):
+            weight = layer.get_base_layer().weight
+            self._originals.append((weight, weight.data))
+            weight.data = merged_weight
+            layer.merged_adapters = [adapter]  # peft's forward then runs the base layer alone
+        self._merged = key
+
+    def unmerge(self, forget: bool = False) -> None:
+        """Put the original base weights back (nothing to do when no adapter is merged); with `forget` drop
+        the kept merged weights too (the base weights move or change)."""
+        if forget:
+            self._kept = None
+        if self._merged is None:
+            return
+        for weight, original in self._originals:
+            weight.data = original
+        for layer in self._layers:
+            layer.merged_adapters = []
+        self._originals.clear()
+        self._merged = None
 
     @torch.no_grad()
     def sync_old(self) -> None:

@@ -46,6 +46,12 @@ class LoraOptions(BaseModel):
         description="module name suffixes that get a LoRA (default: the family's attention and "
         "feed-forward projections)",
     )
+    merge_for_sampling: Literal["auto"] | bool = Field(
+        "auto",
+        description="sample with the adapter merged into the weights (one linear a layer instead of "
+        "three): auto = on a CPU, where the adapter's small ops cost most; not on a GPU, where the merged "
+        "copy of the adapted weights would take memory",
+    )
 
 
 class FlowPolicyOptions(BaseModel):

@@ -94,6 +94,7 @@ class FlowTransformerPolicy(ABC):
             for network in self._networks():
                 network.compile()
         self.device = torch.device("cpu")
+        self._merge_for_sampling = self._merges_for_sampling()
         self.sharded = False
         """Whether `fully_shard` sharded the transformers (FSDP2, full fine-tuning)."""
         self._cache: OrderedDict[Hashable, dict[str, torch.Tensor]] = OrderedDict()
@@ -228,8 +229,13 @@ class FlowTransformerPolicy(ABC):
         switch = nullcontext()
         if self.lora is not None:
             network = self.transformer
+            # without gradients (sampling, evaluation, the update's old and reference predictions) and
+            # with `lora.merge_for_sampling` (auto: on a CPU) the adapter runs folded into the weights
+            merged = self._merge_for_sampling and view != "reference" and not torch.is_grad_enabled()
             if network.training:  # back to `current` after the call: gradient checkpointing's backward
-                switch = self.lora.use(view)  # reruns the current view's forward after the others'
+                switch = self.lora.use(view, merged)  # reruns the current view's forward after the others'
+            elif merged:
+                self.lora.merge(view)
             else:  # sampling and evaluation: the view stays, so `old` steps switch once, not twice a step
                 self.lora.activate(view)
         else:
@@ -315,9 +321,20 @@ class FlowTransformerPolicy(ABC):
         self.transformer.train(mode)
         return self
 
+    def _merges_for_sampling(self) -> bool:
+        """`policy.lora.merge_for_sampling` on this device (auto: on a CPU) for a LoRA that can be merged."""
+        lora_options = self.options.lora_options
+        if self.lora is None or lora_options is None or not self.lora.mergeable():
+            return False
+        wanted = lora_options.merge_for_sampling
+        return self.device.type == "cpu" if wanted == "auto" else bool(wanted)
+
     def to(self, device: torch.device | str) -> FlowTransformerPolicy:
         """Move every component (dtypes unchanged)."""
+        if self.lora is not None:
+            self.lora.unmerge(forget=True)
         self.device = torch.device(device)
+        self._merge_for_sampling = self._merges_for_sampling()
         self.pipeline.to(self.device)
         for network in self._networks():
             network.to(self.device)
