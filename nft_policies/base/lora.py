@@ -93,6 +93,8 @@ class LoraViews:
 
         self._layers = [module for module in transformer.modules() if isinstance(module, BaseTunerLayer)]
         self.view: str | None = None
+        """The view the transformer runs: its layers' adapter, or the adapter merged into its weights."""
+        self._layers_view: str | None = None
         self._merged: tuple | None = None
         """(adapter, its weights' versions) while an adapter is merged into the base weights, else None."""
         self._originals: list[tuple[torch.nn.Parameter, torch.Tensor]] = []
@@ -111,7 +113,12 @@ class LoraViews:
         if view not in VIEWS:
             raise ValueError(f"unknown policy view {view!r}; allowed: {', '.join(VIEWS)}")
         self.unmerge()  # a training forward must run the adapter itself (its weights get the gradient)
-        if view == self.view:
+        self._switch_layers(view)
+        self.view = view
+
+    def _switch_layers(self, view: str) -> None:
+        """Set peft's layers to `view` (what they run unmerged), unless they are set so already."""
+        if view == self._layers_view:
             return
         if view == "reference":
             for layer in self._layers:
@@ -119,14 +126,14 @@ class LoraViews:
         else:
             adapter = TRAINED if view == "current" else OLD
             for layer in self._layers:
-                if self.view in (None, "reference"):
+                if self._layers_view in (None, "reference"):
                     layer.enable_adapters(True)
                 layer.set_adapter(adapter)
         for parameter in self.trained.values():
             parameter.requires_grad_(True)
         for parameter in self.old.values():
             parameter.requires_grad_(False)
-        self.view = view
+        self._layers_view = view
 
     @contextmanager
     def use(self, view: str, merged: bool = False) -> Iterator[None]:
@@ -169,7 +176,9 @@ class LoraViews:
         key = (adapter, self._versions(adapter))
         if self._merged == key and self.view == view:
             return
-        self.activate(view)  # unmerges: the base weights are the originals again
+        self.unmerge()
+        if self._layers_view in (None, "reference"):  # peft's forward would unmerge a disabled layer
+            self._switch_layers(view)  # the layers' own adapter does not matter while merged: no switch
         if self._kept is None or self._kept[0] != key:
             merged = [
                 layer.get_base_layer().weight.data
@@ -183,6 +192,7 @@ class LoraViews:
             weight.data = merged_weight
             layer.merged_adapters = [adapter]  # peft's forward then runs the base layer alone
         self._merged = key
+        self.view = view
 
     def unmerge(self, forget: bool = False) -> None:
         """Put the original base weights back (nothing to do when no adapter is merged); with `forget` drop
@@ -240,9 +250,10 @@ class LoraViews:
                     f"{source}: LoRA tensor {key} has shape {tuple(value.shape)}, this policy's is {shape} "
                     "(different rank?)"
                 )
+        self.unmerge(forget=True)
         set_peft_model_state_dict(self.transformer, state, adapter_name=TRAINED)
         self.sync_old()
-        self.view = None
+        self._layers_view = None  # peft may have switched its layers: set them again
         self.activate("current")
 
 
