@@ -101,8 +101,9 @@ def run(config: Path, out: Path, *overrides: str):
 
 
 def test_a_run_scores_the_same_with_and_without_overlap_and_logs_what_was_hidden(fast_config, tmp_path):
-    on = run(fast_config, tmp_path / "on", "train.sample_batch_size=2", "train.overlap_scoring=true")
-    off = run(fast_config, tmp_path / "off", "train.sample_batch_size=2", "train.overlap_scoring=false")
+    one = ("train.epochs=1", "train.sample_batch_size=2")  # one epoch shows it: the test is on every record
+    on = run(fast_config, tmp_path / "on", *one, "train.overlap_scoring=true")
+    off = run(fast_config, tmp_path / "off", *one, "train.overlap_scoring=false")
     assert on.exit_code == 0 and off.exit_code == 0, on.output + off.output
     with_overlap, without = metrics(tmp_path / "on" / "tiny"), metrics(tmp_path / "off" / "tiny")
     assert untimed(with_overlap) == untimed(without)
