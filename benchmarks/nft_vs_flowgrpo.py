@@ -408,13 +408,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     queue: list[tuple[str, tuple]] = []
     if "equal" in args.protocols:
         rest = args.seeds[1:] if best else args.seeds
+        methods["flowgrpo"] = [best] if best else []
         queue += [("flowgrpo", ("flowgrpo", equal, every, seed, best_setting, cap)) for seed in rest]
     if "paper" in args.protocols:
         paper = merged(equal, PAPER_PROTOCOL)
         label = "flowgrpo-paper"
         queue += [(label, (label, paper, every, seed, best_setting, cap)) for seed in args.seeds]
-    if "equal" in args.protocols:
-        methods["flowgrpo"] = [best] if best else []
     for (name, _), row in zip(queue, in_parallel([request for _, request in queue]), strict=True):
         methods.setdefault(name, []).append(row)
     if args.rft:

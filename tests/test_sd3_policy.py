@@ -267,7 +267,7 @@ def test_sampling_on_a_cpu_runs_the_adapter_merged_and_puts_the_base_weights_bac
             torch.testing.assert_close(merged.velocity(view, x, t, cond), plain.velocity(view, x, t, cond),
                                        rtol=0, atol=1e-5)  # fmt: skip
         merged.velocity("old", x, t, cond)
-        assert merged.lora._merged is not None and all(layer.merged for layer in merged.lora._layers)
+        assert merged.lora.merged and all(layer.merged for layer in merged.lora._layers)
         for policy in (merged, plain):  # the old adapter moves: the merge is redone
             policy.lora.refresh(0.0)
         torch.testing.assert_close(merged.velocity("old", x, t, cond), plain.velocity("old", x, t, cond),
@@ -276,10 +276,10 @@ def test_sampling_on_a_cpu_runs_the_adapter_merged_and_puts_the_base_weights_bac
     with torch.no_grad():  # the update's old prediction: merged for the call (the kept merge), then current
         torch.testing.assert_close(merged.velocity("old", x, t, cond), plain.velocity("old", x, t, cond),
                                    rtol=0, atol=1e-5)  # fmt: skip
-    assert merged.lora.view == "current" and merged.lora._merged is None
+    assert merged.lora.view == "current" and not merged.lora.merged
     # a training forward runs the adapter on the original weights: it gets a gradient
     merged.velocity("current", x, t, cond).square().mean().backward()
-    assert merged.lora._merged is None and not any(layer.merged for layer in merged.lora._layers)
+    assert not merged.lora.merged and not any(layer.merged for layer in merged.lora._layers)
     after = {name: p for name, p in merged.transformer.named_parameters() if "lora_" not in name}
     assert all(torch.equal(after[name], value) for name, value in base.items())
     assert all(p.grad is not None for _, p in merged.trainable_parameters())

@@ -95,9 +95,8 @@ class LoraViews:
         self.view: str | None = None
         """The view the transformer runs: its layers' adapter, or the adapter merged into its weights."""
         self._layers_view: str | None = None
-        self._merged: tuple | None = None
-        """(adapter, its weights' versions) while an adapter is merged into the base weights, else None."""
         self._originals: list[tuple[torch.nn.Parameter, torch.Tensor]] = []
+        """Each adapted weight and its original data while an adapter is merged in (`_kept`), else empty."""
         self._kept: tuple[tuple, list[torch.Tensor]] | None = None
         """The last merge's key and merged weights, reused while the adapter's weights stay the same."""
         self.activate("current")
@@ -174,7 +173,7 @@ class LoraViews:
             raise ValueError(f"only the current or old view merges, not {view!r}")
         adapter = TRAINED if view == "current" else OLD
         key = (adapter, self._versions(adapter))
-        if self._merged == key and self.view == view:
+        if self.merged and self._kept is not None and self._kept[0] == key:
             return
         self.unmerge()
         if self._layers_view in (None, "reference"):  # peft's forward would unmerge a disabled layer
@@ -191,22 +190,25 @@ class LoraViews:
             self._originals.append((weight, weight.data))
             weight.data = merged_weight
             layer.merged_adapters = [adapter]  # peft's forward then runs the base layer alone
-        self._merged = key
         self.view = view
+
+    @property
+    def merged(self) -> bool:
+        """Whether an adapter is merged into the base weights now (the one `_kept` holds)."""
+        return bool(self._originals)
 
     def unmerge(self, forget: bool = False) -> None:
         """Put the original base weights back (nothing to do when no adapter is merged); with `forget` drop
         the kept merged weights too (the base weights move or change)."""
         if forget:
             self._kept = None
-        if self._merged is None:
+        if not self.merged:
             return
         for weight, original in self._originals:
             weight.data = original
         for layer in self._layers:
             layer.merged_adapters = []
         self._originals.clear()
-        self._merged = None
 
     @torch.no_grad()
     def sync_old(self) -> None:

@@ -229,7 +229,7 @@ class FlowTransformerPolicy(ABC):
         switch = nullcontext()
         if self.lora is not None:
             network = self.transformer
-            # without gradients (sampling, evaluation, the update's old and reference predictions) and
+            # without gradients (sampling, evaluation, the update's old prediction) and
             # with `lora.merge_for_sampling` (auto: on a CPU) the adapter runs folded into the weights
             merged = self._merge_for_sampling and view != "reference" and not torch.is_grad_enabled()
             if network.training:  # back to `current` after the call: gradient checkpointing's backward
